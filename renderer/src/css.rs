@@ -1,0 +1,282 @@
+//! Inlining the template's `<style>` rules into `style=""` attributes, once per campaign.
+//!
+//! Inlining runs on the *template*, not on each rendered message, so the Handlebars expressions have to
+//! survive an HTML parser. Expressions in text position become `<!--hbs:N-->` comments (a comment stays
+//! where it is even between table rows, where text would be moved out of the table); expressions inside
+//! quoted attribute values pass through untouched. Anything that cannot be protected that way (an
+//! expression inside `<style>`, `<title>` or between attributes, or a partial we cannot flatten) keeps the
+//! template as written: the message still renders, with its `<style>` block instead of inline styles.
+
+use std::collections::BTreeMap;
+
+const MAX_DEPTH: usize = 8;
+
+/// The template with its CSS inlined, or `None` when it should be used as written.
+pub(crate) fn inline_template(html: &str, partials: &BTreeMap<String, String>) -> Option<String> {
+    let flat = flatten(html, partials, 0)?;
+    if !flat.contains("<style") || flat.contains("{{>") || flat.contains("{{#>") {
+        return None;
+    }
+    let (protected, exprs) = protect(&flat)?;
+    let inliner = css_inline::CSSInliner::options()
+        .keep_at_rules(true)
+        .build();
+    let inlined = inliner.inline(&protected).ok()?;
+    // A parser repairs HTML: it inserts `<tbody>`, moves stray text out of tables. Any such repair
+    // around a block expression changes what the loop or condition wraps, so the inlined template is
+    // used only if its elements and expressions stand in the same order as before.
+    if skeleton(&inlined) != skeleton(&protected) {
+        return None;
+    }
+    restore(&inlined, &exprs)
+}
+
+/// Start tags (less the ones a parser adds and the inliner removes) and expression placeholders, in order.
+fn skeleton(html: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        if let Some(n) = rest.strip_prefix("!--hbs:") {
+            out.push(&n[..n.find("-->").unwrap_or(n.len())]);
+            continue;
+        }
+        let len = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        let name = &rest[..len];
+        if !name.is_empty()
+            && !["html", "head", "body", "style", "link"]
+                .iter()
+                .any(|t| name.eq_ignore_ascii_case(t))
+        {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Expands layouts (`{{#> layouts/x}}…{{/layouts/x}}` around `{{> @partial-block}}`) and parameterless
+/// partials (`{{> name}}`) textually, so that rules in a layout's `<style>` reach elements in the body.
+fn flatten(src: &str, partials: &BTreeMap<String, String>, depth: usize) -> Option<String> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail.find("}}")? + 2;
+        let tag = &tail[..end];
+        let inner = tag[2..tag.len() - 2].trim();
+        if let Some(name) = inner.strip_prefix("#>") {
+            let name = name.trim();
+            let layout = partials.get(name)?;
+            let close = format!("{{{{/{name}}}}}");
+            let body_end = tail[end..].find(&close)?;
+            let body = &tail[end..end + body_end];
+            let body = flatten(body, partials, depth + 1)?;
+            let expanded = layout.replace("{{> @partial-block}}", &body);
+            out.push_str(&flatten(&expanded, partials, depth + 1)?);
+            rest = &tail[end + body_end + close.len()..];
+        } else if let Some(name) = inner.strip_prefix('>') {
+            let name = name.trim();
+            match partials.get(name) {
+                // Only a bare name is safe to paste in: a partial called with a context or hash
+                // arguments sees other data than its caller.
+                Some(body) if !name.contains(' ') => {
+                    out.push_str(&flatten(body, partials, depth + 1)?);
+                }
+                _ => out.push_str(tag),
+            }
+            rest = &tail[end..];
+        } else {
+            out.push_str(tag);
+            rest = &tail[end..];
+        }
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Ctx {
+    Text,
+    Tag,
+    Quoted(u8),
+    RawText, // inside <style>, <script> or <title>: an expression here cannot be protected
+}
+
+/// Replaces each expression in text position by a numbered comment; returns the expressions in order.
+fn protect(src: &str) -> Option<(String, Vec<String>)> {
+    let bytes = src.as_bytes();
+    let mut out = String::with_capacity(src.len() + 64);
+    let mut exprs = Vec::new();
+    let mut ctx = Ctx::Text;
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"{{") {
+            let end = expression_end(&src[i..])? + i;
+            match ctx {
+                Ctx::Text => {
+                    out.push_str(&src[copied..i]);
+                    out.push_str(&format!("<!--hbs:{}-->", exprs.len()));
+                    exprs.push(src[i..end].to_string());
+                    copied = end;
+                }
+                Ctx::Quoted(_) => {}
+                Ctx::Tag | Ctx::RawText => return None,
+            }
+            i = end;
+            continue;
+        }
+        let b = bytes[i];
+        ctx = match ctx {
+            Ctx::Text if b == b'<' => {
+                let rest = &src[i + 1..];
+                if rest.starts_with("!--") {
+                    // Skip the user's own comments whole.
+                    let close = rest.find("-->")? + 3;
+                    i += 1 + close;
+                    continue;
+                }
+                if raw_text_element(rest) {
+                    Ctx::RawText
+                } else if rest
+                    .starts_with(|c: char| c.is_ascii_alphabetic() || c == '/' || c == '!')
+                {
+                    Ctx::Tag
+                } else {
+                    Ctx::Text
+                }
+            }
+            Ctx::Tag if b == b'>' => Ctx::Text,
+            Ctx::Tag if b == b'"' || b == b'\'' => Ctx::Quoted(b),
+            Ctx::Quoted(q) if b == q => Ctx::Tag,
+            Ctx::RawText if b == b'<' && src[i + 1..].starts_with('/') => {
+                if raw_text_element(&src[i + 2..]) {
+                    Ctx::Tag
+                } else {
+                    Ctx::RawText
+                }
+            }
+            other => other,
+        };
+        i += 1;
+    }
+    out.push_str(&src[copied..]);
+    Some((out, exprs))
+}
+
+fn raw_text_element(rest: &str) -> bool {
+    ["style", "script", "title", "textarea"].iter().any(|t| {
+        rest.len() >= t.len()
+            && rest[..t.len()].eq_ignore_ascii_case(t)
+            && rest[t.len()..].starts_with(|c: char| c == '>' || c.is_ascii_whitespace())
+    })
+}
+
+fn expression_end(s: &str) -> Option<usize> {
+    let close = if s.starts_with("{{!--") {
+        "--}}"
+    } else if s.starts_with("{{{") {
+        "}}}"
+    } else {
+        "}}"
+    };
+    Some(s[2..].find(close)? + 2 + close.len())
+}
+
+fn restore(inlined: &str, exprs: &[String]) -> Option<String> {
+    let mut out =
+        String::with_capacity(inlined.len() + exprs.iter().map(String::len).sum::<usize>());
+    let mut rest = inlined;
+    let mut next = 0;
+    while let Some(i) = rest.find("<!--hbs:") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 8..];
+        let close = tail.find("-->")?;
+        let n: usize = tail[..close].parse().ok()?;
+        // The parser must keep every expression, once, in its original order.
+        if n != next {
+            return None;
+        }
+        out.push_str(&exprs[n]);
+        next += 1;
+        rest = &tail[close + 3..];
+    }
+    out.push_str(rest);
+    (next == exprs.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_partials() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn rules_are_inlined_and_expressions_survive_in_tables() {
+        let html = r#"<html><head><style>td.a { color: red } @media (max-width: 600px) { td.a { color: blue } }</style></head>
+<body><table><tbody>{{#each articles}}<tr><td class="a"><a href="{{url}}">{{title}}</a></td></tr>{{/each}}</tbody></table></body></html>"#;
+        let out = inline_template(html, &no_partials()).unwrap();
+        assert!(
+            out.contains(r#"<td class="a" style="color: red;">"#),
+            "{out}"
+        );
+        assert!(out.contains("{{#each articles}}<tr>"), "{out}");
+        assert!(out.contains("</tr>{{/each}}</tbody></table>"), "{out}");
+        assert!(out.contains(r#"href="{{url}}""#), "{out}");
+        assert!(
+            out.contains("@media"),
+            "media queries stay for responsive clients: {out}"
+        );
+    }
+
+    #[test]
+    fn a_parser_repair_around_a_block_keeps_the_template_as_written() {
+        // Without an explicit <tbody> the parser would open one inside the loop and close it outside.
+        let html = "<style>td { color: red }</style><table>{{#each a}}<tr><td>{{x}}</td></tr>{{/each}}</table>";
+        assert_eq!(inline_template(html, &no_partials()), None);
+    }
+
+    #[test]
+    fn a_layout_is_flattened_so_its_rules_reach_the_body() {
+        let mut partials = BTreeMap::new();
+        partials.insert(
+            "layouts/base".to_string(),
+            "<html><head><style>p { margin: 0 }</style></head><body>{{> @partial-block}}</body></html>".to_string(),
+        );
+        partials.insert("sig".to_string(), "<p>bye</p>".to_string());
+        let out = inline_template(
+            "{{#> layouts/base}}<p>hi {{name}}</p>{{> sig}}{{/layouts/base}}",
+            &partials,
+        )
+        .unwrap();
+        assert!(
+            out.contains(r#"<p style="margin: 0;">hi {{name}}</p><p style="margin: 0;">bye</p>"#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn unprotectable_expressions_keep_the_template_as_written() {
+        for html in [
+            "<style>p { color: {{color}} }</style><p>x</p>",
+            "<style>p{}</style><p {{attrs}}>x</p>",
+            "<title>{{subject}}</title><style>p{}</style><p>x</p>",
+            "<style>p{}</style>{{> card this}}",
+        ] {
+            assert_eq!(inline_template(html, &no_partials()), None, "{html}");
+        }
+    }
+
+    #[test]
+    fn templates_without_style_are_left_alone() {
+        assert_eq!(inline_template("<p>{{x}}</p>", &no_partials()), None);
+    }
+}

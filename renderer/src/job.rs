@@ -1,0 +1,73 @@
+//! The render contract: what a job names, what a worker loads for it, and how it reports back.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Mailbox;
+use crate::template::TemplateSource;
+
+/// One batch of one campaign to render. Small on purpose: it travels as a doorbell (a channel
+/// message or an SNS notification); the store holds the data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RenderJob {
+    pub campaign_id: String,
+    pub batch: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecipientData {
+    pub id: i64,
+    pub email: String,
+    pub name: Option<String>,
+    /// The recipient's own fields (a JSON object).
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenderInput {
+    pub from: Mailbox,
+    pub reply_to: Option<Mailbox>,
+    pub template: TemplateSource,
+    pub recipients: Vec<RecipientData>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The campaign or batch no longer exists, or no longer needs rendering (cancelled, already done).
+    #[error("job is gone: {0}")]
+    Gone(String),
+    #[error("render source unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where a renderer gets its input and reports its result: the conductor, in-process or over HTTP.
+#[async_trait]
+pub trait RenderSource: Send + Sync + 'static {
+    async fn load(&self, job: &RenderJob) -> Result<RenderInput, SourceError>;
+    /// The batch object is written at `key`. `failed` are recipients whose message could not be
+    /// rendered (they end `failed` with the reason instead of waiting forever).
+    async fn rendered(
+        &self,
+        job: &RenderJob,
+        key: &str,
+        failed: Vec<(i64, String)>,
+    ) -> Result<(), SourceError>;
+}
+
+/// The data a template sees for one recipient: its own fields, plus `email`, `name` and
+/// `unsubscribe_url`. The trial render at creation and the real render use this one function, so
+/// what validated is what renders.
+pub fn context(r: &RecipientData) -> serde_json::Value {
+    let mut ctx = match &r.data {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    ctx.insert("email".into(), r.email.clone().into());
+    ctx.entry("name")
+        .or_insert_with(|| r.name.clone().map_or(serde_json::Value::Null, Into::into));
+    // Mailgun substitutes its own unsubscribe link for this tag; other providers show it as written
+    // until the conductor's signed one-click links replace it.
+    ctx.entry("unsubscribe_url")
+        .or_insert_with(|| "%unsubscribe_url%".into());
+    serde_json::Value::Object(ctx)
+}

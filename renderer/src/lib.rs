@@ -1,0 +1,17 @@
+//! Templates → personalised subject/HTML/text, written as one object per batch.
+//!
+//! This crate owns the render contract: [`RenderJob`], the [`RenderSource`] a worker pulls its input from,
+//! the rendered-batch format ([`RenderedBatch`]) that senders read, and the [`BodyStore`] both sides share.
+
+pub mod batch;
+pub mod body_store;
+mod css;
+pub mod job;
+pub mod template;
+pub mod worker;
+
+pub use batch::{BatchCodecError, Mailbox, RenderedBatch, RenderedMessage};
+pub use body_store::{BodyError, BodyStore, LocalBodyStore};
+pub use job::{context, RecipientData, RenderInput, RenderJob, RenderSource, SourceError};
+pub use template::{CompiledTemplate, RenderError, RenderedParts, TemplateError, TemplateSource};
+pub use worker::{render_batch, Renderer, WorkerError};

@@ -1,0 +1,371 @@
+//! Template sources, compilation (once per campaign) and per-recipient rendering.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use handlebars::Handlebars;
+use serde::{Deserialize, Serialize};
+
+use crate::css;
+
+/// Everything a campaign needs to render, stored with the campaign so later edits of `templates/`
+/// never change a campaign already accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateSource {
+    pub subject: String,
+    pub html: String,
+    /// When absent, each recipient's text part is derived from its rendered HTML.
+    pub text: Option<String>,
+    /// Partials by name; layouts are registered as `layouts/NAME`.
+    #[serde(default)]
+    pub partials: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TemplateError {
+    #[error("template name {0:?} is not valid (letters, digits, '-' and '_' only)")]
+    BadName(String),
+    #[error("no template named {0:?}")]
+    NotFound(String),
+    #[error("cannot read {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("{part} line {line}, column {column}: {reason}")]
+    Syntax {
+        part: String,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("{part}: {reason}")]
+    Invalid { part: String, reason: String },
+}
+
+/// A recipient whose data does not fit the template. `part` is `subject`, `html`, `text` or a partial.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[error("{part}{}: {reason}", location(*line, *column))]
+pub struct RenderError {
+    pub part: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub reason: String,
+    /// The missing field, when that is the problem.
+    pub field: Option<String>,
+}
+
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" line {l}, column {c}"),
+        (Some(l), None) => format!(" line {l}"),
+        _ => String::new(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedParts {
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+impl TemplateSource {
+    /// Reads `root/NAME/{subject,html,text}.hbs` plus the shared `root/partials/*.hbs` and
+    /// `root/layouts/*.hbs`. `text.hbs` is optional.
+    pub fn load_dir(root: &Path, name: &str) -> Result<Self, TemplateError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid || name == "partials" || name == "layouts" {
+            return Err(TemplateError::BadName(name.to_string()));
+        }
+        let dir = root.join(name);
+        if !dir.join("html.hbs").is_file() {
+            return Err(TemplateError::NotFound(name.to_string()));
+        }
+        let subject = read(&dir.join("subject.hbs"))?.trim_end().to_string();
+        let html = read(&dir.join("html.hbs"))?;
+        let text_path = dir.join("text.hbs");
+        let text = if text_path.is_file() {
+            Some(read(&text_path)?)
+        } else {
+            None
+        };
+        let mut partials = BTreeMap::new();
+        for (sub, prefix) in [("partials", ""), ("layouts", "layouts/")] {
+            let Ok(entries) = std::fs::read_dir(root.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("hbs") {
+                    continue;
+                }
+                if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                    partials.insert(format!("{prefix}{stem}"), read(&path)?);
+                }
+            }
+        }
+        Ok(Self {
+            subject,
+            html,
+            text,
+            partials,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, TemplateError> {
+    std::fs::read_to_string(path).map_err(|e| TemplateError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Compiled once per campaign. The HTML registry escapes; the subject/text registry does not
+/// (a subject is a header, not HTML, and escaping `&` there shows up as `&amp;` in inboxes).
+pub struct CompiledTemplate {
+    html: Handlebars<'static>,
+    plain: Handlebars<'static>,
+    has_text: bool,
+    /// False when the CSS could not be inlined safely and the `<style>` block was kept as it was.
+    pub css_inlined: bool,
+}
+
+impl std::fmt::Debug for CompiledTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledTemplate")
+            .field("has_text", &self.has_text)
+            .field("css_inlined", &self.css_inlined)
+            .finish()
+    }
+}
+
+impl CompiledTemplate {
+    pub fn compile(src: &TemplateSource) -> Result<Self, TemplateError> {
+        if src.subject.trim().is_empty() {
+            return Err(TemplateError::Invalid {
+                part: "subject".into(),
+                reason: "the subject template is empty".into(),
+            });
+        }
+        if src.html.trim().is_empty() {
+            return Err(TemplateError::Invalid {
+                part: "html".into(),
+                reason: "the HTML template is empty".into(),
+            });
+        }
+        let mut html = registry(true);
+        let mut plain = registry(false);
+        // Compile everything as written first, so syntax errors point at the user's own lines.
+        for (name, body) in &src.partials {
+            register(&mut html, name, body)?;
+            register(&mut plain, name, body)?;
+        }
+        register(&mut html, "html", &src.html)?;
+        register(&mut plain, "subject", &src.subject)?;
+        if let Some(text) = &src.text {
+            register(&mut plain, "text", text)?;
+        }
+        // CSS is inlined once into the template, never per recipient.
+        let inlined = css::inline_template(&src.html, &src.partials);
+        let css_inlined = inlined.is_some();
+        if let Some(inlined) = inlined {
+            register(&mut html, "html", &inlined)?;
+        }
+        Ok(Self {
+            html,
+            plain,
+            has_text: src.text.is_some(),
+            css_inlined,
+        })
+    }
+
+    /// Renders one recipient. `ctx` is the recipient's data object.
+    pub fn render(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
+        let subject = self
+            .plain
+            .render("subject", ctx)
+            .map_err(|e| render_error("subject", e))?;
+        let html = self
+            .html
+            .render("html", ctx)
+            .map_err(|e| render_error("html", e))?;
+        let text = if self.has_text {
+            self.plain
+                .render("text", ctx)
+                .map_err(|e| render_error("text", e))?
+        } else {
+            html_to_text(&html)
+        };
+        Ok(RenderedParts {
+            subject: subject.trim().to_string(),
+            html,
+            text,
+        })
+    }
+}
+
+fn registry(escape_html: bool) -> Handlebars<'static> {
+    let mut h = Handlebars::new();
+    h.set_strict_mode(true);
+    h.set_prevent_indent(true);
+    if !escape_html {
+        h.register_escape_fn(handlebars::no_escape);
+    }
+    h
+}
+
+fn register(h: &mut Handlebars<'static>, part: &str, body: &str) -> Result<(), TemplateError> {
+    h.register_template_string(part, body).map_err(|e| {
+        let (line, column) = e.pos().unwrap_or((0, 0));
+        TemplateError::Syntax {
+            part: part.to_string(),
+            line,
+            column,
+            reason: e.reason().to_string(),
+        }
+    })
+}
+
+fn render_error(part: &str, e: handlebars::RenderError) -> RenderError {
+    let field = match e.reason() {
+        handlebars::RenderErrorReason::MissingVariable(Some(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let reason = match &field {
+        Some(f) => format!("missing field `{f}`"),
+        None => e.reason().to_string(),
+    };
+    // Errors inside a partial name that partial; otherwise the part being rendered.
+    let part = e
+        .template_name
+        .clone()
+        .filter(|t| t != part && t != "html" && t != "text" && t != "subject")
+        .map(|t| format!("{part} (partial {t})"))
+        .unwrap_or_else(|| part.to_string());
+    RenderError {
+        part,
+        line: e.line_no,
+        column: e.column_no,
+        reason,
+        field,
+    }
+}
+
+/// The text alternative for a message that has no text template.
+pub fn html_to_text(html: &str) -> String {
+    html2text::config::plain()
+        .string_from_read(html.as_bytes(), 78)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn src(subject: &str, html: &str, text: Option<&str>) -> TemplateSource {
+        TemplateSource {
+            subject: subject.into(),
+            html: html.into(),
+            text: text.map(Into::into),
+            partials: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn html_is_escaped_subject_and_text_are_not() {
+        let t = CompiledTemplate::compile(&src(
+            "News for {{name}}",
+            "<p>Hello {{name}}</p>",
+            Some("Hello {{name}}"),
+        ))
+        .unwrap();
+        let out = t.render(&json!({"name": "Tom & <Jerry>"})).unwrap();
+        assert_eq!(out.subject, "News for Tom & <Jerry>");
+        assert_eq!(out.html, "<p>Hello Tom &amp; &lt;Jerry&gt;</p>");
+        assert_eq!(out.text, "Hello Tom & <Jerry>");
+    }
+
+    #[test]
+    fn strict_mode_names_the_missing_field_and_its_position() {
+        let t =
+            CompiledTemplate::compile(&src("Hi", "<p>a</p>\n<p>{{first_name}}</p>", None)).unwrap();
+        let err = t.render(&json!({"name": "x"})).unwrap_err();
+        assert_eq!(err.part, "html");
+        assert_eq!(err.field.as_deref(), Some("first_name"));
+        assert_eq!(err.line, Some(2));
+        assert_eq!(
+            err.to_string(),
+            "html line 2, column 4: missing field `first_name`"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        let err = CompiledTemplate::compile(&src("Hi", "<p>\n{{#if x}}a{{/each}}</p>", None))
+            .unwrap_err();
+        match err {
+            TemplateError::Syntax { part, line, .. } => {
+                assert_eq!(part, "html");
+                assert_eq!(line, 2);
+            }
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn partials_and_layouts_render_and_non_ascii_survives() {
+        let mut s = src(
+            "Grüße, {{name}} ✉",
+            "{{#> layouts/base}}<p>Hallo {{name}}</p>{{> footer}}{{/layouts/base}}",
+            None,
+        );
+        s.partials.insert(
+            "layouts/base".into(),
+            "<html><body><div class=\"wrap\">{{> @partial-block}}</div></body></html>".into(),
+        );
+        s.partials
+            .insert("footer".into(), "<footer>Straße 1, 東京</footer>".into());
+        let t = CompiledTemplate::compile(&s).unwrap();
+        let out = t.render(&json!({"name": "Zoë Ñúñez"})).unwrap();
+        assert_eq!(out.subject, "Grüße, Zoë Ñúñez ✉");
+        assert!(out.html.contains(
+            "<div class=\"wrap\"><p>Hallo Zoë Ñúñez</p><footer>Straße 1, 東京</footer></div>"
+        ));
+        assert!(out.text.contains("Hallo Zoë Ñúñez"), "{}", out.text);
+        assert!(out.text.contains("Straße 1, 東京"));
+    }
+
+    #[test]
+    fn missing_field_inside_a_partial_names_the_partial() {
+        let mut s = src("Hi", "<p>{{> card}}</p>", None);
+        s.partials.insert("card".into(), "<b>{{title}}</b>".into());
+        let t = CompiledTemplate::compile(&s).unwrap();
+        let err = t.render(&json!({})).unwrap_err();
+        assert_eq!(err.part, "html (partial card)");
+        assert_eq!(err.field.as_deref(), Some("title"));
+    }
+
+    #[test]
+    fn empty_subject_is_rejected() {
+        assert!(matches!(
+            CompiledTemplate::compile(&src("  ", "<p>x</p>", None)),
+            Err(TemplateError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn load_dir_rejects_traversal_and_unknown_names() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            TemplateSource::load_dir(dir.path(), "../etc"),
+            Err(TemplateError::BadName("../etc".into()))
+        );
+        assert_eq!(
+            TemplateSource::load_dir(dir.path(), "nope"),
+            Err(TemplateError::NotFound("nope".into()))
+        );
+    }
+}

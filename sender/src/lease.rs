@@ -1,0 +1,111 @@
+//! The send contract between the conductor and a sender.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+
+/// Recipients of one rendered batch, and the tokens to send them, each with the moment it may be spent.
+///
+/// Token `k` may be spent at `first_at + k × spacing_us` and never at or after `deadline`, the
+/// minute's end less a safety margin. The conductor hands each lease a slice of the minute's slot line,
+/// so sends from every sender sharing the cap stay evenly spaced across the minute (a GCRA with burst 1
+/// over the whole fleet rather than per process).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendLease {
+    pub lease_id: String,
+    pub campaign_id: String,
+    pub batch: u32,
+    /// Where the rendered batch is, in the body store.
+    pub body_key: String,
+    pub recipients: Vec<i64>,
+    /// Minute the tokens belong to (its first millisecond).
+    pub minute: Millis,
+    pub first_at: Millis,
+    pub spacing_us: i64,
+    pub deadline: Millis,
+}
+
+impl SendLease {
+    pub fn tokens(&self) -> usize {
+        self.recipients.len()
+    }
+
+    /// When token `k` may be spent.
+    pub fn slot(&self, k: usize) -> Millis {
+        self.first_at + (k as i64 * self.spacing_us) / 1000
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum LeaseReply {
+    Lease(SendLease),
+    /// There is work but this minute's budget is spent: ask again at `until`.
+    NoTokens {
+        until: Millis,
+    },
+    /// Nothing to send right now.
+    Idle,
+}
+
+/// What happened to one recipient's send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Accepted by the provider.
+    Sent { provider_id: Option<String> },
+    /// The provider refused this recipient for good.
+    Failed { reason: String },
+    /// Not accepted; worth another try (a new token) no earlier than `retry_after_ms` from now when
+    /// the provider said so.
+    Deferred {
+        reason: String,
+        retry_after_ms: Option<i64>,
+    },
+    /// The request may have reached the provider; resending could mail twice.
+    Unknown { reason: String },
+    /// The provider refused the account or its configuration (bad key, unverified domain): sending
+    /// more would fail the same way, so the campaign should stop.
+    AccountStop { reason: String },
+    /// Not attempted (the minute ran out, or the send was stopped); no request was made.
+    Released,
+}
+
+impl Outcome {
+    /// Whether a provider request was made, i.e. a token was spent.
+    pub fn attempted(&self) -> bool {
+        !matches!(self, Outcome::Released)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecipientOutcome {
+    pub recipient_id: i64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// When the request was started (sender's clock).
+    pub at: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("work source unavailable: {0}")]
+    Unavailable(String),
+    #[error("lease {0} is no longer held")]
+    LeaseLost(String),
+}
+
+/// Where a sender gets work and reports outcomes: the conductor, in-process or over HTTP.
+#[async_trait]
+pub trait WorkSource: Send + Sync + 'static {
+    async fn lease(&self, want: usize) -> Result<LeaseReply, WorkError>;
+    /// Reports outcomes for some of a lease's recipients; `last` closes the lease (every recipient not
+    /// yet reported is released).
+    async fn report(
+        &self,
+        lease_id: &str,
+        outcomes: Vec<RecipientOutcome>,
+        last: bool,
+    ) -> Result<(), WorkError>;
+}

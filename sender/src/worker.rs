@@ -1,0 +1,295 @@
+//! The sender: a step function (`try_one_lease`) and a loop that only decides when to call it again.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use renderer::{BodyStore, RenderedBatch};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, Millis};
+use crate::lease::{LeaseReply, Outcome, RecipientOutcome, SendLease, WorkError, WorkSource};
+use crate::pacing::{self, Next};
+use crate::provider::{OutgoingMessage, Provider};
+
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// Recipients asked for per lease.
+    pub lease_size: usize,
+    /// Requests in flight at once, per lane.
+    pub concurrency: usize,
+    /// Leases worked at once; a second lane keeps the slot line busy while the first waits for its
+    /// last answers.
+    pub lanes: usize,
+    /// The provider's own per-second limit, if it has one (SES MaxSendRate, Resend).
+    pub per_second: Option<NonZeroU32>,
+    /// How long to wait before asking again when there is nothing to send.
+    pub idle_poll_ms: i64,
+    /// Outcomes are reported in chunks of this size (and at the end of each lease), so a crash
+    /// leaves at most a chunk's worth of recipients `unknown`.
+    pub report_every: usize,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            lease_size: 200,
+            concurrency: 32,
+            lanes: 2,
+            per_second: None,
+            idle_poll_ms: 250,
+            report_every: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A lease was worked: this many requests made, this many recipients handed back unsent.
+    Worked { attempted: usize, released: usize },
+    /// Nothing to do; ask again after a pause.
+    Idle,
+    /// The minute's budget is spent; ask again at this time.
+    WaitUntil(Millis),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    #[error(transparent)]
+    Work(#[from] WorkError),
+    #[error("rendered batch {key}: {reason}")]
+    Batch { key: String, reason: String },
+}
+
+fn collect(o: RecipientOutcome, done: &mut Vec<RecipientOutcome>, halted: &mut bool) {
+    *halted |= matches!(o.outcome, Outcome::AccountStop { .. });
+    done.push(o);
+}
+
+/// How many decoded batches to keep: consecutive leases usually come from the same batch.
+const BATCH_CACHE: usize = 4;
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+pub struct Sender {
+    source: Arc<dyn WorkSource>,
+    bodies: Arc<dyn BodyStore>,
+    provider: Arc<dyn Provider>,
+    clock: Arc<dyn Clock>,
+    cfg: SenderConfig,
+    stop: CancellationToken,
+    per_second: Option<Limiter>,
+    batches: Mutex<Vec<(String, Arc<RenderedBatch>)>>,
+}
+
+impl Sender {
+    pub fn new(
+        source: Arc<dyn WorkSource>,
+        bodies: Arc<dyn BodyStore>,
+        provider: Arc<dyn Provider>,
+        clock: Arc<dyn Clock>,
+        cfg: SenderConfig,
+        stop: CancellationToken,
+    ) -> Self {
+        let per_second = cfg
+            .per_second
+            .map(|n| governor::RateLimiter::direct(governor::Quota::per_second(n)));
+        Self {
+            source,
+            bodies,
+            provider,
+            clock,
+            cfg,
+            stop,
+            per_second,
+            batches: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn batch(&self, key: &str) -> Result<Arc<RenderedBatch>, SenderError> {
+        if let Some(b) = self
+            .batches
+            .lock()
+            .expect("batch cache poisoned")
+            .iter()
+            .find(|(k, _)| k == key)
+        {
+            return Ok(b.1.clone());
+        }
+        let fail = |reason: String| SenderError::Batch {
+            key: key.to_string(),
+            reason,
+        };
+        let bytes = self
+            .bodies
+            .get(key)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let batch = tokio::task::spawn_blocking(move || RenderedBatch::decode(&bytes))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let batch = Arc::new(batch);
+        let mut cache = self.batches.lock().expect("batch cache poisoned");
+        if cache.len() >= BATCH_CACHE {
+            cache.remove(0);
+        }
+        cache.push((key.to_string(), batch.clone()));
+        Ok(batch)
+    }
+
+    /// Leases once and works that lease to the end.
+    pub async fn try_one_lease(&self) -> Result<Step, SenderError> {
+        let lease = match self.source.lease(self.cfg.lease_size).await? {
+            LeaseReply::Idle => return Ok(Step::Idle),
+            LeaseReply::NoTokens { until } => return Ok(Step::WaitUntil(until)),
+            LeaseReply::Lease(l) => l,
+        };
+        let batch = match self.batch(&lease.body_key).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Hand every recipient back unsent; the tokens are forfeit, nothing else is lost.
+                self.source.report(&lease.lease_id, vec![], true).await?;
+                return Err(e);
+            }
+        };
+        self.work(&lease, &batch).await
+    }
+
+    async fn work(&self, lease: &SendLease, batch: &RenderedBatch) -> Result<Step, SenderError> {
+        let mut in_flight = FuturesUnordered::new();
+        let mut done: Vec<RecipientOutcome> = Vec::new();
+        let mut attempted = 0;
+        let mut stopped = false;
+        let mut halted = false;
+        for (k, &rid) in lease.recipients.iter().enumerate() {
+            // Take in whatever has answered, so an account stop halts the lease at once.
+            while let Some(Some(o)) = in_flight.next().now_or_never() {
+                collect(o, &mut done, &mut halted);
+            }
+            if stopped || halted || self.stop.is_cancelled() {
+                break;
+            }
+            // Wait for this token's slot, collecting answers meanwhile.
+            loop {
+                match pacing::next(lease, k, self.clock.now_ms()) {
+                    Next::Go => break,
+                    Next::Expired => {
+                        stopped = true;
+                        break;
+                    }
+                    Next::WaitUntil(t) => {
+                        tokio::select! {
+                            _ = self.clock.sleep_until(t) => {}
+                            Some(o) = in_flight.next(), if !in_flight.is_empty() => collect(o, &mut done, &mut halted),
+                            _ = self.stop.cancelled() => { stopped = true; break; }
+                        }
+                    }
+                }
+            }
+            if stopped {
+                break;
+            }
+            while in_flight.len() >= self.cfg.concurrency.max(1) {
+                if let Some(o) = in_flight.next().await {
+                    collect(o, &mut done, &mut halted);
+                }
+            }
+            if let Some(limiter) = &self.per_second {
+                limiter.until_ready().await;
+            }
+            // Waiting for room may have carried us past the minute: a token is never spent late.
+            let now = self.clock.now_ms();
+            if now >= lease.deadline || halted {
+                break;
+            }
+            attempted += 1;
+            let provider = &self.provider;
+            in_flight.push(async move {
+                let outcome = match batch.message(rid) {
+                    Some(message) => provider.send(OutgoingMessage { batch, message }).await,
+                    None => Outcome::Failed {
+                        reason: format!("recipient {rid} is missing from its rendered batch"),
+                    },
+                };
+                RecipientOutcome {
+                    recipient_id: rid,
+                    outcome,
+                    at: now,
+                }
+            });
+            if done.len() >= self.cfg.report_every {
+                self.flush(lease, &mut done, false).await;
+            }
+        }
+        while let Some(o) = in_flight.next().await {
+            done.push(o);
+        }
+        let released = lease.tokens() - attempted;
+        self.flush(lease, &mut done, true).await;
+        Ok(Step::Worked {
+            attempted,
+            released,
+        })
+    }
+
+    /// Reports what is done. A failed interim report keeps its outcomes for the next one; the last
+    /// report is retried a few times, after which the lease expires and the conductor marks its
+    /// unreported recipients `unknown` (never resent silently).
+    async fn flush(&self, lease: &SendLease, done: &mut Vec<RecipientOutcome>, last: bool) {
+        let attempts = if last { 5 } else { 1 };
+        for attempt in 0..attempts {
+            match self
+                .source
+                .report(&lease.lease_id, done.clone(), last)
+                .await
+            {
+                Ok(()) => {
+                    done.clear();
+                    return;
+                }
+                Err(WorkError::LeaseLost(id)) => {
+                    tracing::warn!(lease = %id, "lease lost before its outcomes were reported");
+                    done.clear();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %lease.lease_id, error = %e, attempt, "report failed");
+                    if last {
+                        let backoff = 200 * (1 << attempt);
+                        self.clock.sleep_until(self.clock.now_ms() + backoff).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Works leases on `lanes` lanes until stopped.
+    pub async fn run(self: Arc<Self>) {
+        let lanes: Vec<_> = (0..self.cfg.lanes.max(1))
+            .map(|_| tokio::spawn(self.clone().lane()))
+            .collect();
+        for lane in lanes {
+            let _ = lane.await;
+        }
+    }
+
+    async fn lane(self: Arc<Self>) {
+        while !self.stop.is_cancelled() {
+            let until = match self.try_one_lease().await {
+                Ok(Step::Worked { .. }) => continue,
+                Ok(Step::Idle) => self.clock.now_ms() + self.cfg.idle_poll_ms,
+                Ok(Step::WaitUntil(t)) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sender step failed");
+                    self.clock.now_ms() + 1_000
+                }
+            };
+            tokio::select! {
+                _ = self.clock.sleep_until(until) => {}
+                _ = self.stop.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The sender's step function driven directly, on a manual clock.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use renderer::{BodyStore, LocalBodyStore, Mailbox, RenderedBatch, RenderedMessage};
+use sender::clock::ManualClock;
+use sender::{
+    Clock, LeaseReply, Outcome, OutgoingMessage, Provider, RecipientOutcome, SendLease, Sender,
+    SenderConfig, Step, WorkError, WorkSource,
+};
+use tokio_util::sync::CancellationToken;
+
+const T0: i64 = 1_700_000_040_000; // a minute boundary
+
+#[derive(Default)]
+struct FakeSource {
+    replies: Mutex<Vec<LeaseReply>>,
+    reports: Mutex<Vec<(Vec<RecipientOutcome>, bool)>>,
+}
+
+#[async_trait]
+impl WorkSource for FakeSource {
+    async fn lease(&self, _want: usize) -> Result<LeaseReply, WorkError> {
+        Ok(self
+            .replies
+            .lock()
+            .unwrap()
+            .pop()
+            .unwrap_or(LeaseReply::Idle))
+    }
+    async fn report(
+        &self,
+        _l: &str,
+        o: Vec<RecipientOutcome>,
+        last: bool,
+    ) -> Result<(), WorkError> {
+        self.reports.lock().unwrap().push((o, last));
+        Ok(())
+    }
+}
+
+struct FakeProvider {
+    clock: Arc<ManualClock>,
+    calls: Mutex<Vec<(i64, i64)>>,
+    answer: Box<dyn Fn(i64) -> Outcome + Send + Sync>,
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+    async fn send(&self, msg: OutgoingMessage<'_>) -> Outcome {
+        let id = msg.message.recipient_id;
+        self.calls.lock().unwrap().push((id, self.clock.now_ms()));
+        (self.answer)(id)
+    }
+}
+
+async fn setup(
+    n: i64,
+    answer: impl Fn(i64) -> Outcome + Send + Sync + 'static,
+) -> (
+    Arc<ManualClock>,
+    Arc<FakeSource>,
+    Arc<FakeProvider>,
+    Arc<Sender>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let bodies = Arc::new(LocalBodyStore::new(dir.path()));
+    let batch = RenderedBatch {
+        version: renderer::batch::FORMAT_VERSION,
+        campaign_id: "c".into(),
+        batch: 0,
+        from: Mailbox {
+            name: None,
+            email: "from@example.com".into(),
+        },
+        reply_to: None,
+        headers: Default::default(),
+        messages: (0..n)
+            .map(|i| RenderedMessage {
+                recipient_id: i,
+                to: format!("r{i}@example.com"),
+                to_name: None,
+                subject: "s".into(),
+                html: "<p>h</p>".into(),
+                text: "h".into(),
+            })
+            .collect(),
+    };
+    bodies.put("b0", batch.encode().unwrap()).await.unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let source = Arc::new(FakeSource::default());
+    let provider = Arc::new(FakeProvider {
+        clock: clock.clone(),
+        calls: Mutex::new(vec![]),
+        answer: Box::new(answer),
+    });
+    let sender = Arc::new(Sender::new(
+        source.clone(),
+        bodies,
+        provider.clone(),
+        clock.clone(),
+        SenderConfig {
+            report_every: 2,
+            ..SenderConfig::default()
+        },
+        CancellationToken::new(),
+    ));
+    (clock, source, provider, sender, dir)
+}
+
+fn lease(recipients: Vec<i64>, first_at: i64, spacing_us: i64, deadline: i64) -> SendLease {
+    SendLease {
+        lease_id: "L1".into(),
+        campaign_id: "c".into(),
+        batch: 0,
+        body_key: "b0".into(),
+        recipients,
+        minute: T0,
+        first_at,
+        spacing_us,
+        deadline,
+    }
+}
+
+/// Lets spawned work run until `done` holds (bounded; the manual clock does not move meanwhile).
+async fn eventually(done: impl Fn() -> bool) {
+    for _ in 0..5_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test]
+async fn sends_on_their_slots_and_reports_every_outcome() {
+    let (clock, source, provider, sender, _dir) = setup(4, |i| Outcome::Sent {
+        provider_id: Some(format!("m{i}")),
+    })
+    .await;
+    source.replies.lock().unwrap().push(LeaseReply::Lease(lease(
+        vec![0, 1, 2, 3],
+        T0,
+        10_000_000,
+        T0 + 58_000,
+    )));
+    let s = sender.clone();
+    let step = tokio::spawn(async move { s.try_one_lease().await.unwrap() });
+    eventually(|| provider.calls.lock().unwrap().len() == 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(
+        provider.calls.lock().unwrap().len(),
+        1,
+        "only the first slot is due"
+    );
+    for n in 2..=4 {
+        clock.advance(10_000);
+        eventually(|| provider.calls.lock().unwrap().len() == n).await;
+    }
+    assert_eq!(
+        step.await.unwrap(),
+        Step::Worked {
+            attempted: 4,
+            released: 0
+        }
+    );
+    let calls = provider.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            (0, T0),
+            (1, T0 + 10_000),
+            (2, T0 + 20_000),
+            (3, T0 + 30_000)
+        ]
+    );
+    let reports = source.reports.lock().unwrap().clone();
+    let ids: Vec<i64> = reports
+        .iter()
+        .flat_map(|(o, _)| o.iter().map(|o| o.recipient_id))
+        .collect();
+    assert_eq!(ids, vec![0, 1, 2, 3]);
+    assert!(
+        reports.last().unwrap().1,
+        "the last report closes the lease"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_that_outlives_its_minute_cannot_spend_its_tokens() {
+    let (clock, source, provider, sender, _dir) =
+        setup(3, |_| Outcome::Sent { provider_id: None }).await;
+    source.replies.lock().unwrap().push(LeaseReply::Lease(lease(
+        vec![0, 1, 2],
+        T0,
+        1_000_000,
+        T0 + 58_000,
+    )));
+    // The sender only gets to it after the deadline (a stall, a GC pause, a slow body fetch).
+    clock.set(T0 + 58_000);
+    assert_eq!(
+        sender.try_one_lease().await.unwrap(),
+        Step::Worked {
+            attempted: 0,
+            released: 3
+        }
+    );
+    assert!(provider.calls.lock().unwrap().is_empty());
+    let reports = source.reports.lock().unwrap().clone();
+    assert_eq!(reports, vec![(vec![], true)]);
+}
+
+#[tokio::test]
+async fn an_account_stop_halts_the_lease() {
+    let (_clock, source, provider, sender, _dir) = setup(5, |_| Outcome::AccountStop {
+        reason: "401".into(),
+    })
+    .await;
+    let mut l = lease(vec![0, 1, 2, 3, 4], T0, 0, T0 + 58_000);
+    l.spacing_us = 0;
+    source.replies.lock().unwrap().push(LeaseReply::Lease(l));
+    let step = sender.try_one_lease().await.unwrap();
+    let calls = provider.calls.lock().unwrap().len();
+    assert!(
+        calls < 5,
+        "kept sending after the provider refused the account: {calls}"
+    );
+    assert_eq!(
+        step,
+        Step::Worked {
+            attempted: calls,
+            released: 5 - calls
+        }
+    );
+}
+
+#[tokio::test]
+async fn no_tokens_and_idle_are_passed_on() {
+    let (_clock, source, _provider, sender, _dir) = setup(1, |_| Outcome::Released).await;
+    source
+        .replies
+        .lock()
+        .unwrap()
+        .push(LeaseReply::NoTokens { until: T0 + 60_000 });
+    assert_eq!(
+        sender.try_one_lease().await.unwrap(),
+        Step::WaitUntil(T0 + 60_000)
+    );
+    assert_eq!(sender.try_one_lease().await.unwrap(), Step::Idle);
+}
+
+#[tokio::test]
+async fn a_missing_batch_hands_the_lease_back() {
+    let (_clock, source, _provider, sender, _dir) = setup(1, |_| Outcome::Released).await;
+    let mut l = lease(vec![0], T0, 0, T0 + 58_000);
+    l.body_key = "nope".into();
+    source.replies.lock().unwrap().push(LeaseReply::Lease(l));
+    assert!(sender.try_one_lease().await.is_err());
+    assert_eq!(source.reports.lock().unwrap().clone(), vec![(vec![], true)]);
+}
+
+#[test]
+fn clock_is_object_safe() {
+    let _c: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+}
