@@ -1,1 +1,15 @@
+//! The conductor: REST API, campaign state, minute ledger, work hand-out and progress.
 
+pub mod api;
+pub mod config;
+pub mod config_watch;
+pub mod demo;
+pub mod ledger;
+pub mod planner;
+pub mod problem;
+pub mod retry;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod validate;
+pub mod work;

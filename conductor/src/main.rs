@@ -1,1 +1,81 @@
-fn main() {}
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use conductor::config::Config;
+use conductor::startup::Application;
+use sender::SystemClock;
+
+/// Campaign email delivery orchestrator.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the REST API with the embedded renderer and sender workers.
+    Serve {
+        /// conductor.toml; every key is optional.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Send a demo newsletter to generated recipients and show the progress.
+    Demo {
+        #[arg(long, default_value_t = 2000)]
+        recipients: usize,
+        /// Messages per calendar minute (overrides the config).
+        #[arg(long)]
+        per_minute: Option<u32>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                match cli.command {
+                    Command::Demo { .. } => "warn".into(),
+                    Command::Serve { .. } => "info".into(),
+                }
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = Config::load(config.as_deref(), std::env::vars())?;
+            let app = Application::build(cfg, config, Arc::new(SystemClock)).await?;
+            tracing::info!(address = %app.local_addr(), "conductor serving");
+            app.run_until(async {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+            })
+            .await
+            .context("server failed")?;
+        }
+        Command::Demo {
+            recipients,
+            per_minute,
+            config,
+        } => {
+            anyhow::ensure!(recipients > 0, "--recipients must be at least 1");
+            let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
+            if let Some(cap) = per_minute {
+                cfg.governor.per_minute = cap;
+            }
+            cfg.validate()?;
+            let summary =
+                conductor::demo::run(cfg.clone(), None, recipients, Arc::new(SystemClock)).await?;
+            summary.print(&cfg);
+        }
+    }
+    Ok(())
+}

@@ -171,10 +171,11 @@ fn protect(src: &str) -> Option<(String, Vec<String>)> {
 }
 
 fn raw_text_element(rest: &str) -> bool {
+    let rest = rest.as_bytes();
     ["style", "script", "title", "textarea"].iter().any(|t| {
-        rest.len() >= t.len()
-            && rest[..t.len()].eq_ignore_ascii_case(t)
-            && rest[t.len()..].starts_with(|c: char| c == '>' || c.is_ascii_whitespace())
+        rest.len() > t.len()
+            && rest[..t.len()].eq_ignore_ascii_case(t.as_bytes())
+            && (rest[t.len()] == b'>' || rest[t.len()].is_ascii_whitespace())
     })
 }
 
@@ -273,6 +274,13 @@ mod tests {
         ] {
             assert_eq!(inline_template(html, &no_partials()), None, "{html}");
         }
+    }
+
+    #[test]
+    fn non_ascii_after_angle_brackets_does_not_break_the_scanner() {
+        let html = "<style>p { color: red }</style><p>a</p>· Straße <· {{x}} </· ünïcödé<";
+        let out = inline_template(html, &no_partials()).unwrap();
+        assert!(out.contains("{{x}}"), "{out}");
     }
 
     #[test]

@@ -91,6 +91,17 @@ impl TemplateSource {
         } else {
             None
         };
+        Ok(Self {
+            subject,
+            html,
+            text,
+            partials: Self::load_partials(root)?,
+        })
+    }
+
+    /// The shared `root/partials/*.hbs` (as `NAME`) and `root/layouts/*.hbs` (as `layouts/NAME`);
+    /// none when the folders do not exist.
+    pub fn load_partials(root: &Path) -> Result<BTreeMap<String, String>, TemplateError> {
         let mut partials = BTreeMap::new();
         for (sub, prefix) in [("partials", ""), ("layouts", "layouts/")] {
             let Ok(entries) = std::fs::read_dir(root.join(sub)) else {
@@ -106,12 +117,7 @@ impl TemplateSource {
                 }
             }
         }
-        Ok(Self {
-            subject,
-            html,
-            text,
-            partials,
-        })
+        Ok(partials)
     }
 }
 
@@ -367,5 +373,34 @@ mod tests {
             TemplateSource::load_dir(dir.path(), "nope"),
             Err(TemplateError::NotFound("nope".into()))
         );
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// The newsletter in `templates/` compiles, gets its CSS inlined, and renders personal data.
+    #[test]
+    fn the_newsletter_template_inlines_its_css_and_renders() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+        let src = TemplateSource::load_dir(&root, "newsletter").unwrap();
+        let t = CompiledTemplate::compile(&src).unwrap();
+        assert!(t.css_inlined, "the shipped template must inline cleanly");
+        let ctx = serde_json::json!({
+            "email": "zoe@example.org", "name": "Zoë Müller", "first_name": "Zoë", "city": "Köln",
+            "member_since": 2019, "unsubscribe_url": "https://example.com/u/x",
+            "articles": [{"title": "A & B", "summary": "s1", "url": "https://e.example/1"},
+                         {"title": "C", "summary": "s2", "url": "https://e.example/2"}]
+        });
+        let out = t.render(&ctx).unwrap();
+        assert_eq!(out.subject, "Zoë, this week's Gazette: A & B");
+        assert!(out.html.contains("<h2 style=\""), "{}", out.html);
+        assert!(out.html.contains("A &amp; B"));
+        assert_eq!(out.html.matches("Read more").count(), 2);
+        assert!(out.html.contains("@media only screen"));
+        assert!(out.html.contains("href=\"https://example.com/u/x\""));
+        assert!(out.text.contains("## A & B"));
+        assert!(out.text.contains("Unsubscribe: https://example.com/u/x"));
     }
 }

@@ -119,7 +119,10 @@ impl Renderer {
 
     /// Takes jobs until the channel closes. A failed job is logged and left for the conductor's
     /// reconcile loop to hand out again: the store, not this loop, is the truth.
-    pub async fn run(self: Arc<Self>, jobs: Arc<tokio::sync::Mutex<mpsc::Receiver<RenderJob>>>) {
+    pub async fn run(
+        self: Arc<Self>,
+        jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<RenderJob>>>,
+    ) {
         loop {
             let job = { jobs.lock().await.recv().await };
             let Some(job) = job else { return };

@@ -1,0 +1,208 @@
+//! The REST API (v1).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::problem::Problem;
+use crate::service::Service;
+use crate::store::Action;
+use crate::validate::{self, CampaignRequest, Row};
+
+pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
+        .route("/v1/campaigns/{id}", get(get_campaign))
+        .route("/v1/campaigns/{id}/{action}", post(act))
+        .route("/v1/minutes", get(minutes))
+        .fallback(|| async { Problem::not_found("no such resource") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "/problems/method-not-allowed",
+                "Method not allowed",
+                "this resource does not accept that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(service)
+}
+
+async fn create_campaign(
+    State(svc): State<Arc<Service>>,
+    req: Request,
+) -> Result<Response, Problem> {
+    let limit = svc.max_body_bytes;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (campaign, rows) = if content_type.starts_with("application/json") {
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| Problem::too_large(limit))?;
+        let mut c: CampaignRequest =
+            serde_json::from_slice(&bytes).map_err(|e| Problem::bad_json(&e))?;
+        let recipients = c.recipients.take().ok_or_else(|| {
+            missing(
+                "recipients",
+                "`recipients` is required (or send multipart/form-data with a recipients CSV part)",
+            )
+        })?;
+        (c, validate::json_rows(recipients))
+    } else if content_type.starts_with("multipart/form-data") {
+        read_multipart(req, limit).await?
+    } else {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "/problems/unsupported-media-type",
+            "Unsupported media type",
+            "send application/json, or multipart/form-data with `campaign` (JSON) and `recipients` (CSV) parts",
+        ));
+    };
+    let created = svc.create(campaign, rows).await?;
+    let location = format!("/v1/campaigns/{}", created.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(created),
+    )
+        .into_response())
+}
+
+fn missing(field: &str, detail: &str) -> Problem {
+    validate::Invalid::Fields(vec![validate::FieldError {
+        field: field.into(),
+        message: detail.into(),
+    }])
+    .into()
+}
+
+async fn read_multipart(
+    req: Request<Body>,
+    limit: usize,
+) -> Result<(CampaignRequest, Vec<Row>), Problem> {
+    let part_error = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::too_large(limit)
+        } else {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "/problems/invalid-multipart",
+                "The multipart body is not valid",
+                e.body_text(),
+            )
+        }
+    };
+    let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-multipart",
+            "The multipart body is not valid",
+            e.body_text(),
+        )
+    })?;
+    let (mut campaign, mut csv) = (None, None);
+    while let Some(field) = multipart.next_field().await.map_err(part_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes = field.bytes().await.map_err(part_error)?;
+        match name.as_str() {
+            "campaign" => {
+                campaign = Some(
+                    serde_json::from_slice::<CampaignRequest>(&bytes)
+                        .map_err(|e| Problem::bad_json(&e))?,
+                )
+            }
+            "recipients" => csv = Some(bytes),
+            other => {
+                return Err(missing(
+                    other,
+                    &format!("unexpected part `{other}`: send `campaign` and `recipients`"),
+                ))
+            }
+        }
+    }
+    let campaign =
+        campaign.ok_or_else(|| missing("campaign", "the `campaign` JSON part is required"))?;
+    if campaign.recipients.is_some() {
+        return Err(missing(
+            "recipients",
+            "give recipients either in the CSV part or in the JSON, not both",
+        ));
+    }
+    let csv = csv.ok_or_else(|| missing("recipients", "the `recipients` CSV part is required"))?;
+    let rows = validate::parse_csv(&csv)?;
+    Ok((campaign, rows))
+}
+
+async fn list_campaigns(State(svc): State<Arc<Service>>) -> Result<Response, Problem> {
+    let campaigns = svc.store.campaigns().await?;
+    Ok(Json(serde_json::json!({ "campaigns": campaigns })).into_response())
+}
+
+async fn get_campaign(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(Json(svc.store.campaign(&id).await?).into_response())
+}
+
+async fn act(
+    State(svc): State<Arc<Service>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let action = match action.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "cancel" => Action::Cancel,
+        other => {
+            return Err(Problem::not_found(format!(
+                "no action {other:?}: use pause, resume or cancel"
+            )))
+        }
+    };
+    Ok(Json(svc.act(&id, action).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct MinutesQuery {
+    since: Option<String>,
+}
+
+async fn minutes(
+    State(svc): State<Arc<Service>>,
+    Query(q): Query<MinutesQuery>,
+) -> Result<Response, Problem> {
+    let since = match q.since {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(&s)
+            .map_err(|e| {
+                Problem::bad_query(format!(
+                    "`since` must be an RFC 3339 time such as 2026-01-31T12:00:00Z: {e}"
+                ))
+            })?
+            .timestamp_millis(),
+        None => svc.work.clock.now_ms() - 60 * 60_000,
+    };
+    let minutes: Vec<_> = svc
+        .store
+        .minutes(since)
+        .await?
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "minute": crate::store::rfc3339(m.minute_ms),
+                "cap": m.cap, "granted": m.granted, "used": m.used, "sent": m.sent,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "minutes": minutes })).into_response())
+}

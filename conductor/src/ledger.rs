@@ -1,0 +1,233 @@
+//! The minute ledger's arithmetic: how many tokens a claim gets and when each may be spent. Pure; the
+//! store applies it atomically to one `(scope, minute)` row.
+//!
+//! Each row carries a *slot line*: the moment the next token may be spent. A claim takes the next
+//! `grant` slots, spaced so that what is left of the minute's budget is spread evenly over what is left
+//! of the minute (less a safety margin). Successive claims, from any number of senders, therefore
+//! continue one evenly spaced line instead of each bursting its own share.
+
+use sender::clock::{minute_end, minute_start, Millis};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteRow {
+    pub minute: Millis,
+    /// Fixed when the minute's row is created: a cap change applies from the next minute.
+    pub cap: u32,
+    pub granted: u32,
+    pub next_slot: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub tokens: u32,
+    pub minute: Millis,
+    pub first_at: Millis,
+    pub spacing_us: i64,
+    /// No token of this grant may be spent at or after this moment.
+    pub deadline: Millis,
+}
+
+/// At most this much of the slot line goes to one grant, so a pause or cancel takes effect within it
+/// and a sender that dies leaves at most this much of its lease in doubt.
+pub const MAX_SPAN_MS: Millis = 5_000;
+
+/// Claims up to `want` tokens at `now`. `row` is this minute's row if it exists (a row of another
+/// minute is ignored: unused tokens are forfeit at the minute's end); `cap_now` is the configured cap,
+/// used only when the minute's row is created.
+pub fn claim(
+    row: Option<MinuteRow>,
+    cap_now: u32,
+    want: u32,
+    now: Millis,
+    margin_ms: Millis,
+) -> (Grant, MinuteRow) {
+    let minute = minute_start(now);
+    let deadline = minute_end(now) - margin_ms;
+    let row = row.filter(|r| r.minute == minute).unwrap_or(MinuteRow {
+        minute,
+        cap: cap_now,
+        granted: 0,
+        next_slot: minute,
+    });
+    let left = row.cap.saturating_sub(row.granted);
+    let tokens = if now >= deadline { 0 } else { want.min(left) };
+    if tokens == 0 {
+        let none = Grant {
+            tokens: 0,
+            minute,
+            first_at: now,
+            spacing_us: 0,
+            deadline,
+        };
+        return (none, row);
+    }
+    let start = now.max(row.next_slot).min(deadline - 1);
+    let spacing_us = (deadline - start) * 1000 / i64::from(left);
+    let span_limit = (MAX_SPAN_MS * 1000 / spacing_us.max(1)).max(1);
+    let tokens = tokens.min(span_limit.min(i64::from(u32::MAX)) as u32);
+    let grant = Grant {
+        tokens,
+        minute,
+        first_at: start,
+        spacing_us,
+        deadline,
+    };
+    let next = MinuteRow {
+        granted: row.granted + tokens,
+        next_slot: start + i64::from(tokens) * spacing_us / 1000,
+        ..row
+    };
+    (grant, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: Millis = 1_700_000_040_000; // a minute boundary
+    const MARGIN: Millis = 2_000;
+
+    /// Applies claims the way the store does: one row per minute, kept between claims.
+    struct Ledger {
+        rows: Vec<MinuteRow>,
+    }
+
+    impl Ledger {
+        fn new() -> Self {
+            Self { rows: vec![] }
+        }
+        fn claim(&mut self, cap: u32, want: u32, now: Millis) -> Grant {
+            let current = self
+                .rows
+                .iter()
+                .copied()
+                .find(|r| r.minute == minute_start(now));
+            let (grant, row) = claim(current, cap, want, now, MARGIN);
+            self.rows.retain(|r| r.minute != row.minute);
+            self.rows.push(row);
+            grant
+        }
+        /// Claims again and again at one instant until `want` is met or nothing more is granted —
+        /// what a sender's lanes do when each asks for a lease.
+        fn claim_up_to(&mut self, cap: u32, want: u32, now: Millis) -> u32 {
+            let mut got = 0;
+            while got < want {
+                let g = self.claim(cap, want - got, now).tokens;
+                if g == 0 {
+                    break;
+                }
+                got += g;
+            }
+            got
+        }
+        fn row(&self, minute: Millis) -> MinuteRow {
+            *self.rows.iter().find(|r| r.minute == minute).expect("row")
+        }
+    }
+
+    #[test]
+    fn grants_within_a_minute_never_exceed_the_cap() {
+        let mut l = Ledger::new();
+        let mut total = 0;
+        let mut now = M;
+        // Many small and large claims at irregular moments through one minute.
+        while now < M + 60_000 {
+            let want = 1 + ((now - M) as u32 * 7919) % 97;
+            let g = l.claim(600, want, now);
+            assert!(g.tokens <= want);
+            total += g.tokens;
+            now += 20 + (now % 13);
+        }
+        assert_eq!(total, 600);
+        assert_eq!(l.row(M).granted, 600);
+        assert_eq!(l.claim_up_to(600, 10, M + 30_000), 0);
+    }
+
+    #[test]
+    fn the_budget_is_spread_evenly_over_the_rest_of_the_minute() {
+        let g = claim(None, 600, 600, M, MARGIN).0;
+        assert_eq!(g.first_at, M);
+        assert_eq!(g.spacing_us, 58_000 * 1000 / 600);
+        // Half-way through an idle minute the full cap is spread over the half that is left.
+        let g = claim(None, 600, 600, M + 29_000, MARGIN).0;
+        assert_eq!(g.spacing_us, 29_000 * 1000 / 600);
+        assert!(g.first_at + 599 * g.spacing_us / 1000 < g.deadline);
+        // And every token of a fully claimed minute has a slot before the deadline.
+        let mut l = Ledger::new();
+        assert_eq!(l.claim_up_to(600, 600, M + 29_000), 600);
+        assert!(l.row(M).next_slot <= M + 58_000);
+    }
+
+    #[test]
+    fn successive_claims_continue_one_slot_line() {
+        let mut l = Ledger::new();
+        let a = l.claim(6_000, 100, M);
+        let b = l.claim(6_000, 100, M + 5);
+        // Same pace (to integer rounding), and b starts where a ends rather than on top of it.
+        assert!((a.spacing_us - b.spacing_us).abs() <= 2, "{a:?} {b:?}");
+        assert_eq!(b.first_at, a.first_at + 100 * a.spacing_us / 1000);
+    }
+
+    #[test]
+    fn one_grant_covers_at_most_a_few_seconds_of_the_line() {
+        // 60/min is about one token a second: a grant of 50 is cut to the span.
+        let g = claim(None, 60, 50, M, MARGIN).0;
+        assert_eq!(g.tokens, (MAX_SPAN_MS * 1000 / g.spacing_us) as u32);
+        assert!((5..=6).contains(&g.tokens), "{g:?}");
+        // A very slow line still grants one token at a time.
+        assert_eq!(claim(None, 1, 10, M, MARGIN).0.tokens, 1);
+    }
+
+    #[test]
+    fn rollover_and_idle_minutes_start_fresh() {
+        let mut l = Ledger::new();
+        assert_eq!(l.claim_up_to(100, 500, M + 10_000), 100);
+        assert_eq!(l.claim_up_to(100, 500, M + 20_000), 0);
+        // Next minute: a full budget again; unused tokens of the last minute are not carried over.
+        let g = l.claim(100, 5, M + 60_000);
+        assert_eq!(
+            (g.tokens, g.minute, g.first_at),
+            (5, M + 60_000, M + 60_000)
+        );
+        // Three idle minutes later: nothing owed, nothing carried.
+        assert_eq!(l.claim_up_to(100, 500, M + 5 * 60_000 + 1), 100);
+        assert_eq!(l.row(M + 60_000).granted, 5);
+    }
+
+    #[test]
+    fn a_cap_change_mid_minute_applies_from_the_next_minute() {
+        let mut l = Ledger::new();
+        assert_eq!(l.claim_up_to(100, 60, M), 60);
+        // Raised to 1000 mid-minute: this minute stays at 100.
+        assert_eq!(l.claim_up_to(1_000, 500, M + 30_000), 40);
+        assert_eq!(l.row(M).cap, 100);
+        assert_eq!(l.claim_up_to(1_000, 5_000, M + 60_000), 1_000);
+        // Lowered to 10 mid-minute: this minute keeps 1000 (all granted), the next has 10.
+        assert_eq!(l.claim_up_to(10, 5, M + 90_000), 0);
+        assert_eq!(l.claim_up_to(10, 50, M + 120_000), 10);
+        assert_eq!(l.row(M + 120_000).cap, 10);
+    }
+
+    #[test]
+    fn nothing_is_granted_inside_the_safety_margin() {
+        let (g, row) = claim(None, 600, 10, M + 58_000, MARGIN);
+        assert_eq!(g.tokens, 0);
+        assert_eq!(row.granted, 0);
+        let (g, _) = claim(None, 600, 10, M + 57_999, MARGIN);
+        assert!(g.tokens >= 1);
+        assert!(g.first_at < g.deadline);
+    }
+
+    #[test]
+    fn a_row_from_another_minute_is_ignored() {
+        let old = MinuteRow {
+            minute: M,
+            cap: 5,
+            granted: 5,
+            next_slot: M + 50_000,
+        };
+        let (g, row) = claim(Some(old), 600, 10, M + 60_000, MARGIN);
+        assert_eq!(g.tokens, 10);
+        assert_eq!((row.minute, row.cap, row.granted), (M + 60_000, 600, 10));
+    }
+}

@@ -1,0 +1,47 @@
+//! What the API and the CLI do to campaigns, in one place.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::problem::Problem;
+use crate::store::{Action, Campaign, Store};
+use crate::validate::{self, CampaignRequest, Row};
+use crate::work::Work;
+
+pub struct Service {
+    pub store: Arc<dyn Store>,
+    pub work: Arc<Work>,
+    pub templates_dir: PathBuf,
+    pub max_body_bytes: usize,
+}
+
+impl Service {
+    /// Validates everything, then stores the campaign in one transaction; nothing is stored otherwise.
+    pub async fn create(&self, req: CampaignRequest, rows: Vec<Row>) -> Result<Campaign, Problem> {
+        let templates = self.templates_dir.clone();
+        // Compiling and trial-rendering a large list is CPU work: keep it off the async threads.
+        let valid = tokio::task::spawn_blocking(move || validate::validate(req, rows, &templates))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "validation task failed");
+                Problem::internal()
+            })??;
+        if !valid.css_inlined {
+            tracing::debug!("template CSS kept in <style>: it could not be inlined safely");
+        }
+        let batch_size = self.work.config.borrow().campaigns.batch_size;
+        let campaign = self
+            .store
+            .create_campaign(&valid, batch_size, self.work.clock.now_ms())
+            .await?;
+        tracing::info!(campaign = %campaign.id, recipients = campaign.counts.total, duplicates = valid.duplicates, "campaign created");
+        self.work.wake.notify_one();
+        Ok(campaign)
+    }
+
+    pub async fn act(&self, id: &str, action: Action) -> Result<Campaign, Problem> {
+        let c = self.store.act(id, action, self.work.clock.now_ms()).await?;
+        self.work.wake.notify_one();
+        Ok(c)
+    }
+}

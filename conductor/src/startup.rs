@@ -1,0 +1,202 @@
+//! Building the conductor: the embedded workers (`Runtime`) and, around them, the HTTP server
+//! (`Application`), which binds before it serves so tests can ask for port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use renderer::{LocalBodyStore, Renderer};
+use sender::provider::{Mailgun, Outbox};
+use sender::{Clock, Provider, Sender, SenderConfig};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, ProviderKind};
+use crate::service::Service;
+use crate::store::{SqliteStore, Store, StoreError};
+use crate::work::Work;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("provider: {0}")]
+    Provider(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The conductor with its embedded renderer and sender workers.
+pub struct Runtime {
+    pub service: Arc<Service>,
+    pub config: watch::Sender<Arc<Config>>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        config.validate()?;
+        let store = SqliteStore::open(&config.sqlite_path()?).await?;
+        // Render jobs queued in a previous process died with it: hand them out again now.
+        store.reset_dispatch().await?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let bodies = Arc::new(LocalBodyStore::new(config.bodies_dir()?));
+        let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+        let work = Arc::new(Work {
+            store: store.clone(),
+            clock: clock.clone(),
+            config: config_rx,
+            wake: Notify::new(),
+        });
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
+        let renderer = Arc::new(Renderer::new(work.clone(), bodies.clone()));
+        let render_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for _ in 0..render_workers {
+            tasks.push(tokio::spawn(renderer.clone().run(jobs_rx.clone())));
+        }
+        tasks.push(tokio::spawn(
+            work.clone().run_reconcile(jobs_tx, stop.clone()),
+        ));
+
+        let provider = provider(&config, clock.clone())?;
+        let sender = Arc::new(Sender::new(
+            work.clone(),
+            bodies,
+            provider,
+            clock,
+            SenderConfig {
+                lease_size: config.sender.lease_size as usize,
+                concurrency: config.sender.concurrency as usize,
+                lanes: config.sender.lanes as usize,
+                per_second: config
+                    .provider
+                    .per_second
+                    .and_then(std::num::NonZeroU32::new),
+                ..SenderConfig::default()
+            },
+            stop.clone(),
+        ));
+        tasks.push(tokio::spawn(sender.run()));
+
+        if let Some(path) = config_path {
+            tasks.push(tokio::spawn(crate::config_watch::watch_file(
+                path,
+                config_tx.clone(),
+                Duration::from_secs(1),
+                stop.clone(),
+            )));
+        }
+        let service = Arc::new(Service {
+            store,
+            work,
+            templates_dir: config.campaigns.templates_dir.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+        });
+        Ok(Self {
+            service,
+            config: config_tx,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops handing out work, lets leases in progress report, and waits for the workers.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a worker did not stop within 30 s");
+            }
+        }
+    }
+}
+
+fn provider(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Provider>, StartupError> {
+    Ok(match config.provider.kind {
+        ProviderKind::Outbox => Arc::new(Outbox::new(config.provider.outbox.dir.clone(), clock)),
+        ProviderKind::Mailgun => {
+            let m = &config.provider.mailgun;
+            Arc::new(
+                Mailgun::new(
+                    &m.base_url,
+                    &m.domain,
+                    m.key()?,
+                    Duration::from_millis(config.provider.timeout_ms),
+                    clock,
+                )
+                .map_err(|e| StartupError::Provider(e.to_string()))?,
+            )
+        }
+    })
+}
+
+/// The REST API around a [`Runtime`].
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    runtime: Runtime,
+}
+
+impl Application {
+    pub async fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let addr = config.listen_addr()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let runtime = Runtime::start(config, config_path, clock).await?;
+        Ok(Self { listener, runtime })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn service(&self) -> Arc<Service> {
+        self.runtime.service.clone()
+    }
+
+    pub fn config(&self) -> watch::Sender<Arc<Config>> {
+        self.runtime.config.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops the workers.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = crate::api::router(
+            self.runtime.service.clone(),
+            self.runtime.service.max_body_bytes,
+        );
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.runtime.shutdown().await;
+        served
+    }
+}

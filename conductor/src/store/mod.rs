@@ -1,0 +1,184 @@
+//! The Store: campaigns, batches, per-recipient state, leases and the minute ledger. It is the truth;
+//! channels and notifications only say "look again".
+
+mod sqlite;
+
+use async_trait::async_trait;
+use renderer::{RenderInput, RenderJob};
+use sender::{LeaseReply, Millis, RecipientOutcome};
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+use crate::validate::ValidCampaign;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no campaign {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("lease {0} is not held")]
+    LeaseLost(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Running,
+    Paused,
+    Cancelled,
+    Completed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Cancelled => "cancelled",
+            Status::Completed => "completed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "running" => Status::Running,
+            "paused" => Status::Paused,
+            "cancelled" => Status::Cancelled,
+            "completed" => Status::Completed,
+            other => return Err(StoreError::Corrupt(format!("campaign status {other:?}"))),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// Recipients per state. `rendered` counts messages rendered so far whatever happened to them since;
+/// `pending` counts those not yet in a final state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: i64,
+    pub rendered: i64,
+    pub pending: i64,
+    pub in_flight: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub deferred: i64,
+    pub unknown: i64,
+    pub suppressed: i64,
+    pub cancelled: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Campaign {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    /// Why it stopped or was paused by the system (an account-level refusal, say).
+    pub status_reason: Option<String>,
+    pub from: String,
+    pub reply_to: Option<String>,
+    pub template: Option<String>,
+    pub batch_size: u32,
+    pub batches: u32,
+    pub batches_rendered: u32,
+    pub duplicates_removed: i64,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MinuteStats {
+    pub minute_ms: Millis,
+    pub cap: u32,
+    pub granted: u32,
+    /// Provider requests made with this minute's tokens.
+    pub used: u32,
+    /// Of those, accepted by the provider.
+    pub sent: u32,
+}
+
+/// What a lease request may take: the cap for a minute that has no row yet, and the timing rules.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseRules {
+    pub want: u32,
+    pub now: Millis,
+    pub cap: u32,
+    pub margin_ms: i64,
+    /// A lease not closed by then is expired: its unreported recipients become `unknown`.
+    pub ttl_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReportRules {
+    pub now: Millis,
+    pub max_attempts: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a validated campaign, its batches and recipients in one transaction.
+    async fn create_campaign(
+        &self,
+        c: &ValidCampaign,
+        batch_size: u32,
+        now: Millis,
+    ) -> Result<Campaign, StoreError>;
+    async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
+    async fn campaign(&self, id: &str) -> Result<Campaign, StoreError>;
+    async fn act(&self, id: &str, action: Action, now: Millis) -> Result<Campaign, StoreError>;
+
+    /// Batches not rendered and not handed out since `stale_before` (never, or too long ago); marks
+    /// them handed out at `now`.
+    async fn batches_to_render(
+        &self,
+        stale_before: Millis,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<RenderJob>, StoreError>;
+    /// Forgets that unrendered batches were handed out (an in-process queue died with its process).
+    async fn reset_dispatch(&self) -> Result<(), StoreError>;
+    async fn render_input(&self, job: &RenderJob) -> Result<Option<RenderInput>, StoreError>;
+    async fn batch_rendered(
+        &self,
+        job: &RenderJob,
+        key: &str,
+        failed: &[(i64, String)],
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Claims tokens from this minute's ledger and leases that many recipients, atomically.
+    async fn lease(&self, rules: LeaseRules) -> Result<LeaseReply, StoreError>;
+    async fn report(
+        &self,
+        lease_id: &str,
+        outcomes: &[RecipientOutcome],
+        last: bool,
+        rules: ReportRules,
+    ) -> Result<(), StoreError>;
+    /// Closes leases past their expiry; returns how many recipients became `unknown`.
+    async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError>;
+    /// Marks running campaigns with nothing left to send as completed; returns their ids.
+    async fn complete_finished(&self, now: Millis) -> Result<Vec<String>, StoreError>;
+
+    async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
+}
+
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

@@ -1,0 +1,707 @@
+//! The embedded store: one SQLite file in WAL mode. All writes go through one connection, so every
+//! write transaction — a ledger claim with its lease above all — is serialised and atomic; reads use
+//! their own pool and never wait for a write.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use renderer::{Mailbox, RecipientData, RenderInput, RenderJob, TemplateSource};
+use sender::{LeaseReply, Millis, Outcome, RecipientOutcome, SendLease};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+
+use super::{
+    rfc3339, Action, Campaign, Counts, LeaseRules, MinuteStats, ReportRules, Status, Store,
+    StoreError,
+};
+use crate::ledger::{self, MinuteRow};
+use crate::planner;
+use crate::retry::retry_delay_ms;
+use crate::validate::ValidCampaign;
+
+const GLOBAL: &str = "global";
+/// States from which a recipient may still be sent.
+const OPEN_STATES: &str = "('pending', 'rendered', 'leased', 'deferred')";
+
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    /// The campaign served last; leases go round-robin from the one after it.
+    cursor: Mutex<Option<String>>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Self {
+            write,
+            read,
+            cursor: Mutex::new(None),
+        })
+    }
+
+    async fn counts(&self, id: &str) -> Result<(Counts, u32, u32), StoreError> {
+        let mut c = Counts::default();
+        let rows = sqlx::query(
+            "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = ? GROUP BY state",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        for row in rows {
+            let n: i64 = row.get("n");
+            c.total += n;
+            match row.get::<&str, _>("state") {
+                "pending" | "rendered" => c.pending += n,
+                "leased" => {
+                    c.pending += n;
+                    c.in_flight += n
+                }
+                "deferred" => {
+                    c.pending += n;
+                    c.deferred += n
+                }
+                "sent" => c.sent += n,
+                "failed" => c.failed += n,
+                "unknown" => c.unknown += n,
+                "suppressed" => c.suppressed += n,
+                "cancelled" => c.cancelled += n,
+                other => return Err(StoreError::Corrupt(format!("recipient state {other:?}"))),
+            }
+        }
+        let b = sqlx::query(
+            "SELECT count(*) AS batches, coalesce(sum(rendered_ms IS NOT NULL), 0) AS done, \
+             coalesce(sum(CASE WHEN rendered_ms IS NOT NULL THEN size ELSE 0 END), 0) AS rendered \
+             FROM batches WHERE campaign_id = ?",
+        )
+        .bind(id)
+        .fetch_one(&self.read)
+        .await?;
+        c.rendered = b.get("rendered");
+        Ok((
+            c,
+            b.get::<i64, _>("batches") as u32,
+            b.get::<i64, _>("done") as u32,
+        ))
+    }
+
+    async fn load(&self, row: sqlx::sqlite::SqliteRow) -> Result<Campaign, StoreError> {
+        let id: String = row.get("id");
+        let (counts, batches, batches_rendered) = self.counts(&id).await?;
+        let from: Mailbox = json(row.get("from_json"))?;
+        let reply_to: Option<Mailbox> = row
+            .get::<Option<String>, _>("reply_to_json")
+            .map(|j| json(&j))
+            .transpose()?;
+        Ok(Campaign {
+            id,
+            name: row.get("name"),
+            status: Status::parse(row.get("status"))?,
+            status_reason: row.get("status_reason"),
+            from: from.to_string(),
+            reply_to: reply_to.map(|r| r.to_string()),
+            template: row.get("template_name"),
+            batch_size: row.get::<i64, _>("batch_size") as u32,
+            batches,
+            batches_rendered,
+            duplicates_removed: row.get("duplicates"),
+            created_at: rfc3339(row.get("created_ms")),
+            completed_at: row.get::<Option<i64>, _>("completed_ms").map(rfc3339),
+            counts,
+        })
+    }
+
+    /// Where a recipient goes when it was not sent and may be again: back to the queue, unless its
+    /// campaign was cancelled meanwhile.
+    async fn back_state(
+        tx: &mut Transaction<'_, Sqlite>,
+        campaign_id: &str,
+    ) -> Result<&'static str, StoreError> {
+        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+            .bind(campaign_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(if status == "cancelled" {
+            "cancelled"
+        } else {
+            "rendered"
+        })
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serialises")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_campaign(
+        &self,
+        c: &ValidCampaign,
+        batch_size: u32,
+        now: Millis,
+    ) -> Result<Campaign, StoreError> {
+        let id = format!("c{}", uuid::Uuid::now_v7().simple());
+        let plan = planner::plan(c.recipients.len(), batch_size);
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO campaigns (id, name, from_json, reply_to_json, template_name, template_json, status, \
+             batch_size, total, duplicates, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&c.name)
+        .bind(to_json(&c.from))
+        .bind(c.reply_to.as_ref().map(to_json))
+        .bind(&c.template_name)
+        .bind(to_json(&c.template))
+        .bind(i64::from(batch_size))
+        .bind(c.recipients.len() as i64)
+        .bind(c.duplicates as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for chunk in plan.chunks(1000) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO batches (campaign_id, n, size) ");
+            q.push_values(chunk, |mut b, p| {
+                b.push_bind(&id)
+                    .push_bind(i64::from(p.n))
+                    .push_bind(i64::from(p.len));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in c.recipients.chunks(2000) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(&id)
+                    .push_bind(r.id)
+                    .push_bind(i64::from(planner::batch_of(r.id, batch_size)))
+                    .push_bind(&r.email)
+                    .push_bind(&r.name)
+                    .push_bind(to_json(&r.data))
+                    .push_bind("pending")
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.campaign(&id).await
+    }
+
+    async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM campaigns ORDER BY created_ms DESC, id DESC LIMIT 500")
+                .fetch_all(&self.read)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.load(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn campaign(&self, id: &str) -> Result<Campaign, StoreError> {
+        let row = sqlx::query("SELECT * FROM campaigns WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        self.load(row).await
+    }
+
+    async fn act(&self, id: &str, action: Action, now: Millis) -> Result<Campaign, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let status = Status::parse(&status)?;
+        use Status::*;
+        let next = match (action, status) {
+            (Action::Pause, Running | Paused) => Paused,
+            (Action::Resume, Running | Paused) => Running,
+            (Action::Cancel, Running | Paused | Cancelled) => Cancelled,
+            (_, s) => {
+                return Err(StoreError::Conflict(format!(
+                    "campaign {id} is {} and cannot be {}",
+                    s.as_str(),
+                    match action {
+                        Action::Pause => "paused",
+                        Action::Resume => "resumed",
+                        Action::Cancel => "cancelled",
+                    }
+                )))
+            }
+        };
+        sqlx::query(
+            "UPDATE campaigns SET status = ?, status_reason = NULL, \
+             completed_ms = CASE WHEN ? = 'cancelled' THEN coalesce(completed_ms, ?) ELSE completed_ms END WHERE id = ?",
+        )
+        .bind(next.as_str())
+        .bind(next.as_str())
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if next == Cancelled {
+            // In-flight recipients finish their send; their reports land them in a final state.
+            sqlx::query(
+                "UPDATE recipients SET state = 'cancelled', updated_ms = ? \
+                 WHERE campaign_id = ? AND state IN ('pending', 'rendered', 'deferred')",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.campaign(id).await
+    }
+
+    async fn batches_to_render(
+        &self,
+        stale_before: Millis,
+        now: Millis,
+        limit: u32,
+    ) -> Result<Vec<RenderJob>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let rows = sqlx::query(
+            "SELECT b.campaign_id, b.n FROM batches b JOIN campaigns c ON c.id = b.campaign_id \
+             WHERE b.rendered_ms IS NULL AND c.status IN ('running', 'paused') \
+             AND (b.dispatched_ms IS NULL OR b.dispatched_ms < ?) \
+             ORDER BY c.created_ms, b.n LIMIT ?",
+        )
+        .bind(stale_before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            let job = RenderJob {
+                campaign_id: row.get("campaign_id"),
+                batch: row.get::<i64, _>("n") as u32,
+            };
+            sqlx::query("UPDATE batches SET dispatched_ms = ? WHERE campaign_id = ? AND n = ?")
+                .bind(now)
+                .bind(&job.campaign_id)
+                .bind(i64::from(job.batch))
+                .execute(&mut *tx)
+                .await?;
+            jobs.push(job);
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    async fn reset_dispatch(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET dispatched_ms = NULL WHERE rendered_ms IS NULL")
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn render_input(&self, job: &RenderJob) -> Result<Option<RenderInput>, StoreError> {
+        let Some(c) = sqlx::query(
+            "SELECT c.from_json, c.reply_to_json, c.template_json FROM campaigns c JOIN batches b ON b.campaign_id = c.id \
+             WHERE c.id = ? AND b.n = ? AND b.rendered_ms IS NULL AND c.status IN ('running', 'paused')",
+        )
+        .bind(&job.campaign_id)
+        .bind(i64::from(job.batch))
+        .fetch_optional(&self.read)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query("SELECT id, email, name, data FROM recipients WHERE campaign_id = ? AND batch = ? ORDER BY id")
+            .bind(&job.campaign_id)
+            .bind(i64::from(job.batch))
+            .fetch_all(&self.read)
+            .await?;
+        let recipients = rows
+            .into_iter()
+            .map(|r| {
+                Ok(RecipientData {
+                    id: r.get("id"),
+                    email: r.get("email"),
+                    name: r.get("name"),
+                    data: json(r.get("data"))?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let template: TemplateSource = json(c.get("template_json"))?;
+        Ok(Some(RenderInput {
+            from: json(c.get("from_json"))?,
+            reply_to: c
+                .get::<Option<String>, _>("reply_to_json")
+                .map(|j| json(&j))
+                .transpose()?,
+            template,
+            recipients,
+        }))
+    }
+
+    async fn batch_rendered(
+        &self,
+        job: &RenderJob,
+        key: &str,
+        failed: &[(i64, String)],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let first = sqlx::query("UPDATE batches SET body_key = ?, rendered_ms = ? WHERE campaign_id = ? AND n = ? AND rendered_ms IS NULL")
+            .bind(key)
+            .bind(now)
+            .bind(&job.campaign_id)
+            .bind(i64::from(job.batch))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if first == 0 {
+            return Ok(()); // rendered twice: the same bytes, already recorded
+        }
+        for (id, reason) in failed {
+            sqlx::query("UPDATE recipients SET state = 'failed', reason = ?, updated_ms = ? WHERE campaign_id = ? AND id = ? AND state = 'pending'")
+                .bind(format!("render: {reason}"))
+                .bind(now)
+                .bind(&job.campaign_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE recipients SET state = 'rendered', updated_ms = ? WHERE campaign_id = ? AND batch = ? AND state = 'pending'")
+            .bind(now)
+            .bind(&job.campaign_id)
+            .bind(i64::from(job.batch))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lease(&self, r: LeaseRules) -> Result<LeaseReply, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let running: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM campaigns WHERE status = 'running' ORDER BY created_ms, id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        // Round-robin: start with the campaign after the one served last.
+        let start = {
+            let cursor = self.cursor.lock().expect("cursor poisoned");
+            cursor
+                .as_ref()
+                .and_then(|c| running.iter().position(|id| id == c))
+                .map_or(0, |i| i + 1)
+        };
+        for cid in running.iter().cycle().skip(start).take(running.len()) {
+            let batch: Option<i64> = sqlx::query_scalar(
+                "SELECT min(batch) FROM recipients WHERE campaign_id = ? \
+                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= ?))",
+            )
+            .bind(cid)
+            .bind(r.now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let Some(batch) = batch else { continue };
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM recipients WHERE campaign_id = ? AND batch = ? \
+                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= ?)) ORDER BY id LIMIT ?",
+            )
+            .bind(cid)
+            .bind(batch)
+            .bind(r.now)
+            .bind(i64::from(r.want))
+            .fetch_all(&mut *tx)
+            .await?;
+
+            let row = sqlx::query("SELECT minute_ms, cap, granted, next_slot_ms FROM minute_ledger WHERE scope = ? AND minute_ms = ?")
+                .bind(GLOBAL)
+                .bind(sender::clock::minute_start(r.now))
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| MinuteRow {
+                    minute: row.get("minute_ms"),
+                    cap: row.get::<i64, _>("cap") as u32,
+                    granted: row.get::<i64, _>("granted") as u32,
+                    next_slot: row.get("next_slot_ms"),
+                });
+            let (grant, next) = ledger::claim(row, r.cap, ids.len() as u32, r.now, r.margin_ms);
+            if grant.tokens == 0 {
+                return Ok(LeaseReply::NoTokens {
+                    until: sender::clock::minute_end(r.now),
+                });
+            }
+            sqlx::query(
+                "INSERT INTO minute_ledger (scope, minute_ms, cap, granted, next_slot_ms) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (scope, minute_ms) DO UPDATE SET granted = excluded.granted, next_slot_ms = excluded.next_slot_ms",
+            )
+            .bind(GLOBAL)
+            .bind(next.minute)
+            .bind(i64::from(next.cap))
+            .bind(i64::from(next.granted))
+            .bind(next.next_slot)
+            .execute(&mut *tx)
+            .await?;
+
+            let ids = &ids[..grant.tokens as usize];
+            let lease_id = uuid::Uuid::new_v4().simple().to_string();
+            sqlx::query(
+                "UPDATE recipients SET state = 'leased', lease_id = ?, updated_ms = ? \
+                 WHERE campaign_id = ? AND id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(&lease_id)
+            .bind(r.now)
+            .bind(cid)
+            .bind(to_json(&ids))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO leases (id, campaign_id, batch, minute_ms, tokens, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(&lease_id)
+                .bind(cid)
+                .bind(batch)
+                .bind(grant.minute)
+                .bind(i64::from(grant.tokens))
+                .bind(r.now)
+                .bind(grant.deadline + r.ttl_ms)
+                .execute(&mut *tx)
+                .await?;
+            let body_key: Option<String> =
+                sqlx::query_scalar("SELECT body_key FROM batches WHERE campaign_id = ? AND n = ?")
+                    .bind(cid)
+                    .bind(batch)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            *self.cursor.lock().expect("cursor poisoned") = Some(cid.clone());
+            return Ok(LeaseReply::Lease(SendLease {
+                lease_id,
+                campaign_id: cid.clone(),
+                batch: batch as u32,
+                body_key: body_key.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "rendered recipients in unrendered batch {cid}/{batch}"
+                    ))
+                })?,
+                recipients: ids.to_vec(),
+                minute: grant.minute,
+                first_at: grant.first_at,
+                spacing_us: grant.spacing_us,
+                deadline: grant.deadline,
+            }));
+        }
+        Ok(LeaseReply::Idle)
+    }
+
+    async fn report(
+        &self,
+        lease_id: &str,
+        outcomes: &[RecipientOutcome],
+        last: bool,
+        r: ReportRules,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        let lease = sqlx::query(
+            "SELECT campaign_id, minute_ms FROM leases WHERE id = ? AND closed_ms IS NULL",
+        )
+        .bind(lease_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::LeaseLost(lease_id.to_string()))?;
+        let cid: String = lease.get("campaign_id");
+        let minute: i64 = lease.get("minute_ms");
+        let back = Self::back_state(&mut tx, &cid).await?;
+        let (mut used, mut sent) = (0i64, 0i64);
+        for o in outcomes {
+            let (state, reason, provider_id, retry_at, counted) = match &o.outcome {
+                Outcome::Sent { provider_id } => ("sent", None, provider_id.clone(), None, true),
+                Outcome::Failed { reason } => ("failed", Some(reason.clone()), None, None, true),
+                Outcome::Unknown { reason } => ("unknown", Some(reason.clone()), None, None, true),
+                Outcome::Deferred {
+                    reason,
+                    retry_after_ms,
+                } => {
+                    let attempts: Option<i64> = sqlx::query_scalar(
+                        "SELECT attempts FROM recipients WHERE campaign_id = ? AND id = ? AND lease_id = ? AND state = 'leased'",
+                    )
+                    .bind(&cid)
+                    .bind(o.recipient_id)
+                    .bind(lease_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let attempts = attempts.unwrap_or(0) as u32 + 1;
+                    if attempts >= r.max_attempts {
+                        (
+                            "failed",
+                            Some(format!("gave up after {attempts} attempts; last: {reason}")),
+                            None,
+                            None,
+                            true,
+                        )
+                    } else if back == "cancelled" {
+                        ("cancelled", Some(reason.clone()), None, None, true)
+                    } else {
+                        let delay =
+                            retry_delay_ms(attempts, *retry_after_ms, rand::random::<f64>());
+                        (
+                            "deferred",
+                            Some(reason.clone()),
+                            None,
+                            Some(r.now + delay),
+                            true,
+                        )
+                    }
+                }
+                Outcome::AccountStop { reason } => {
+                    sqlx::query("UPDATE campaigns SET status = 'paused', status_reason = ? WHERE id = ? AND status = 'running'")
+                        .bind(format!("provider refused the account: {reason}"))
+                        .bind(&cid)
+                        .execute(&mut *tx)
+                        .await?;
+                    (back, Some(reason.clone()), None, None, true)
+                }
+                Outcome::Released => (back, None, None, None, false),
+            };
+            let changed = sqlx::query(
+                "UPDATE recipients SET state = ?, reason = ?, provider_id = coalesce(?, provider_id), retry_at_ms = ?, \
+                 attempts = attempts + ?, lease_id = NULL, updated_ms = ? \
+                 WHERE campaign_id = ? AND id = ? AND lease_id = ? AND state = 'leased'",
+            )
+            .bind(state)
+            .bind(reason)
+            .bind(provider_id)
+            .bind(retry_at)
+            .bind(i64::from(counted))
+            .bind(r.now)
+            .bind(&cid)
+            .bind(o.recipient_id)
+            .bind(lease_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 1 && counted {
+                used += 1;
+                sent += i64::from(state == "sent");
+            }
+        }
+        sqlx::query("UPDATE minute_ledger SET used = used + ?, sent = sent + ? WHERE scope = ? AND minute_ms = ?")
+            .bind(used)
+            .bind(sent)
+            .bind(GLOBAL)
+            .bind(minute)
+            .execute(&mut *tx)
+            .await?;
+        if last {
+            sqlx::query("UPDATE recipients SET state = ?, lease_id = NULL, updated_ms = ? WHERE lease_id = ? AND state = 'leased'")
+                .bind(back)
+                .bind(r.now)
+                .bind(lease_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE leases SET closed_ms = ? WHERE id = ?")
+                .bind(r.now)
+                .bind(lease_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM leases WHERE closed_ms IS NULL AND expires_ms < ?")
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut lost = 0;
+        for id in ids {
+            // The sender went silent mid-lease: any of these may have been sent. Held, never resent silently.
+            lost += sqlx::query(
+                "UPDATE recipients SET state = 'unknown', reason = 'lease expired before the sender reported', \
+                 lease_id = NULL, updated_ms = ? WHERE lease_id = ? AND state = 'leased'",
+            )
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("UPDATE leases SET closed_ms = ? WHERE id = ?")
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn complete_finished(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+        let done: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT c.id FROM campaigns c WHERE c.status = 'running' AND NOT EXISTS \
+             (SELECT 1 FROM recipients r WHERE r.campaign_id = c.id AND r.state IN {OPEN_STATES})"
+        ))
+        .fetch_all(&self.read)
+        .await?;
+        for id in &done {
+            sqlx::query(&format!(
+                "UPDATE campaigns SET status = 'completed', completed_ms = ? WHERE id = ? AND status = 'running' \
+                 AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.campaign_id = ? AND r.state IN {OPEN_STATES})"
+            ))
+            .bind(now)
+            .bind(id)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        }
+        Ok(done)
+    }
+
+    async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT minute_ms, cap, granted, used, sent FROM minute_ledger WHERE scope = ? AND minute_ms >= ? ORDER BY minute_ms LIMIT 10080",
+        )
+        .bind(GLOBAL)
+        .bind(sender::clock::minute_start(since))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| MinuteStats {
+                minute_ms: r.get("minute_ms"),
+                cap: r.get::<i64, _>("cap") as u32,
+                granted: r.get::<i64, _>("granted") as u32,
+                used: r.get::<i64, _>("used") as u32,
+                sent: r.get::<i64, _>("sent") as u32,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,608 @@
+//! A campaign request → a campaign that can be stored, or every reason it cannot. Pure apart from
+//! reading a named template from disk: nothing is stored unless all of this holds.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use renderer::{context, CompiledTemplate, Mailbox, RecipientData, TemplateError, TemplateSource};
+use serde::Deserialize;
+
+/// How many problems one answer lists; the first is in `detail`.
+const MAX_ERRORS: usize = 20;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignRequest {
+    pub name: String,
+    pub from: String,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// A directory under the templates folder; or give `subject` and `html` (and `text`) inline.
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub html: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Absent when the recipients come as a CSV part.
+    #[serde(default)]
+    pub recipients: Option<Vec<RecipientIn>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientIn {
+    pub email: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A recipient with the words that point a user at it: `recipients[3]` or `line 5`.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub at: String,
+    pub recipient: RecipientIn,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidCampaign {
+    pub name: String,
+    pub from: Mailbox,
+    pub reply_to: Option<Mailbox>,
+    pub template: TemplateSource,
+    pub template_name: Option<String>,
+    pub css_inlined: bool,
+    pub recipients: Vec<RecipientData>,
+    pub duplicates: usize,
+}
+
+/// One thing wrong, and where.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FieldError {
+    /// `from`, `recipients[3].email`, `line 5: email`, `html line 2, column 4`, …
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0}")]
+    UnknownTemplate(String),
+    #[error("template syntax error in {0}")]
+    TemplateSyntax(String),
+    #[error("{}", .0.first().map(|e| format!("{}: {}", e.field, e.message)).unwrap_or_default())]
+    Fields(Vec<FieldError>),
+    #[error("the recipient list is empty")]
+    NoRecipients,
+    #[error("{0}")]
+    Csv(String),
+}
+
+fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks an address the way providers do: one `@`, a sensible local part and a dotted domain of
+/// letters, digits and hyphens (internationalised letters allowed), nothing that could break a header.
+pub fn check_email(email: &str) -> Result<(), &'static str> {
+    if email.is_empty() {
+        return Err("is empty");
+    }
+    if email.len() > 254 {
+        return Err("is longer than 254 characters");
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or control characters");
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return Err("has no @");
+    };
+    if local.is_empty() || local.len() > 64 {
+        return Err("has an empty or over-long local part");
+    }
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+        return Err("has a misplaced dot in the local part");
+    }
+    let local_ok = local
+        .chars()
+        .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    if !local_ok {
+        return Err("has a character not allowed in the local part");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 {
+        return Err("has no dot in the domain");
+    }
+    for label in &labels {
+        if label.is_empty() || label.len() > 63 {
+            return Err("has an empty or over-long domain label");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("has a domain label starting or ending with '-'");
+        }
+        if !label.chars().all(|c| c.is_alphanumeric() || c == '-') {
+            return Err("has a character not allowed in the domain");
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err("has a numeric top-level domain");
+    }
+    Ok(())
+}
+
+fn has_line_break(s: &str) -> bool {
+    s.contains(['\r', '\n'])
+}
+
+/// `addr`, `Name <addr>` or `"Name" <addr>`.
+pub fn parse_mailbox(key: &str, s: &str) -> Result<Mailbox, FieldError> {
+    if has_line_break(s) {
+        return Err(field(key, "must not contain CR or LF (header injection)"));
+    }
+    let s = s.trim();
+    let (name, email) = match (s.rfind('<'), s.ends_with('>')) {
+        (Some(i), true) => {
+            let name = s[..i].trim().trim_matches('"').trim();
+            (
+                (!name.is_empty()).then(|| name.to_string()),
+                s[i + 1..s.len() - 1].trim(),
+            )
+        }
+        _ => (None, s),
+    };
+    check_email(email)
+        .map_err(|why| field(key, format!("{email:?} is not a valid address: it {why}")))?;
+    Ok(Mailbox {
+        name,
+        email: email.to_string(),
+    })
+}
+
+/// Parses a recipients CSV: a header row naming `email` (required) and `name` (optional); every other
+/// column becomes a data field. Rows are named by their line number in the file.
+pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Invalid> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    // The reader's own line count skips blank lines; users count every line of the file.
+    let line_of = |pos: Option<&csv::Position>| {
+        let mut end = pos.map_or(0, |p| p.byte() as usize).min(bytes.len());
+        // A record's position is where the reader started, before any blank lines it skipped.
+        while end < bytes.len() && matches!(bytes[end], b'\r' | b'\n') {
+            end += 1;
+        }
+        bytes[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| Invalid::Csv(format!("recipients CSV header: {e}")))?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let email_col = col("email").ok_or_else(|| {
+        Invalid::Csv(format!(
+            "recipients CSV has no `email` column (header is: {})",
+            headers.join(", ")
+        ))
+    })?;
+    let name_col = col("name");
+    let mut seen = HashSet::new();
+    for h in &headers {
+        if h.is_empty() {
+            return Err(Invalid::Csv(
+                "recipients CSV header has an empty column name".into(),
+            ));
+        }
+        if !seen.insert(h) {
+            return Err(Invalid::Csv(format!(
+                "recipients CSV header names `{h}` twice"
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                pos,
+                expected_len,
+                len,
+            } => Invalid::Csv(format!(
+                "recipients CSV line {}: {len} fields where the header has {expected_len}",
+                line_of(pos.as_ref())
+            )),
+            _ => Invalid::Csv(format!("recipients CSV: {e}")),
+        })?;
+        let line = line_of(record.position());
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        let mut data = serde_json::Map::new();
+        for (i, value) in record.iter().enumerate() {
+            if i != email_col && Some(i) != name_col {
+                data.insert(headers[i].clone(), value.into());
+            }
+        }
+        rows.push(Row {
+            at: format!("line {line}"),
+            recipient: RecipientIn {
+                email: record[email_col].to_string(),
+                name: name_col
+                    .map(|c| record[c].to_string())
+                    .filter(|n| !n.is_empty()),
+                data: Some(data),
+            },
+        });
+    }
+    Ok(rows)
+}
+
+pub fn json_rows(recipients: Vec<RecipientIn>) -> Vec<Row> {
+    recipients
+        .into_iter()
+        .enumerate()
+        .map(|(i, recipient)| Row {
+            at: format!("recipients[{i}]"),
+            recipient,
+        })
+        .collect()
+}
+
+pub fn validate(
+    req: CampaignRequest,
+    rows: Vec<Row>,
+    templates: &Path,
+) -> Result<ValidCampaign, Invalid> {
+    let mut errors = Vec::new();
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.len() > 200 {
+        errors.push(field("name", "must be 1 to 200 characters"));
+    }
+    let from = parse_mailbox("from", &req.from)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let reply_to = match req.reply_to.as_deref().filter(|r| !r.trim().is_empty()) {
+        Some(r) => parse_mailbox("reply_to", r)
+            .map_err(|e| errors.push(e))
+            .ok(),
+        None => None,
+    };
+
+    let (template, template_name) = match (&req.template, &req.subject, &req.html) {
+        (Some(t), None, None) => (
+            TemplateSource::load_dir(templates, t).map_err(|e| match e {
+                TemplateError::BadName(_) | TemplateError::NotFound(_) => {
+                    Invalid::UnknownTemplate(e.to_string())
+                }
+                other => Invalid::TemplateSyntax(other.to_string()),
+            })?,
+            Some(t.clone()),
+        ),
+        (None, Some(subject), Some(html)) => (
+            TemplateSource {
+                subject: subject.clone(),
+                html: html.clone(),
+                text: req.text.clone(),
+                // Inline templates may use the shared partials and layouts too.
+                partials: TemplateSource::load_partials(templates)
+                    .map_err(|e| Invalid::TemplateSyntax(e.to_string()))?,
+            },
+            None,
+        ),
+        (Some(_), _, _) => {
+            errors.push(field(
+                "template",
+                "give either `template` or inline `subject` and `html`, not both",
+            ));
+            return Err(Invalid::Fields(errors));
+        }
+        _ => {
+            errors.push(field(
+                "template",
+                "give a `template` name, or inline `subject` and `html`",
+            ));
+            return Err(Invalid::Fields(errors));
+        }
+    };
+    let compiled = CompiledTemplate::compile(&template).map_err(|e| match e {
+        TemplateError::Syntax { .. } => Invalid::TemplateSyntax(e.to_string()),
+        other => Invalid::Fields(vec![field("template", other.to_string())]),
+    })?;
+
+    // Recipients: valid addresses, no header breaks, first occurrence of an address wins.
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut kept: Vec<(String, RecipientData)> = Vec::with_capacity(rows.len());
+    let mut duplicates = 0;
+    for row in rows {
+        let r = row.recipient;
+        let email = r.email.trim().to_string();
+        if let Err(why) = check_email(&email) {
+            errors.push(field(
+                format!("{}.email", row.at),
+                format!("{email:?} is not a valid address: it {why}"),
+            ));
+            continue;
+        }
+        if r.name.as_deref().is_some_and(has_line_break) {
+            errors.push(field(
+                format!("{}.name", row.at),
+                "must not contain CR or LF (header injection)",
+            ));
+            continue;
+        }
+        if !seen.insert(email.to_lowercase()) {
+            duplicates += 1;
+            continue;
+        }
+        let id = kept.len() as i64;
+        kept.push((
+            row.at,
+            RecipientData {
+                id,
+                email,
+                name: r
+                    .name
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty()),
+                data: serde_json::Value::Object(r.data.unwrap_or_default()),
+            },
+        ));
+        if errors.len() >= MAX_ERRORS {
+            break;
+        }
+    }
+    if !errors.is_empty() {
+        errors.truncate(MAX_ERRORS);
+        return Err(Invalid::Fields(errors));
+    }
+    if kept.is_empty() {
+        return Err(Invalid::NoRecipients);
+    }
+    let render_errors = trial_render(&compiled, &kept);
+    if !render_errors.is_empty() {
+        return Err(Invalid::Fields(render_errors));
+    }
+    Ok(ValidCampaign {
+        name,
+        from: from.expect("no errors means from parsed"),
+        reply_to,
+        template,
+        template_name,
+        css_inlined: compiled.css_inlined,
+        recipients: kept.into_iter().map(|(_, r)| r).collect(),
+        duplicates,
+    })
+}
+
+/// Renders every recipient in strict mode, on every core, and reports the first problems in list order.
+fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Vec<FieldError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = rows.len().div_ceil(threads).max(1);
+    let mut errors: Vec<(i64, FieldError)> = std::thread::scope(|s| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut errs = Vec::new();
+                    for (at, r) in part {
+                        let problem = match t.render(&context(r)) {
+                            Err(e) => Some(field(format!("{at} ({})", r.email), format!("{e}"))),
+                            Ok(p) if has_line_break(&p.subject) => Some(field(
+                                format!("{at} ({})", r.email),
+                                "the rendered subject contains CR or LF (header injection)",
+                            )),
+                            Ok(_) => None,
+                        };
+                        if let Some(p) = problem {
+                            errs.push((r.id, p));
+                            if errs.len() >= MAX_ERRORS {
+                                break;
+                            }
+                        }
+                    }
+                    errs
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    errors.sort_by_key(|(id, _)| *id);
+    errors
+        .into_iter()
+        .take(MAX_ERRORS)
+        .map(|(_, e)| e)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(html: &str) -> CampaignRequest {
+        CampaignRequest {
+            name: "Test".into(),
+            from: "News <news@example.com>".into(),
+            reply_to: None,
+            template: None,
+            subject: Some("Hi {{name}}".into()),
+            html: Some(html.into()),
+            text: None,
+            recipients: None,
+        }
+    }
+
+    fn rows(emails: &[&str]) -> Vec<Row> {
+        json_rows(
+            emails
+                .iter()
+                .map(|e| RecipientIn {
+                    email: e.to_string(),
+                    name: Some("N".into()),
+                    data: None,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn emails() {
+        for ok in [
+            "a@example.com",
+            "first.last+tag@sub.example.co.uk",
+            "zoë@bücher.de",
+            "x@xn--80ak6aa92e.com",
+        ] {
+            assert_eq!(check_email(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "plain",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            ".a@b.com",
+            "a..b@c.com",
+            "a@-b.com",
+            "a@b.123",
+            "a@b..com",
+            "a@b.com\r\nBcc: x@y.com",
+            "a\"b@c.com",
+        ] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mailboxes() {
+        assert_eq!(
+            parse_mailbox("from", "\"Acme News\" <news@example.com>").unwrap(),
+            Mailbox {
+                name: Some("Acme News".into()),
+                email: "news@example.com".into()
+            }
+        );
+        assert_eq!(
+            parse_mailbox("from", "news@example.com").unwrap().name,
+            None
+        );
+        let e =
+            parse_mailbox("from", "News <news@example.com>\r\nBcc: all@example.com").unwrap_err();
+        assert_eq!(e.field, "from");
+        assert!(e.message.contains("header injection"));
+        assert!(parse_mailbox("reply_to", "Nobody <nope>").is_err());
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_counted_case_insensitively() {
+        let v = validate(
+            req("<p>{{name}}</p>"),
+            rows(&["a@example.com", "A@Example.com", "b@example.com"]),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
+        assert_eq!(v.recipients.len(), 2);
+        assert_eq!(v.duplicates, 1);
+        assert_eq!(v.recipients[1].id, 1);
+        assert_eq!(v.recipients[1].email, "b@example.com");
+    }
+
+    #[test]
+    fn a_missing_field_names_the_row_and_the_field() {
+        let mut rs = rows(&["a@example.com", "b@example.com"]);
+        rs[0].recipient.data = Some(
+            serde_json::json!({"city": "Köln"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let err = validate(req("<p>{{city}}</p>"), rs, Path::new("/nonexistent")).unwrap_err();
+        match err {
+            Invalid::Fields(errs) => {
+                assert_eq!(errs.len(), 1);
+                assert_eq!(errs[0].field, "recipients[1] (b@example.com)");
+                assert!(
+                    errs[0].message.contains("missing field `city`"),
+                    "{}",
+                    errs[0].message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rendered_subject_with_a_line_break_is_header_injection() {
+        let mut r = req("<p>x</p>");
+        r.subject = Some("Hi {{name}}".into());
+        let mut rs = rows(&["a@example.com"]);
+        rs[0].recipient.name = None;
+        rs[0].recipient.data = Some(
+            serde_json::json!({"name": "x\r\nBcc: all@example.com"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        match validate(r, rs, Path::new("/nonexistent")).unwrap_err() {
+            Invalid::Fields(errs) => assert!(errs[0].message.contains("header injection")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_and_invalid_recipients() {
+        assert_eq!(
+            validate(req("<p>x</p>"), vec![], Path::new("/x")).unwrap_err(),
+            Invalid::NoRecipients
+        );
+        match validate(
+            req("<p>x</p>"),
+            rows(&["ok@example.com", "not-an-address"]),
+            Path::new("/x"),
+        )
+        .unwrap_err()
+        {
+            Invalid::Fields(errs) => assert_eq!(errs[0].field, "recipients[1].email"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn csv_rows_columns_and_errors() {
+        let rows = parse_csv(
+            "\u{feff}Email,Name,city\nzoe@example.org,Zoë,Köln\n\nx@example.org,,Paris\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].at, "line 2");
+        assert_eq!(rows[0].recipient.name.as_deref(), Some("Zoë"));
+        assert_eq!(rows[0].recipient.data.as_ref().unwrap()["city"], "Köln");
+        assert_eq!(rows[1].at, "line 4");
+        assert_eq!(rows[1].recipient.name, None);
+
+        let err = parse_csv(b"name,city\nA,B\n").unwrap_err();
+        assert!(err.to_string().contains("no `email` column"), "{err}");
+        let err = parse_csv(b"email,name\na@example.com,A\nb@example.com,B,extra\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "recipients CSV line 3: 3 fields where the header has 2"
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! Every bad input answers 4xx problem+json naming what is wrong, and stores nothing.
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(
+        app.campaign_count().await,
+        0,
+        "a refused campaign must not be stored"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_with_its_position() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .header("content-type", "application/json")
+        .body("{\"name\": \"x\",\n \"from\": }")
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 400, "/problems/invalid-json").await;
+    assert!(
+        p["detail"].as_str().unwrap().starts_with("line 2, column"),
+        "{p}"
+    );
+    // Well-formed but the wrong shape: a 422 that names the field.
+    let r = app
+        .post_json(
+            "/v1/campaigns",
+            &json!({"name": "x", "from": "a@example.com", "recipients": [], "colour": 1}),
+        )
+        .await;
+    let p = expect_problem(r, 422, "/problems/validation").await;
+    assert!(p["detail"].as_str().unwrap().contains("colour"), "{p}");
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_template_name() {
+    let app = spawn_app().await;
+    for name in ["no-such-template", "../../etc"] {
+        let mut c = inline_campaign(recipients(1));
+        let o = c.as_object_mut().unwrap();
+        o.remove("subject");
+        o.remove("html");
+        o.insert("template".into(), json!(name));
+        let p = expect_problem(
+            app.post_json("/v1/campaigns", &c).await,
+            422,
+            "/problems/unknown-template",
+        )
+        .await;
+        assert!(p["detail"].as_str().unwrap().contains(name), "{p}");
+    }
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn template_syntax_error_names_line_and_column() {
+    let app = spawn_app().await;
+    let mut c = inline_campaign(recipients(2));
+    c["html"] = json!("<p>ok</p>\n<p>{{#if name}}x{{/each}}</p>");
+    let p = expect_problem(
+        app.post_json("/v1/campaigns", &c).await,
+        422,
+        "/problems/template-syntax",
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("html line 2, column"),
+        "{p}"
+    );
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn missing_field_names_recipient_row_and_field() {
+    let app = spawn_app().await;
+    let mut rs = recipients(3);
+    rs[2]["data"] = json!({});
+    let p = expect_problem(
+        app.post_json("/v1/campaigns", &inline_campaign(rs)).await,
+        422,
+        "/problems/validation",
+    )
+    .await;
+    let e = &p["errors"][0];
+    assert_eq!(e["field"], "recipients[2] (r2@example.com)", "{p}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `city`"),
+        "{p}"
+    );
+    assert_eq!(p["errors"].as_array().unwrap().len(), 1);
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_or_empty_email() {
+    let app = spawn_app().await;
+    for (bad, why) in [
+        ("not-an-address", "has no @"),
+        ("", "is empty"),
+        ("a@b", "no dot"),
+    ] {
+        let mut rs = recipients(2);
+        rs[1]["email"] = json!(bad);
+        let p = expect_problem(
+            app.post_json("/v1/campaigns", &inline_campaign(rs)).await,
+            422,
+            "/problems/validation",
+        )
+        .await;
+        assert_eq!(p["errors"][0]["field"], "recipients[1].email", "{p}");
+        assert!(
+            p["errors"][0]["message"].as_str().unwrap().contains(why),
+            "{p}"
+        );
+    }
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn header_injection_is_refused_everywhere() {
+    let app = spawn_app().await;
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Mutation, &str)> = vec![
+        (
+            Box::new(|c| c["from"] = json!("News <news@example.com>\r\nBcc: all@example.com")),
+            "from",
+        ),
+        (
+            Box::new(|c| c["reply_to"] = json!("a@example.com\nBcc: b@example.com")),
+            "reply_to",
+        ),
+        (
+            Box::new(|c| c["recipients"][0]["name"] = json!("Eve\r\nBcc: all@example.com")),
+            "recipients[0].name",
+        ),
+        (
+            Box::new(|c| {
+                c["recipients"][0]["data"]["city"] = json!("Köln\r\nBcc: all@example.com")
+            }),
+            "recipients[0] (r0@example.com)",
+        ),
+    ];
+    for (mutate, field) in cases {
+        let mut c = inline_campaign(recipients(2));
+        c["subject"] = json!("Hello {{name}} in {{city}}");
+        mutate(&mut c);
+        let p = expect_problem(
+            app.post_json("/v1/campaigns", &c).await,
+            422,
+            "/problems/validation",
+        )
+        .await;
+        assert_eq!(p["errors"][0]["field"], field, "{p}");
+        assert!(
+            p["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("header injection"),
+            "{p}"
+        );
+    }
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn empty_recipient_list() {
+    let app = spawn_app().await;
+    expect_problem(
+        app.post_json("/v1/campaigns", &inline_campaign(vec![]))
+            .await,
+        422,
+        "/problems/no-recipients",
+    )
+    .await;
+    let mut c = inline_campaign(vec![]);
+    c.as_object_mut().unwrap().remove("recipients");
+    let p = expect_problem(
+        app.post_json("/v1/campaigns", &c).await,
+        422,
+        "/problems/validation",
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "recipients");
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+fn multipart(campaign: &Value, csv: &str) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new()
+        .part(
+            "campaign",
+            reqwest::multipart::Part::text(campaign.to_string())
+                .mime_str("application/json")
+                .unwrap(),
+        )
+        .part(
+            "recipients",
+            reqwest::multipart::Part::text(csv.to_string())
+                .file_name("list.csv")
+                .mime_str("text/csv")
+                .unwrap(),
+        )
+}
+
+fn csv_campaign() -> Value {
+    json!({"name": "CSV", "from": "news@example.com", "subject": "Hi {{name}}", "html": "<p>{{city}}</p>"})
+}
+
+#[tokio::test]
+async fn csv_without_email_column_or_with_a_ragged_row() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .multipart(multipart(&csv_campaign(), "name,city\nA,Köln\n"))
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 422, "/problems/invalid-csv").await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("no `email` column"),
+        "{p}"
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .multipart(multipart(
+            &csv_campaign(),
+            "email,name,city\na@example.com,A,Köln\n\nb@example.com,B\n",
+        ))
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 422, "/problems/invalid-csv").await;
+    assert_eq!(
+        p["detail"],
+        "recipients CSV line 4: 2 fields where the header has 3"
+    );
+    // A bad address in a CSV names its line.
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .multipart(multipart(&csv_campaign(), "email,city\nnope,Köln\n"))
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 422, "/problems/validation").await;
+    assert_eq!(p["errors"][0]["field"], "line 2.email");
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let app = spawn_app().await; // limit 256 KiB
+    let big = inline_campaign(recipients(6_000));
+    expect_problem(
+        app.post_json("/v1/campaigns", &big).await,
+        413,
+        "/problems/payload-too-large",
+    )
+    .await;
+    let csv: String = std::iter::once("email,city\n".to_string())
+        .chain((0..20_000).map(|i| format!("r{i}@example.com,Köln\n")))
+        .collect();
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .multipart(multipart(&csv_campaign(), &csv))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 413, "/problems/payload-too-large").await;
+    assert_nothing_stored(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn other_media_types_methods_and_paths() {
+    let app = spawn_app().await;
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 415, "/problems/unsupported-media-type").await;
+    let r = app
+        .client
+        .get(app.url("/v1/campaigns/nope"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 404, "/problems/not-found").await;
+    let r = app
+        .client
+        .delete(app.url("/v1/campaigns"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 405, "/problems/method-not-allowed").await;
+    let r = app
+        .client
+        .get(app.url("/v1/minutes?since=yesterday"))
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 400, "/problems/invalid-query").await;
+    assert!(p["detail"].as_str().unwrap().contains("since"));
+    let r = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    expect_problem(r, 404, "/problems/not-found").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_dropped_and_counted_not_refused() {
+    let app = spawn_app().await;
+    let mut rs = recipients(3);
+    rs.push(json!({"email": "R1@EXAMPLE.com", "name": "Dup", "data": {"city": "x"}}));
+    let r = app.post_json("/v1/campaigns", &inline_campaign(rs)).await;
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/campaigns/{}", c["id"].as_str().unwrap())
+    );
+    assert_eq!(c["counts"]["total"], 3);
+    assert_eq!(c["duplicates_removed"], 1);
+    app.stop().await;
+}

@@ -1,0 +1,366 @@
+//! Whole campaigns through the real server.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::sink::{Sink, SINK_KEY};
+use crate::support::*;
+
+fn is_completed(c: &Value) -> bool {
+    c["status"] == "completed"
+}
+
+/// Every `.eml` in a campaign's outbox folder, by recipient address.
+fn outbox(app: &TestApp, id: &str) -> HashMap<String, String> {
+    let dir = app.dir.path().join("outbox").join(id);
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(
+            path.extension().unwrap(),
+            "eml",
+            "stray file {}",
+            path.display()
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let to = text.lines().find(|l| l.starts_with("To: ")).unwrap();
+        let addr = to[to.find('<').unwrap() + 1..to.find('>').unwrap()].to_string();
+        assert!(
+            out.insert(addr.clone(), text).is_none(),
+            "{addr} mailed twice"
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_csv_campaign_reaches_every_recipient_exactly_once() {
+    let app = spawn_app().await;
+    let mut csv = String::from("email,name,city\n");
+    for i in 0..250 {
+        csv += &format!("r{i}@example.com,Zoë {i},Köln\n");
+    }
+    csv += "R7@example.com,Duplicate,Köln\n";
+    let form = reqwest::multipart::Form::new()
+        .part("campaign", reqwest::multipart::Part::text(json!({"name": "CSV", "from": "News <news@example.com>", "subject": "Für {{name}}", "html": "<p>Hallo {{name}} in {{city}}</p>"}).to_string()))
+        .part("recipients", reqwest::multipart::Part::text(csv).file_name("list.csv"));
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let c: Value = r.json().await.unwrap();
+    let id = c["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (
+            c["counts"]["total"].as_i64(),
+            c["duplicates_removed"].as_i64(),
+            c["batches"].as_i64()
+        ),
+        (Some(250), Some(1), Some(3))
+    );
+
+    let done = app
+        .wait_for(&id, Duration::from_secs(60), is_completed)
+        .await;
+    let k = &done["counts"];
+    assert_eq!(
+        (
+            k["sent"].as_i64(),
+            k["pending"].as_i64(),
+            k["failed"].as_i64(),
+            k["unknown"].as_i64(),
+            k["rendered"].as_i64()
+        ),
+        (Some(250), Some(0), Some(0), Some(0), Some(250))
+    );
+    let mails = outbox(&app, &id);
+    assert_eq!(mails.len(), 250);
+    for i in 0..250 {
+        let eml = &mails[&format!("r{i}@example.com")];
+        assert!(eml.contains("Content-Type: multipart/alternative"));
+    }
+    // The audit histogram accounts for every request, within the cap.
+    let minutes = app.get_json("/v1/minutes?since=2000-01-01T00:00:00Z").await;
+    let used: i64 = minutes["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["used"].as_i64().unwrap())
+        .sum();
+    assert_eq!(used, 250);
+    for m in minutes["minutes"].as_array().unwrap() {
+        assert!(m["used"].as_i64() <= m["cap"].as_i64(), "{m}");
+        assert!(m["granted"].as_i64() <= m["cap"].as_i64(), "{m}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_named_newsletter_template_renders_with_inlined_css() {
+    let app = spawn_app().await;
+    let articles = json!([{"title": "One & two", "summary": "s", "url": "https://e.example/1"}]);
+    let rs: Vec<Value> = (0..5)
+        .map(|i| json!({"email": format!("n{i}@example.org"), "name": "Łukasz Żółć", "data": {"first_name": "Łukasz", "city": "Kraków", "member_since": 2020, "articles": articles}}))
+        .collect();
+    let r = app.post_json("/v1/campaigns", &json!({"name": "Newsletter", "from": "Gazette <g@example.com>", "template": "newsletter", "recipients": rs})).await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.wait_for(&id, Duration::from_secs(30), is_completed)
+        .await;
+    let mails = outbox(&app, &id);
+    let eml = &mails["n3@example.org"];
+    assert!(eml.contains("Subject: =?utf-8?"), "{eml}");
+    assert!(
+        eml.contains("style=3D\"margin: 0 0 8px 0;"),
+        "CSS is inlined into the HTML part"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pause_resume_and_cancel() {
+    // 120 per minute: slow enough that the campaign is still running when we act on it.
+    let app = spawn_app_with(|c| c.governor.per_minute = 120).await;
+    let r = app
+        .post_json("/v1/campaigns", &inline_campaign(recipients(200)))
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.wait_for(&id, Duration::from_secs(30), |c| {
+        c["counts"]["sent"].as_i64() > Some(0)
+    })
+    .await;
+
+    let paused: Value = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{id}/pause")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(paused["status"], "paused");
+    let resumed: Value = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{id}/resume")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resumed["status"], "running");
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+    // In-flight sends finish and report; everything else is cancelled; nothing is left open.
+    let c = app
+        .wait_for(&id, Duration::from_secs(30), |c| {
+            c["counts"]["pending"] == 0
+        })
+        .await;
+    let k = &c["counts"];
+    assert!(k["cancelled"].as_i64().unwrap() > 0, "{c}");
+    assert_eq!(
+        k["sent"].as_i64().unwrap() + k["cancelled"].as_i64().unwrap(),
+        200,
+        "{c}"
+    );
+    assert_eq!(outbox(&app, &id).len() as i64, k["sent"].as_i64().unwrap());
+    // A cancelled campaign cannot be resumed; unknown actions are 404.
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{id}/resume")))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 409, "/problems/conflict").await;
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/campaigns/{id}/explode")))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 404, "/problems/not-found").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn through_mailgun_every_recipient_arrives_once_at_the_sink() {
+    let (sink, base) = Sink::start().await;
+    let app = spawn_app_with(|c| {
+        c.provider.kind = conductor::config::ProviderKind::Mailgun;
+        c.provider.mailgun.base_url = base.clone();
+        c.provider.mailgun.domain = "mg.example.com".into();
+        c.provider.mailgun.api_key = Some(SINK_KEY.into());
+    })
+    .await;
+    let r = app
+        .post_json("/v1/campaigns", &inline_campaign(recipients(150)))
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = app
+        .wait_for(&id, Duration::from_secs(60), is_completed)
+        .await;
+    assert_eq!(c["counts"]["sent"], 150);
+    let received = sink.received.lock().unwrap().clone();
+    let mut ids: Vec<i64> = received
+        .iter()
+        .map(|r| r.recipient_id.parse().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..150).collect::<Vec<_>>());
+    assert!(received.iter().all(|r| r.campaign_id == id));
+    assert!(received
+        .iter()
+        .any(|r| r.to == "\"Zoë 3\" <r3@example.com>"));
+    assert!(received.iter().all(|r| r.at_ms > 0));
+    assert_eq!(sink.per_minute().values().sum::<usize>(), 150);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_campaign_loses_no_one_and_sends_no_one_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = {
+        let mut c = test_config(dir.path());
+        c.governor.per_minute = 1_200; // 20/s: a few seconds for 100
+        c
+    };
+    let start = |config: conductor::config::Config| async move {
+        let app = conductor::startup::Application::build(
+            config,
+            None,
+            std::sync::Arc::new(sender::SystemClock),
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        (base, tx, handle)
+    };
+    let client = reqwest::Client::new();
+    let (base, stop, handle) = start(config.clone()).await;
+    let c: Value = client
+        .post(format!("{base}/v1/campaigns"))
+        .json(&inline_campaign(recipients(100)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = c["id"].as_str().unwrap().to_string();
+    loop {
+        let c: Value = client
+            .get(format!("{base}/v1/campaigns/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if c["counts"]["sent"].as_i64().unwrap() >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A graceful stop mid-campaign: leases in progress report what they did and hand back the rest.
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+
+    let (base, stop, handle) = start(config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let c = loop {
+        let c: Value = client
+            .get(format!("{base}/v1/campaigns/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if c["status"] == "completed" {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "{c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (
+            c["counts"]["sent"].as_i64(),
+            c["counts"]["unknown"].as_i64()
+        ),
+        (Some(100), Some(0)),
+        "{c}"
+    );
+    let files = std::fs::read_dir(dir.path().join("outbox").join(&id))
+        .unwrap()
+        .count();
+    assert_eq!(files, 100);
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn editing_the_config_file_changes_the_cap_and_a_bad_edit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conductor.toml");
+    let root = dir.path().to_path_buf();
+    let toml = move |cap: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{0}/c.db\"\n[bodies]\nurl = \"file://{0}/bodies\"\n\
+             [provider.outbox]\ndir = \"{0}/outbox\"\n[governor]\nper_minute = {cap}\n",
+            root.display()
+        )
+    };
+    std::fs::write(&file, toml("600")).unwrap();
+    let config = conductor::config::Config::load(Some(&file), Vec::new()).unwrap();
+    let app = spawn_app_in(dir, config, Some(file.clone())).await;
+    let cap = || app.config.borrow().governor.per_minute;
+    assert_eq!(cap(), 600);
+
+    // Editors often save by writing a new file and renaming it over the old one.
+    let tmp = file.with_extension("swp");
+    std::fs::write(&tmp, toml("900")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let waited = std::time::Instant::now();
+    while cap() != 900 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "reload not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // An invalid edit is refused; the running config stays.
+    std::fs::write(&file, toml("\"lots\"")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(cap(), 900);
+    std::fs::write(&file, toml("0")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(cap(), 900);
+    app.stop().await;
+}

@@ -1,0 +1,7 @@
+//! Black-box tests of the conductor: one test binary, several modules.
+
+mod api;
+mod e2e;
+mod sink;
+mod store;
+mod support;

@@ -1,0 +1,106 @@
+//! A Mailgun-compatible sink on loopback: answers like Mailgun and records, on its own clock, the
+//! moment each message arrives — the receiving side's view of the per-minute cap.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at_ms: i64,
+    pub to: String,
+    pub recipient_id: String,
+    pub campaign_id: String,
+}
+
+#[derive(Default)]
+pub struct Sink {
+    pub received: Mutex<Vec<Received>>,
+}
+
+pub const SINK_KEY: &str = "sink-key";
+
+impl Sink {
+    /// Starts on 127.0.0.1, port chosen by the OS; returns the base URL.
+    pub async fn start() -> (Arc<Sink>, String) {
+        let sink = Arc::new(Sink::default());
+        let app = Router::new()
+            .route("/v3/{domain}/messages", post(receive))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (sink, base)
+    }
+
+    /// Messages received per calendar minute (sink clock).
+    pub fn per_minute(&self) -> BTreeMap<i64, usize> {
+        let mut out = BTreeMap::new();
+        for r in self.received.lock().unwrap().iter() {
+            *out.entry(r.at_ms.div_euclid(60_000) * 60_000).or_default() += 1;
+        }
+        out
+    }
+}
+
+async fn receive(
+    State(sink): State<Arc<Sink>>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Result<Json<serde_json::Value>, StatusCode> {
+    let expected = format!("Basic {}", base64(&format!("api:{SINK_KEY}")));
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    let field = |k: &str| {
+        form.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    for required in ["from", "to", "subject", "html", "text"] {
+        if field(required).is_empty() {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+    }
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut received = sink.received.lock().unwrap();
+    received.push(Received {
+        at_ms,
+        to: field("to"),
+        recipient_id: field("v:recipient_id"),
+        campaign_id: field("v:campaign_id"),
+    });
+    Ok(Json(serde_json::json!({
+        "id": format!("<{}.{}@{domain}>", at_ms, received.len()),
+        "message": "Queued. Thank you."
+    })))
+}
+
+fn base64(s: &str) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &x)| acc | (u32::from(x) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

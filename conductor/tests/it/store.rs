@@ -1,0 +1,468 @@
+//! The store suite: per-recipient state, leases and the minute ledger, on a manual clock. Written
+//! against `dyn Store` so every backend runs the same cases.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use conductor::store::{Action, LeaseRules, ReportRules, SqliteStore, Status, Store, StoreError};
+use conductor::validate::{self, CampaignRequest, RecipientIn, ValidCampaign};
+use sender::{LeaseReply, Millis, Outcome, RecipientOutcome, SendLease};
+
+const M: Millis = 1_700_000_040_000; // a minute boundary
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    (Arc::new(store), dir)
+}
+
+fn campaign(n: usize) -> ValidCampaign {
+    let req = CampaignRequest {
+        name: "t".into(),
+        from: "a@example.com".into(),
+        reply_to: None,
+        template: None,
+        subject: Some("s".into()),
+        html: Some("<p>{{email}}</p>".into()),
+        text: None,
+        recipients: None,
+    };
+    let rows = (0..n)
+        .map(|i| RecipientIn {
+            email: format!("r{i}@example.com"),
+            name: None,
+            data: None,
+        })
+        .collect();
+    validate::validate(req, validate::json_rows(rows), Path::new("/nonexistent")).unwrap()
+}
+
+async fn create(store: &Arc<dyn Store>, n: usize, batch_size: u32, now: Millis) -> String {
+    let id = store
+        .create_campaign(&campaign(n), batch_size, now)
+        .await
+        .unwrap()
+        .id;
+    for job in store.batches_to_render(now, now, 1000).await.unwrap() {
+        store
+            .batch_rendered(&job, &format!("k/{}", job.batch), &[], now)
+            .await
+            .unwrap();
+    }
+    id
+}
+
+fn rules(want: u32, now: Millis, cap: u32) -> LeaseRules {
+    LeaseRules {
+        want,
+        now,
+        cap,
+        margin_ms: 2_000,
+        ttl_ms: 30_000,
+    }
+}
+
+fn report_rules(now: Millis) -> ReportRules {
+    ReportRules {
+        now,
+        max_attempts: 3,
+    }
+}
+
+fn lease(reply: LeaseReply) -> SendLease {
+    match reply {
+        LeaseReply::Lease(l) => l,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
+fn outcomes(ids: &[i64], outcome: Outcome, at: Millis) -> Vec<RecipientOutcome> {
+    ids.iter()
+        .map(|&recipient_id| RecipientOutcome {
+            recipient_id,
+            outcome: outcome.clone(),
+            at,
+        })
+        .collect()
+}
+
+fn sent() -> Outcome {
+    Outcome::Sent {
+        provider_id: Some("p".into()),
+    }
+}
+
+#[tokio::test]
+async fn leases_never_grant_more_than_the_cap_in_a_minute() {
+    let (store, _d) = sqlite().await;
+    create(&store, 500, 100, M).await;
+    let mut now = M;
+    let mut granted = 0;
+    loop {
+        match store.lease(rules(40, now, 100)).await.unwrap() {
+            LeaseReply::Lease(l) => {
+                assert!(l.deadline == M + 58_000 && l.first_at >= now);
+                granted += l.tokens();
+                store
+                    .report(
+                        &l.lease_id,
+                        &outcomes(&l.recipients, sent(), now),
+                        true,
+                        report_rules(now),
+                    )
+                    .await
+                    .unwrap();
+            }
+            LeaseReply::NoTokens { until } => {
+                assert_eq!(until, M + 60_000);
+                break;
+            }
+            LeaseReply::Idle => panic!("work was waiting"),
+        }
+        now += 250;
+    }
+    assert_eq!(granted, 100);
+    // The next minute has a fresh budget.
+    assert!(matches!(
+        store.lease(rules(40, M + 60_000, 100)).await.unwrap(),
+        LeaseReply::Lease(_)
+    ));
+    let minutes = store.minutes(M).await.unwrap();
+    assert_eq!(
+        (
+            minutes[0].cap,
+            minutes[0].granted,
+            minutes[0].used,
+            minutes[0].sent
+        ),
+        (100, 100, 100, 100)
+    );
+}
+
+#[tokio::test]
+async fn reports_settle_recipients_and_late_reports_are_fenced() {
+    let (store, _d) = sqlite().await;
+    let id = create(&store, 10, 100, M).await;
+    let l = lease(store.lease(rules(10, M, 6_000)).await.unwrap());
+    assert_eq!(l.recipients, (0..10).collect::<Vec<_>>());
+    assert_eq!(store.campaign(&id).await.unwrap().counts.in_flight, 10);
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[0, 1, 2], sent(), M),
+            false,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(
+                &[3],
+                Outcome::Failed {
+                    reason: "bad address".into(),
+                },
+                M,
+            ),
+            false,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(
+                &[4],
+                Outcome::Unknown {
+                    reason: "timeout".into(),
+                },
+                M,
+            ),
+            false,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    // Closing the lease hands back everything not reported.
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[5], Outcome::Released, M),
+            true,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    let k = store.campaign(&id).await.unwrap().counts;
+    assert_eq!(
+        (k.sent, k.failed, k.unknown, k.in_flight, k.pending),
+        (3, 1, 1, 0, 5)
+    );
+    // A report on a closed lease changes nothing.
+    let late = store
+        .report(
+            &l.lease_id,
+            &outcomes(&[6], sent(), M),
+            false,
+            report_rules(M),
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost(_))));
+    assert_eq!(store.campaign(&id).await.unwrap().counts.sent, 3);
+    let m = store.minutes(M).await.unwrap()[0];
+    assert_eq!(
+        (m.granted, m.used, m.sent),
+        (10, 5, 3),
+        "released tokens are granted but not used"
+    );
+    // The handed-back recipients are leased again.
+    let again = lease(store.lease(rules(10, M + 1_000, 6_000)).await.unwrap());
+    assert_eq!(again.recipients, (5..10).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn deferred_recipients_wait_and_every_retry_costs_a_token() {
+    let (store, _d) = sqlite().await;
+    let id = create(&store, 1, 100, M).await;
+    let l = lease(store.lease(rules(10, M, 6_000)).await.unwrap());
+    let deferred = Outcome::Deferred {
+        reason: "429".into(),
+        retry_after_ms: Some(10_000),
+    };
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[0], deferred.clone(), M),
+            true,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.campaign(&id).await.unwrap().counts.deferred, 1);
+    assert_eq!(
+        store.lease(rules(10, M + 9_999, 6_000)).await.unwrap(),
+        LeaseReply::Idle
+    );
+    let l = lease(store.lease(rules(10, M + 10_000, 6_000)).await.unwrap());
+    assert_eq!(l.recipients, vec![0]);
+    assert_eq!(
+        store.minutes(M).await.unwrap()[0].granted,
+        2,
+        "the retry took a second token"
+    );
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[0], deferred.clone(), M + 10_000),
+            true,
+            report_rules(M + 10_000),
+        )
+        .await
+        .unwrap();
+    let l = lease(store.lease(rules(10, M + 20_000, 6_000)).await.unwrap());
+    // Third attempt of three: given up, with the last reason.
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[0], deferred, M + 20_000),
+            true,
+            report_rules(M + 20_000),
+        )
+        .await
+        .unwrap();
+    let k = store.campaign(&id).await.unwrap().counts;
+    assert_eq!((k.failed, k.deferred, k.pending), (1, 0, 0));
+}
+
+#[tokio::test]
+async fn an_expired_lease_makes_its_recipients_unknown_never_resent() {
+    let (store, _d) = sqlite().await;
+    let id = create(&store, 5, 100, M).await;
+    let l = lease(store.lease(rules(5, M, 6_000)).await.unwrap());
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[0], sent(), M),
+            false,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.expire_leases(l.deadline + 29_999).await.unwrap(), 0);
+    assert_eq!(store.expire_leases(l.deadline + 30_001).await.unwrap(), 4);
+    let k = store.campaign(&id).await.unwrap().counts;
+    assert_eq!((k.sent, k.unknown, k.pending), (1, 4, 0));
+    assert_eq!(
+        store.lease(rules(5, M + 120_000, 6_000)).await.unwrap(),
+        LeaseReply::Idle
+    );
+    let late = store
+        .report(
+            &l.lease_id,
+            &outcomes(&[1], sent(), M),
+            true,
+            report_rules(M),
+        )
+        .await;
+    assert!(matches!(late, Err(StoreError::LeaseLost(_))));
+    assert_eq!(
+        store.complete_finished(M + 120_000).await.unwrap(),
+        vec![id]
+    );
+}
+
+#[tokio::test]
+async fn leases_go_round_robin_over_running_campaigns() {
+    let (store, _d) = sqlite().await;
+    let big = create(&store, 1_000, 100, M).await;
+    let small = create(&store, 20, 100, M + 1).await;
+    let paused = create(&store, 20, 100, M + 2).await;
+    store.act(&paused, Action::Pause, M).await.unwrap();
+    let mut order = Vec::new();
+    for k in 0..6 {
+        let l = lease(store.lease(rules(5, M + k, 6_000)).await.unwrap());
+        order.push(l.campaign_id.clone());
+    }
+    assert_eq!(
+        order,
+        vec![
+            big.clone(),
+            small.clone(),
+            big.clone(),
+            small.clone(),
+            big.clone(),
+            small.clone()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_account_stop_pauses_the_campaign_with_its_reason() {
+    let (store, _d) = sqlite().await;
+    let id = create(&store, 3, 100, M).await;
+    let l = lease(store.lease(rules(3, M, 6_000)).await.unwrap());
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(
+                &[0],
+                Outcome::AccountStop {
+                    reason: "Mailgun 401: Forbidden".into(),
+                },
+                M,
+            ),
+            true,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    let c = store.campaign(&id).await.unwrap();
+    assert_eq!(c.status, Status::Paused);
+    assert!(c.status_reason.unwrap().contains("401"));
+    assert_eq!(
+        (c.counts.pending, c.counts.sent),
+        (3, 0),
+        "nobody lost, nobody sent"
+    );
+    assert_eq!(
+        store.lease(rules(3, M + 1, 6_000)).await.unwrap(),
+        LeaseReply::Idle
+    );
+    assert_eq!(
+        store
+            .act(&id, Action::Resume, M)
+            .await
+            .unwrap()
+            .status_reason,
+        None
+    );
+}
+
+#[tokio::test]
+async fn cancel_settles_what_is_waiting_and_refuses_resume() {
+    let (store, _d) = sqlite().await;
+    let id = create(&store, 10, 100, M).await;
+    let l = lease(store.lease(rules(4, M, 6_000)).await.unwrap());
+    store.act(&id, Action::Cancel, M).await.unwrap();
+    // The lease in flight reports its sends; what it hands back is cancelled, not re-queued.
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[0, 1], sent(), M),
+            true,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    let c = store.campaign(&id).await.unwrap();
+    assert_eq!(
+        (
+            c.status,
+            c.counts.sent,
+            c.counts.cancelled,
+            c.counts.pending
+        ),
+        (Status::Cancelled, 2, 8, 0)
+    );
+    assert!(matches!(
+        store.act(&id, Action::Resume, M).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.act("nope", Action::Pause, M).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded() {
+    let (store, _d) = sqlite().await;
+    let c = store.create_campaign(&campaign(250), 100, M).await.unwrap();
+    assert_eq!(
+        (c.batches, c.counts.pending, c.counts.rendered),
+        (3, 250, 0)
+    );
+    let jobs = store.batches_to_render(M - 1, M, 100).await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.batch).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert!(
+        store
+            .batches_to_render(M - 1, M + 10, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "handed out already"
+    );
+    let input = store.render_input(&jobs[2]).await.unwrap().unwrap();
+    assert_eq!(input.recipients.len(), 50);
+    assert_eq!(input.recipients[0].id, 200);
+    store
+        .batch_rendered(&jobs[2], "k2", &[(201, "missing field `x`".into())], M)
+        .await
+        .unwrap();
+    store.batch_rendered(&jobs[2], "k2", &[], M).await.unwrap(); // twice: harmless
+    assert!(
+        store.render_input(&jobs[2]).await.unwrap().is_none(),
+        "nothing left to render"
+    );
+    let again = store.batches_to_render(M + 1, M + 2, 100).await.unwrap();
+    assert_eq!(
+        again.iter().map(|j| j.batch).collect::<Vec<_>>(),
+        vec![0, 1],
+        "stale jobs are handed out again"
+    );
+    let c = store.campaign(&c.id).await.unwrap();
+    assert_eq!(
+        (c.counts.rendered, c.counts.failed, c.batches_rendered),
+        (50, 1, 1)
+    );
+    // Only rendered recipients are leased.
+    let l = lease(store.lease(rules(100, M, 6_000)).await.unwrap());
+    assert_eq!(l.batch, 2);
+    assert_eq!(l.body_key, "k2");
+    assert_eq!(l.tokens(), 49);
+}

@@ -1,0 +1,168 @@
+//! `spawn_app()`: the real application on port 0 with its own temporary store, bodies and outbox.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conductor::config::Config;
+use conductor::startup::Application;
+use sender::SystemClock;
+use serde_json::Value;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    /// The running config; hot reloads replace it.
+    pub config: tokio::sync::watch::Sender<Arc<Config>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub fn templates_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../templates")
+}
+
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.max_body_bytes = 256 * 1024;
+    c.store.url = format!("sqlite://{}", dir.join("conductor.db").display());
+    c.bodies.url = format!("file://{}", dir.join("bodies").display());
+    c.provider.outbox.dir = dir.join("outbox");
+    c.campaigns.templates_dir = templates_dir();
+    c.campaigns.batch_size = 100;
+    c.governor.per_minute = 1_000_000;
+    c
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    adjust(&mut config);
+    spawn_app_in(dir, config, None).await
+}
+
+/// The app on `config`, watching `config_file` for changes when given.
+pub async fn spawn_app_in(
+    dir: tempfile::TempDir,
+    config: Config,
+    config_file: Option<PathBuf>,
+) -> TestApp {
+    let app = Application::build(config, config_file, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.local_addr());
+    let config = app.config();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        dir,
+        config,
+        stop: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn campaign_count(&self) -> usize {
+        self.get_json("/v1/campaigns").await["campaigns"]
+            .as_array()
+            .unwrap()
+            .len()
+    }
+
+    /// Polls a campaign until `done` holds; bounded, so a stuck campaign fails the test instead of hanging.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let c = self.get_json(&format!("/v1/campaigns/{id}")).await;
+            if done(&c) {
+                return c;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "campaign did not get there in {limit:?}: {c}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A problem+json answer: checks status, media type and `type`, returns the body.
+pub async fn expect_problem(r: reqwest::Response, status: u16, kind: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status, "status");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["type"], kind, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+pub fn recipients(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| serde_json::json!({"email": format!("r{i}@example.com"), "name": format!("Zoë {i}"), "data": {"city": "Köln"}}))
+        .collect()
+}
+
+pub fn inline_campaign(recipients: Vec<Value>) -> Value {
+    serde_json::json!({
+        "name": "Inline",
+        "from": "News <news@example.com>",
+        "subject": "Hello {{name}}",
+        "html": "<p>Hi {{name}} from {{city}}</p>",
+        "recipients": recipients,
+    })
+}
