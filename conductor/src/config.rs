@@ -279,6 +279,7 @@ impl Config {
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
         overrides.sort();
+        let applied: Vec<String> = overrides.iter().map(|(k, _)| k.clone()).collect();
         for (key, value) in overrides {
             let path: Vec<String> = key[ENV_PREFIX.len()..]
                 .split("__")
@@ -289,8 +290,15 @@ impl Config {
         }
         // Through text once more so that type errors quote the offending key and value.
         let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let config: Config =
-            toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = toml::from_str(&merged).map_err(|e| {
+            let source = if applied.is_empty() {
+                String::new()
+            } else {
+                // The quoted line is of the file merged with these, not of the file alone.
+                format!("\n(with environment overrides {})", applied.join(", "))
+            };
+            ConfigError::Parse(format!("{e}{source}"))
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -300,7 +308,7 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
-        self.sqlite_path()?;
+        self.store_url()?;
         self.bodies_dir()?;
         if !(1..=100_000).contains(&self.campaigns.batch_size) {
             return Err(invalid(
@@ -372,17 +380,20 @@ impl Config {
         })
     }
 
-    pub fn sqlite_path(&self) -> Result<PathBuf, ConfigError> {
-        match self.store.url.strip_prefix("sqlite://") {
-            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-            _ if self.store.url.starts_with("postgres") => Err(invalid(
+    /// `sqlite://PATH` or `postgres://USER@HOST/DATABASE`.
+    pub fn store_url(&self) -> Result<String, ConfigError> {
+        let url = self.store.url.trim();
+        let ok = url.strip_prefix("sqlite://").is_some_and(|p| !p.is_empty())
+            || ["postgres://", "postgresql://"]
+                .iter()
+                .any(|p| url.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+        if ok {
+            Ok(url.to_string())
+        } else {
+            Err(invalid(
                 "store.url",
-                "PostgreSQL is not available in this build yet; use sqlite://PATH",
-            )),
-            _ => Err(invalid(
-                "store.url",
-                format!("{:?} is not sqlite://PATH", self.store.url),
-            )),
+                format!("{url:?} is neither sqlite://PATH nor postgres://USER@HOST/DATABASE"),
+            ))
         }
     }
 
@@ -435,7 +446,7 @@ mod tests {
         let c = Config::from_toml("", env(&[])).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.governor.per_minute, 6000);
-        assert_eq!(c.sqlite_path().unwrap(), PathBuf::from("data/conductor.db"));
+        assert_eq!(c.store_url().unwrap(), "sqlite://data/conductor.db");
     }
 
     #[test]

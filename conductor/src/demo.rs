@@ -28,7 +28,7 @@ pub enum DemoError {
 pub struct Summary {
     pub campaign: Campaign,
     pub elapsed: Duration,
-    /// Time from creation until every batch was rendered.
+    /// From the campaign's creation until every batch was rendered.
     pub render_time: Duration,
     pub create_time: Duration,
     pub minutes: Vec<MinuteStats>,
@@ -168,6 +168,7 @@ pub async fn run(
         .await
         .map_err(|p| DemoError::Refused(p.detail))?;
     let create_time = started.elapsed();
+    let created_at = Instant::now();
     let id = created.id.clone();
 
     let progress = Progress::new(created.counts.total as u64);
@@ -176,7 +177,7 @@ pub async fn run(
     let campaign = loop {
         let c = svc.store.campaign(&id).await?;
         if render_time.is_none() && c.batches_rendered == c.batches {
-            render_time = Some(started.elapsed());
+            render_time = Some(created_at.elapsed());
         }
         let minute = svc.store.minutes(clock.now_ms()).await?.last().copied();
         progress.update(&c, minute, started.elapsed());
@@ -317,6 +318,9 @@ impl Summary {
                 .unwrap_or_default();
             println!("    {t}  {:>7} / {:<7} accepted {}", m.used, m.cap, m.sent);
         }
+        if let Some(kib) = peak_rss_kib() {
+            println!("  peak resident memory: {:.0} MiB", kib as f64 / 1024.0);
+        }
         match config.provider.kind {
             ProviderKind::Outbox => println!(
                 "  messages: {}/ (one .eml per recipient; open any in a mail client)",
@@ -328,4 +332,11 @@ impl Summary {
             ),
         }
     }
+}
+
+/// The process's peak resident set (Linux `VmHWM`), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -23,6 +23,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Create or update the store's schema (`serve` does this too on start).
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Send a demo newsletter to generated recipients and show the progress.
     Demo {
         #[arg(long, default_value_t = 2000)]
@@ -35,15 +40,25 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(Cli::parse())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error chain, one line: what failed and why, no backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 match cli.command {
                     Command::Demo { .. } => "warn".into(),
-                    Command::Serve { .. } => "info".into(),
+                    Command::Serve { .. } | Command::Migrate { .. } => "info".into(),
                 }
             }),
         )
@@ -60,6 +75,11 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
             .context("server failed")?;
+        }
+        Command::Migrate { config } => {
+            let cfg = Config::load(config.as_deref(), std::env::vars())?;
+            conductor::store::SqlStore::open(&cfg.store_url()?).await?;
+            println!("store schema is up to date");
         }
         Command::Demo {
             recipients,

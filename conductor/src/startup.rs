@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, ProviderKind};
 use crate::service::Service;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{SqlStore, Store, StoreError};
 use crate::work::Work;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ impl Runtime {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
         config.validate()?;
-        let store = SqliteStore::open(&config.sqlite_path()?).await?;
+        let store = SqlStore::open(&config.store_url()?).await?;
         // Render jobs queued in a previous process died with it: hand them out again now.
         store.reset_dispatch().await?;
         let store: Arc<dyn Store> = Arc::new(store);

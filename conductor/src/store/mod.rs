@@ -1,14 +1,14 @@
 //! The Store: campaigns, batches, per-recipient state, leases and the minute ledger. It is the truth;
 //! channels and notifications only say "look again".
 
-mod sqlite;
+mod sql;
 
 use async_trait::async_trait;
 use renderer::{RenderInput, RenderJob};
 use sender::{LeaseReply, Millis, RecipientOutcome};
 use serde::Serialize;
 
-pub use sqlite::SqliteStore;
+pub use sql::{Backend, SqlStore};
 
 use crate::validate::ValidCampaign;
 

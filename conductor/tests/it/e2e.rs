@@ -142,32 +142,11 @@ async fn pause_resume_and_cancel() {
     })
     .await;
 
-    let paused: Value = app
-        .client
-        .post(app.url(&format!("/v1/campaigns/{id}/pause")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let paused: Value = app.act(&id, "pause").await.json().await.unwrap();
     assert_eq!(paused["status"], "paused");
-    let resumed: Value = app
-        .client
-        .post(app.url(&format!("/v1/campaigns/{id}/resume")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resumed: Value = app.act(&id, "resume").await.json().await.unwrap();
     assert_eq!(resumed["status"], "running");
-    let r = app
-        .client
-        .post(app.url(&format!("/v1/campaigns/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.act(&id, "cancel").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
     // In-flight sends finish and report; everything else is cancelled; nothing is left open.
@@ -185,19 +164,9 @@ async fn pause_resume_and_cancel() {
     );
     assert_eq!(outbox(&app, &id).len() as i64, k["sent"].as_i64().unwrap());
     // A cancelled campaign cannot be resumed; unknown actions are 404.
-    let r = app
-        .client
-        .post(app.url(&format!("/v1/campaigns/{id}/resume")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.act(&id, "resume").await;
     expect_problem(r, 409, "/problems/conflict").await;
-    let r = app
-        .client
-        .post(app.url(&format!("/v1/campaigns/{id}/explode")))
-        .send()
-        .await
-        .unwrap();
+    let r = app.act(&id, "explode").await;
     expect_problem(r, 404, "/problems/not-found").await;
     app.stop().await;
 }
@@ -363,4 +332,29 @@ async fn editing_the_config_file_changes_the_cap_and_a_bad_edit_is_refused() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(cap(), 900);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_campaign_on_postgres_reaches_every_recipient_exactly_once() {
+    let schema = PgSchema::create().await;
+    let url = schema.url.clone();
+    let app = spawn_app_with(|c| c.store.url = url).await;
+    let r = app
+        .post_json("/v1/campaigns", &inline_campaign(recipients(230)))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = app
+        .wait_for(&id, Duration::from_secs(60), is_completed)
+        .await;
+    assert_eq!(
+        (c["counts"]["sent"].as_i64(), c["batches"].as_i64()),
+        (Some(230), Some(3))
+    );
+    assert_eq!(outbox(&app, &id).len(), 230);
+    app.stop().await;
+    schema.drop().await;
 }

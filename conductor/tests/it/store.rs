@@ -1,20 +1,54 @@
-//! The store suite: per-recipient state, leases and the minute ledger, on a manual clock. Written
-//! against `dyn Store` so every backend runs the same cases.
+//! The store suite: per-recipient state, leases and the minute ledger, with time passed in explicitly.
+//! Every case runs on SQLite and on PostgreSQL (each test in its own schema).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use conductor::store::{Action, LeaseRules, ReportRules, SqliteStore, Status, Store, StoreError};
+use conductor::store::{Action, LeaseRules, ReportRules, SqlStore, Status, Store, StoreError};
 use conductor::validate::{self, CampaignRequest, RecipientIn, ValidCampaign};
 use sender::{LeaseReply, Millis, Outcome, RecipientOutcome, SendLease};
 
 const M: Millis = 1_700_000_040_000; // a minute boundary
 
-async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+/// Runs one case on a fresh SQLite file.
+async fn on_sqlite<F: std::future::Future<Output = ()>>(case: impl FnOnce(Arc<dyn Store>) -> F) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-    (Arc::new(store), dir)
+    let store = SqlStore::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    case(Arc::new(store)).await;
 }
+
+/// Runs one case in a fresh schema of the test database; the schema is dropped afterwards.
+async fn on_postgres<F: std::future::Future<Output = ()>>(case: impl FnOnce(Arc<dyn Store>) -> F) {
+    let schema = crate::support::PgSchema::create().await;
+    let store = SqlStore::open(&schema.url).await.unwrap();
+    case(Arc::new(store)).await;
+    schema.drop().await;
+}
+
+/// Each case, once per backend.
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $case() { super::on_sqlite(super::$case).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $case() { super::on_postgres(super::$case).await } )*
+        }
+    };
+}
+
+on_every_backend!(
+    leases_never_grant_more_than_the_cap_in_a_minute,
+    reports_settle_recipients_and_late_reports_are_fenced,
+    deferred_recipients_wait_and_every_retry_costs_a_token,
+    an_expired_lease_makes_its_recipients_unknown_never_resent,
+    leases_go_round_robin_over_running_campaigns,
+    an_account_stop_pauses_the_campaign_with_its_reason,
+    cancel_settles_what_is_waiting_and_refuses_resume,
+    render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded,
+);
 
 fn campaign(n: usize) -> ValidCampaign {
     let req = CampaignRequest {
@@ -92,9 +126,7 @@ fn sent() -> Outcome {
     }
 }
 
-#[tokio::test]
-async fn leases_never_grant_more_than_the_cap_in_a_minute() {
-    let (store, _d) = sqlite().await;
+async fn leases_never_grant_more_than_the_cap_in_a_minute(store: Arc<dyn Store>) {
     create(&store, 500, 100, M).await;
     let mut now = M;
     let mut granted = 0;
@@ -139,9 +171,7 @@ async fn leases_never_grant_more_than_the_cap_in_a_minute() {
     );
 }
 
-#[tokio::test]
-async fn reports_settle_recipients_and_late_reports_are_fenced() {
-    let (store, _d) = sqlite().await;
+async fn reports_settle_recipients_and_late_reports_are_fenced(store: Arc<dyn Store>) {
     let id = create(&store, 10, 100, M).await;
     let l = lease(store.lease(rules(10, M, 6_000)).await.unwrap());
     assert_eq!(l.recipients, (0..10).collect::<Vec<_>>());
@@ -222,9 +252,7 @@ async fn reports_settle_recipients_and_late_reports_are_fenced() {
     assert_eq!(again.recipients, (5..10).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn deferred_recipients_wait_and_every_retry_costs_a_token() {
-    let (store, _d) = sqlite().await;
+async fn deferred_recipients_wait_and_every_retry_costs_a_token(store: Arc<dyn Store>) {
     let id = create(&store, 1, 100, M).await;
     let l = lease(store.lease(rules(10, M, 6_000)).await.unwrap());
     let deferred = Outcome::Deferred {
@@ -276,9 +304,7 @@ async fn deferred_recipients_wait_and_every_retry_costs_a_token() {
     assert_eq!((k.failed, k.deferred, k.pending), (1, 0, 0));
 }
 
-#[tokio::test]
-async fn an_expired_lease_makes_its_recipients_unknown_never_resent() {
-    let (store, _d) = sqlite().await;
+async fn an_expired_lease_makes_its_recipients_unknown_never_resent(store: Arc<dyn Store>) {
     let id = create(&store, 5, 100, M).await;
     let l = lease(store.lease(rules(5, M, 6_000)).await.unwrap());
     store
@@ -313,9 +339,7 @@ async fn an_expired_lease_makes_its_recipients_unknown_never_resent() {
     );
 }
 
-#[tokio::test]
-async fn leases_go_round_robin_over_running_campaigns() {
-    let (store, _d) = sqlite().await;
+async fn leases_go_round_robin_over_running_campaigns(store: Arc<dyn Store>) {
     let big = create(&store, 1_000, 100, M).await;
     let small = create(&store, 20, 100, M + 1).await;
     let paused = create(&store, 20, 100, M + 2).await;
@@ -338,9 +362,7 @@ async fn leases_go_round_robin_over_running_campaigns() {
     );
 }
 
-#[tokio::test]
-async fn an_account_stop_pauses_the_campaign_with_its_reason() {
-    let (store, _d) = sqlite().await;
+async fn an_account_stop_pauses_the_campaign_with_its_reason(store: Arc<dyn Store>) {
     let id = create(&store, 3, 100, M).await;
     let l = lease(store.lease(rules(3, M, 6_000)).await.unwrap());
     store
@@ -380,9 +402,7 @@ async fn an_account_stop_pauses_the_campaign_with_its_reason() {
     );
 }
 
-#[tokio::test]
-async fn cancel_settles_what_is_waiting_and_refuses_resume() {
-    let (store, _d) = sqlite().await;
+async fn cancel_settles_what_is_waiting_and_refuses_resume(store: Arc<dyn Store>) {
     let id = create(&store, 10, 100, M).await;
     let l = lease(store.lease(rules(4, M, 6_000)).await.unwrap());
     store.act(&id, Action::Cancel, M).await.unwrap();
@@ -416,9 +436,9 @@ async fn cancel_settles_what_is_waiting_and_refuses_resume() {
     ));
 }
 
-#[tokio::test]
-async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded() {
-    let (store, _d) = sqlite().await;
+async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded(
+    store: Arc<dyn Store>,
+) {
     let c = store.create_campaign(&campaign(250), 100, M).await.unwrap();
     assert_eq!(
         (c.batches, c.counts.pending, c.counts.rendered),
@@ -465,4 +485,67 @@ async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded()
     assert_eq!(l.batch, 2);
     assert_eq!(l.body_key, "k2");
     assert_eq!(l.tokens(), 49);
+}
+
+/// Four conductors on one PostgreSQL database, eight lanes each, all leasing inside one minute: the
+/// ledger grants exactly the cap and no recipient is leased twice.
+#[tokio::test]
+async fn conductors_sharing_postgres_never_grant_past_the_cap_nor_lease_twice() {
+    let schema = crate::support::PgSchema::create().await;
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(SqlStore::open(&schema.url).await.unwrap()));
+    }
+    create(&stores[0], 3_000, 500, M).await;
+    let mut lanes = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        for lane in 0..8 {
+            let store = store.clone();
+            lanes.push(tokio::spawn(async move {
+                let mut leased = Vec::new();
+                let mut now = M + (i * 8 + lane) as i64;
+                let mut idle = 0;
+                loop {
+                    match store.lease(rules(37, now, 700)).await.unwrap() {
+                        LeaseReply::Lease(l) => {
+                            leased.extend(l.recipients.iter().copied());
+                            store
+                                .report(
+                                    &l.lease_id,
+                                    &outcomes(&l.recipients, sent(), now),
+                                    true,
+                                    report_rules(now),
+                                )
+                                .await
+                                .unwrap();
+                        }
+                        LeaseReply::NoTokens { .. } => return leased,
+                        // Every sendable row was momentarily held by other lanes: ask again.
+                        LeaseReply::Idle => {
+                            idle += 1;
+                            assert!(idle < 1_000, "never got work although work was waiting");
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    now += 50;
+                }
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for lane in lanes {
+        all.extend(lane.await.unwrap());
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        (total, all.len()),
+        (700, 700),
+        "exactly the cap, nobody twice"
+    );
+    let m = stores[1].minutes(M).await.unwrap()[0];
+    assert_eq!((m.cap, m.granted, m.used), (700, 700, 700));
+    drop(stores);
+    schema.drop().await;
 }

@@ -86,6 +86,15 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST /v1/campaigns/{id}/{action}`.
+    pub async fn act(&self, id: &str, action: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/campaigns/{id}/{action}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let r = self.client.get(self.url(path)).send().await.unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
@@ -165,4 +174,42 @@ pub fn inline_campaign(recipients: Vec<Value>) -> Value {
         "html": "<p>Hi {{name}} from {{city}}</p>",
         "recipients": recipients,
     })
+}
+
+/// A fresh schema in the PostgreSQL test database (`TEST_POSTGRES_URL`, default the local server's
+/// `test` database), so every test has its own tables.
+pub struct PgSchema {
+    pub url: String,
+    name: String,
+    admin: sqlx::AnyConnection,
+}
+
+impl PgSchema {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let base = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::any::install_default_drivers();
+        let mut admin = sqlx::AnyConnection::connect(&base)
+            .await
+            .expect("PostgreSQL at TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Self {
+            url: format!("{base}{sep}options[search_path]={name}"),
+            name,
+            admin,
+        }
+    }
+
+    pub async fn drop(mut self) {
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .execute(&mut self.admin)
+            .await
+            .unwrap();
+    }
 }

@@ -1,6 +1,12 @@
-//! The embedded store: one SQLite file in WAL mode. All writes go through one connection, so every
-//! write transaction — a ledger claim with its lease above all — is serialised and atomic; reads use
-//! their own pool and never wait for a write.
+//! The store on SQL: SQLite (the embedded default, one file in WAL mode) or PostgreSQL (production,
+//! shared by several conductors). One implementation: every statement is written once, in SQL both
+//! accept, and the backends differ only in how rows are locked and how connections are pooled.
+//!
+//! SQLite: all writes go through one connection, so every write transaction — a ledger claim with its
+//! lease above all — is serialised; reads use their own pool and never wait for a write.
+//! PostgreSQL: the minute's ledger row is locked (`FOR UPDATE`) for the claim and recipients are taken
+//! with `FOR UPDATE … SKIP LOCKED`, so conductors sharing a database never grant past the cap nor
+//! lease a recipient twice.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -9,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use renderer::{Mailbox, RecipientData, RenderInput, RenderJob, TemplateSource};
 use sender::{LeaseReply, Millis, Outcome, RecipientOutcome, SendLease};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use super::{
     rfc3339, Action, Campaign, Counts, LeaseRules, MinuteStats, ReportRules, Status, Store,
@@ -25,47 +31,91 @@ const GLOBAL: &str = "global";
 /// States from which a recipient may still be sent.
 const OPEN_STATES: &str = "('pending', 'rendered', 'leased', 'deferred')";
 
-pub struct SqliteStore {
-    write: SqlitePool,
-    read: SqlitePool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Row lock for a read that a write in the same transaction depends on. SQLite needs none: its
+    /// one writer connection serialises every write transaction.
+    fn for_update(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Lock the rows taken from `table`, skipping rows another conductor holds.
+    fn skip_locked(self, table: &str) -> String {
+        match self {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
+        }
+    }
+}
+
+pub struct SqlStore {
+    backend: Backend,
+    write: AnyPool,
+    read: AnyPool,
     /// The campaign served last; leases go round-robin from the one after it.
     cursor: Mutex<Option<String>>,
 }
 
-impl SqliteStore {
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
-            })?;
+impl SqlStore {
+    /// Opens `sqlite://PATH` (created if missing) or `postgres://…`, and brings the schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = Path::new(path);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let url = format!("sqlite://{}?mode=rwc", path.display());
+            let write = AnyPoolOptions::new()
+                .max_connections(1)
+                .after_connect(sqlite_pragmas)
+                .connect(&url)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&write).await?;
+            let read = AnyPoolOptions::new()
+                .max_connections(4)
+                .after_connect(sqlite_pragmas)
+                .connect(&url)
+                .await?;
+            Ok(Self::new(Backend::Sqlite, write, read))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(url)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Ok(Self::new(Backend::Postgres, pool.clone(), pool))
+        } else {
+            Err(StoreError::Corrupt(format!(
+                "unsupported store URL {url:?}"
+            )))
         }
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&write).await?;
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts.read_only(true))
-            .await?;
-        Ok(Self {
+    }
+
+    fn new(backend: Backend, write: AnyPool, read: AnyPool) -> Self {
+        Self {
+            backend,
             write,
             read,
             cursor: Mutex::new(None),
-        })
+        }
     }
 
     async fn counts(&self, id: &str) -> Result<(Counts, u32, u32), StoreError> {
         let mut c = Counts::default();
         let rows = sqlx::query(
-            "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = ? GROUP BY state",
+            "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY state",
         )
         .bind(id)
         .fetch_all(&self.read)
@@ -92,9 +142,9 @@ impl SqliteStore {
             }
         }
         let b = sqlx::query(
-            "SELECT count(*) AS batches, coalesce(sum(rendered_ms IS NOT NULL), 0) AS done, \
-             coalesce(sum(CASE WHEN rendered_ms IS NOT NULL THEN size ELSE 0 END), 0) AS rendered \
-             FROM batches WHERE campaign_id = ?",
+            "SELECT count(*) AS batches, count(rendered_ms) AS done, \
+             CAST(coalesce(sum(CASE WHEN rendered_ms IS NOT NULL THEN size ELSE 0 END), 0) AS BIGINT) AS rendered \
+             FROM batches WHERE campaign_id = $1",
         )
         .bind(id)
         .fetch_one(&self.read)
@@ -107,7 +157,7 @@ impl SqliteStore {
         ))
     }
 
-    async fn load(&self, row: sqlx::sqlite::SqliteRow) -> Result<Campaign, StoreError> {
+    async fn load(&self, row: AnyRow) -> Result<Campaign, StoreError> {
         let id: String = row.get("id");
         let (counts, batches, batches_rendered) = self.counts(&id).await?;
         let from: Mailbox = json(row.get("from_json"))?;
@@ -133,13 +183,56 @@ impl SqliteStore {
         })
     }
 
+    /// Up to `want` sendable recipients of one batch of a campaign: the lowest batch with any that no
+    /// other conductor holds right now (on PostgreSQL they are locked until the transaction ends).
+    async fn sendable(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        campaign_id: &str,
+        now: Millis,
+        want: u32,
+    ) -> Result<Option<(i64, Vec<i64>)>, StoreError> {
+        let mut after = -1i64;
+        // A handful of batches is plenty: rows are locked only for the instant a lease is granted.
+        for _ in 0..8 {
+            let batch: Option<i64> = sqlx::query_scalar(
+                "SELECT min(batch) FROM recipients WHERE campaign_id = $1 AND batch > $2 \
+                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3))",
+            )
+            .bind(campaign_id)
+            .bind(after)
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await?;
+            let Some(batch) = batch else {
+                return Ok(None);
+            };
+            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT id FROM recipients WHERE campaign_id = $1 AND batch = $2 \
+                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3)) ORDER BY id LIMIT $4{}",
+                self.backend.skip_locked("recipients")
+            ))
+            .bind(campaign_id)
+            .bind(batch)
+            .bind(now)
+            .bind(i64::from(want))
+            .fetch_all(&mut **tx)
+            .await?;
+            if !ids.is_empty() {
+                return Ok(Some((batch, ids)));
+            }
+            after = batch;
+        }
+        Ok(None)
+    }
+
     /// Where a recipient goes when it was not sent and may be again: back to the queue, unless its
     /// campaign was cancelled meanwhile.
     async fn back_state(
-        tx: &mut Transaction<'_, Sqlite>,
+        tx: &mut Transaction<'_, Any>,
         campaign_id: &str,
     ) -> Result<&'static str, StoreError> {
-        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
             .bind(campaign_id)
             .fetch_one(&mut **tx)
             .await?;
@@ -151,6 +244,33 @@ impl SqliteStore {
     }
 }
 
+/// Set on every SQLite connection: WAL so readers never wait for the writer, and a generous busy
+/// timeout instead of an error when the file is briefly locked.
+fn sqlite_pragmas(
+    conn: &mut sqlx::AnyConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON",
+        )
+        .await
+        .map(|_| ())
+    })
+}
+
+/// `($1, $2, $3), ($4, $5, $6), …`: `rows` tuples of `cols` numbered placeholders.
+fn values(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -160,7 +280,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn create_campaign(
         &self,
         c: &ValidCampaign,
@@ -172,7 +292,7 @@ impl Store for SqliteStore {
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "INSERT INTO campaigns (id, name, from_json, reply_to_json, template_name, template_json, status, \
-             batch_size, total, duplicates, created_ms) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+             batch_size, total, duplicates, created_ms) VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(&c.name)
@@ -187,29 +307,34 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         for chunk in plan.chunks(1000) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO batches (campaign_id, n, size) ");
-            q.push_values(chunk, |mut b, p| {
-                b.push_bind(&id)
-                    .push_bind(i64::from(p.n))
-                    .push_bind(i64::from(p.len));
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        for chunk in c.recipients.chunks(2000) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) ",
+            let sql = format!(
+                "INSERT INTO batches (campaign_id, n, size) VALUES {}",
+                values(chunk.len(), 3)
             );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(&id)
-                    .push_bind(r.id)
-                    .push_bind(i64::from(planner::batch_of(r.id, batch_size)))
-                    .push_bind(&r.email)
-                    .push_bind(&r.name)
-                    .push_bind(to_json(&r.data))
-                    .push_bind("pending")
-                    .push_bind(now);
-            });
-            q.build().execute(&mut *tx).await?;
+            let mut q = sqlx::query(&sql);
+            for p in chunk {
+                q = q.bind(&id).bind(i64::from(p.n)).bind(i64::from(p.len));
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in c.recipients.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) VALUES {}",
+                values(chunk.len(), 8)
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(&id)
+                    .bind(r.id)
+                    .bind(i64::from(planner::batch_of(r.id, batch_size)))
+                    .bind(&r.email)
+                    .bind(&r.name)
+                    .bind(to_json(&r.data))
+                    .bind("pending")
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         self.campaign(&id).await
@@ -228,7 +353,7 @@ impl Store for SqliteStore {
     }
 
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError> {
-        let row = sqlx::query("SELECT * FROM campaigns WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM campaigns WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.read)
             .await?
@@ -238,7 +363,7 @@ impl Store for SqliteStore {
 
     async fn act(&self, id: &str, action: Action, now: Millis) -> Result<Campaign, StoreError> {
         let mut tx = self.write.begin().await?;
-        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = ?")
+        let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
@@ -262,8 +387,8 @@ impl Store for SqliteStore {
             }
         };
         sqlx::query(
-            "UPDATE campaigns SET status = ?, status_reason = NULL, \
-             completed_ms = CASE WHEN ? = 'cancelled' THEN coalesce(completed_ms, ?) ELSE completed_ms END WHERE id = ?",
+            "UPDATE campaigns SET status = $1, status_reason = NULL, \
+             completed_ms = CASE WHEN $2 = 'cancelled' THEN coalesce(completed_ms, $3) ELSE completed_ms END WHERE id = $4",
         )
         .bind(next.as_str())
         .bind(next.as_str())
@@ -274,8 +399,8 @@ impl Store for SqliteStore {
         if next == Cancelled {
             // In-flight recipients finish their send; their reports land them in a final state.
             sqlx::query(
-                "UPDATE recipients SET state = 'cancelled', updated_ms = ? \
-                 WHERE campaign_id = ? AND state IN ('pending', 'rendered', 'deferred')",
+                "UPDATE recipients SET state = 'cancelled', updated_ms = $1 \
+                 WHERE campaign_id = $2 AND state IN ('pending', 'rendered', 'deferred')",
             )
             .bind(now)
             .bind(id)
@@ -293,12 +418,13 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<RenderJob>, StoreError> {
         let mut tx = self.write.begin().await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT b.campaign_id, b.n FROM batches b JOIN campaigns c ON c.id = b.campaign_id \
              WHERE b.rendered_ms IS NULL AND c.status IN ('running', 'paused') \
-             AND (b.dispatched_ms IS NULL OR b.dispatched_ms < ?) \
-             ORDER BY c.created_ms, b.n LIMIT ?",
-        )
+             AND (b.dispatched_ms IS NULL OR b.dispatched_ms < $1) \
+             ORDER BY c.created_ms, b.n LIMIT $2{}",
+            self.backend.skip_locked("b")
+        ))
         .bind(stale_before)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
@@ -309,7 +435,7 @@ impl Store for SqliteStore {
                 campaign_id: row.get("campaign_id"),
                 batch: row.get::<i64, _>("n") as u32,
             };
-            sqlx::query("UPDATE batches SET dispatched_ms = ? WHERE campaign_id = ? AND n = ?")
+            sqlx::query("UPDATE batches SET dispatched_ms = $1 WHERE campaign_id = $2 AND n = $3")
                 .bind(now)
                 .bind(&job.campaign_id)
                 .bind(i64::from(job.batch))
@@ -331,7 +457,7 @@ impl Store for SqliteStore {
     async fn render_input(&self, job: &RenderJob) -> Result<Option<RenderInput>, StoreError> {
         let Some(c) = sqlx::query(
             "SELECT c.from_json, c.reply_to_json, c.template_json FROM campaigns c JOIN batches b ON b.campaign_id = c.id \
-             WHERE c.id = ? AND b.n = ? AND b.rendered_ms IS NULL AND c.status IN ('running', 'paused')",
+             WHERE c.id = $1 AND b.n = $2 AND b.rendered_ms IS NULL AND c.status IN ('running', 'paused')",
         )
         .bind(&job.campaign_id)
         .bind(i64::from(job.batch))
@@ -340,7 +466,7 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let rows = sqlx::query("SELECT id, email, name, data FROM recipients WHERE campaign_id = ? AND batch = ? ORDER BY id")
+        let rows = sqlx::query("SELECT id, email, name, data FROM recipients WHERE campaign_id = $1 AND batch = $2 ORDER BY id")
             .bind(&job.campaign_id)
             .bind(i64::from(job.batch))
             .fetch_all(&self.read)
@@ -376,7 +502,7 @@ impl Store for SqliteStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        let first = sqlx::query("UPDATE batches SET body_key = ?, rendered_ms = ? WHERE campaign_id = ? AND n = ? AND rendered_ms IS NULL")
+        let first = sqlx::query("UPDATE batches SET body_key = $1, rendered_ms = $2 WHERE campaign_id = $3 AND n = $4 AND rendered_ms IS NULL")
             .bind(key)
             .bind(now)
             .bind(&job.campaign_id)
@@ -388,7 +514,7 @@ impl Store for SqliteStore {
             return Ok(()); // rendered twice: the same bytes, already recorded
         }
         for (id, reason) in failed {
-            sqlx::query("UPDATE recipients SET state = 'failed', reason = ?, updated_ms = ? WHERE campaign_id = ? AND id = ? AND state = 'pending'")
+            sqlx::query("UPDATE recipients SET state = 'failed', reason = $1, updated_ms = $2 WHERE campaign_id = $3 AND id = $4 AND state = 'pending'")
                 .bind(format!("render: {reason}"))
                 .bind(now)
                 .bind(&job.campaign_id)
@@ -396,7 +522,7 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("UPDATE recipients SET state = 'rendered', updated_ms = ? WHERE campaign_id = ? AND batch = ? AND state = 'pending'")
+        sqlx::query("UPDATE recipients SET state = 'rendered', updated_ms = $1 WHERE campaign_id = $2 AND batch = $3 AND state = 'pending'")
             .bind(now)
             .bind(&job.campaign_id)
             .bind(i64::from(job.batch))
@@ -422,68 +548,66 @@ impl Store for SqliteStore {
                 .map_or(0, |i| i + 1)
         };
         for cid in running.iter().cycle().skip(start).take(running.len()) {
-            let batch: Option<i64> = sqlx::query_scalar(
-                "SELECT min(batch) FROM recipients WHERE campaign_id = ? \
-                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= ?))",
+            let Some((batch, ids)) = self.sendable(&mut tx, cid, r.now, r.want).await? else {
+                continue;
+            };
+
+            // The minute's row is created with the cap in force when the minute is first touched, then
+            // locked for the claim: claims by every conductor on this minute take turns here.
+            let minute = sender::clock::minute_start(r.now);
+            sqlx::query(
+                "INSERT INTO minute_ledger (scope, minute_ms, cap, granted, next_slot_ms) VALUES ($1, $2, $3, 0, $2) \
+                 ON CONFLICT (scope, minute_ms) DO NOTHING",
             )
-            .bind(cid)
-            .bind(r.now)
+            .bind(GLOBAL)
+            .bind(minute)
+            .bind(i64::from(r.cap))
+            .execute(&mut *tx)
+            .await?;
+            let row = sqlx::query(&format!(
+                "SELECT minute_ms, cap, granted, next_slot_ms FROM minute_ledger WHERE scope = $1 AND minute_ms = $2{}",
+                self.backend.for_update()
+            ))
+            .bind(GLOBAL)
+            .bind(minute)
             .fetch_one(&mut *tx)
             .await?;
-            let Some(batch) = batch else { continue };
-            let ids: Vec<i64> = sqlx::query_scalar(
-                "SELECT id FROM recipients WHERE campaign_id = ? AND batch = ? \
-                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= ?)) ORDER BY id LIMIT ?",
-            )
-            .bind(cid)
-            .bind(batch)
-            .bind(r.now)
-            .bind(i64::from(r.want))
-            .fetch_all(&mut *tx)
-            .await?;
-
-            let row = sqlx::query("SELECT minute_ms, cap, granted, next_slot_ms FROM minute_ledger WHERE scope = ? AND minute_ms = ?")
-                .bind(GLOBAL)
-                .bind(sender::clock::minute_start(r.now))
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|row| MinuteRow {
-                    minute: row.get("minute_ms"),
-                    cap: row.get::<i64, _>("cap") as u32,
-                    granted: row.get::<i64, _>("granted") as u32,
-                    next_slot: row.get("next_slot_ms"),
-                });
-            let (grant, next) = ledger::claim(row, r.cap, ids.len() as u32, r.now, r.margin_ms);
+            let row = MinuteRow {
+                minute: row.get("minute_ms"),
+                cap: row.get::<i64, _>("cap") as u32,
+                granted: row.get::<i64, _>("granted") as u32,
+                next_slot: row.get("next_slot_ms"),
+            };
+            let (grant, next) =
+                ledger::claim(Some(row), r.cap, ids.len() as u32, r.now, r.margin_ms);
             if grant.tokens == 0 {
+                tx.commit().await?;
                 return Ok(LeaseReply::NoTokens {
                     until: sender::clock::minute_end(r.now),
                 });
             }
-            sqlx::query(
-                "INSERT INTO minute_ledger (scope, minute_ms, cap, granted, next_slot_ms) VALUES (?, ?, ?, ?, ?) \
-                 ON CONFLICT (scope, minute_ms) DO UPDATE SET granted = excluded.granted, next_slot_ms = excluded.next_slot_ms",
-            )
-            .bind(GLOBAL)
-            .bind(next.minute)
-            .bind(i64::from(next.cap))
-            .bind(i64::from(next.granted))
-            .bind(next.next_slot)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE minute_ledger SET granted = $1, next_slot_ms = $2 WHERE scope = $3 AND minute_ms = $4")
+                .bind(i64::from(next.granted))
+                .bind(next.next_slot)
+                .bind(GLOBAL)
+                .bind(next.minute)
+                .execute(&mut *tx)
+                .await?;
 
             let ids = &ids[..grant.tokens as usize];
             let lease_id = uuid::Uuid::new_v4().simple().to_string();
-            sqlx::query(
-                "UPDATE recipients SET state = 'leased', lease_id = ?, updated_ms = ? \
-                 WHERE campaign_id = ? AND id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(&lease_id)
-            .bind(r.now)
-            .bind(cid)
-            .bind(to_json(&ids))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO leases (id, campaign_id, batch, minute_ms, tokens, created_ms, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            let in_list: Vec<String> = (0..ids.len()).map(|k| format!("${}", k + 4)).collect();
+            let sql = format!(
+                "UPDATE recipients SET state = 'leased', lease_id = $1, updated_ms = $2 \
+                 WHERE campaign_id = $3 AND id IN ({})",
+                in_list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(&lease_id).bind(r.now).bind(cid);
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO leases (id, campaign_id, batch, minute_ms, tokens, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(&lease_id)
                 .bind(cid)
                 .bind(batch)
@@ -493,12 +617,13 @@ impl Store for SqliteStore {
                 .bind(grant.deadline + r.ttl_ms)
                 .execute(&mut *tx)
                 .await?;
-            let body_key: Option<String> =
-                sqlx::query_scalar("SELECT body_key FROM batches WHERE campaign_id = ? AND n = ?")
-                    .bind(cid)
-                    .bind(batch)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let body_key: Option<String> = sqlx::query_scalar(
+                "SELECT body_key FROM batches WHERE campaign_id = $1 AND n = $2",
+            )
+            .bind(cid)
+            .bind(batch)
+            .fetch_one(&mut *tx)
+            .await?;
             tx.commit().await?;
             *self.cursor.lock().expect("cursor poisoned") = Some(cid.clone());
             return Ok(LeaseReply::Lease(SendLease {
@@ -528,9 +653,10 @@ impl Store for SqliteStore {
         r: ReportRules,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        let lease = sqlx::query(
-            "SELECT campaign_id, minute_ms FROM leases WHERE id = ? AND closed_ms IS NULL",
-        )
+        let lease = sqlx::query(&format!(
+            "SELECT campaign_id, minute_ms FROM leases WHERE id = $1 AND closed_ms IS NULL{}",
+            self.backend.for_update()
+        ))
         .bind(lease_id)
         .fetch_optional(&mut *tx)
         .await?
@@ -549,7 +675,7 @@ impl Store for SqliteStore {
                     retry_after_ms,
                 } => {
                     let attempts: Option<i64> = sqlx::query_scalar(
-                        "SELECT attempts FROM recipients WHERE campaign_id = ? AND id = ? AND lease_id = ? AND state = 'leased'",
+                        "SELECT attempts FROM recipients WHERE campaign_id = $1 AND id = $2 AND lease_id = $3 AND state = 'leased'",
                     )
                     .bind(&cid)
                     .bind(o.recipient_id)
@@ -580,7 +706,7 @@ impl Store for SqliteStore {
                     }
                 }
                 Outcome::AccountStop { reason } => {
-                    sqlx::query("UPDATE campaigns SET status = 'paused', status_reason = ? WHERE id = ? AND status = 'running'")
+                    sqlx::query("UPDATE campaigns SET status = 'paused', status_reason = $1 WHERE id = $2 AND status = 'running'")
                         .bind(format!("provider refused the account: {reason}"))
                         .bind(&cid)
                         .execute(&mut *tx)
@@ -590,9 +716,9 @@ impl Store for SqliteStore {
                 Outcome::Released => (back, None, None, None, false),
             };
             let changed = sqlx::query(
-                "UPDATE recipients SET state = ?, reason = ?, provider_id = coalesce(?, provider_id), retry_at_ms = ?, \
-                 attempts = attempts + ?, lease_id = NULL, updated_ms = ? \
-                 WHERE campaign_id = ? AND id = ? AND lease_id = ? AND state = 'leased'",
+                "UPDATE recipients SET state = $1, reason = $2, provider_id = coalesce($3, provider_id), retry_at_ms = $4, \
+                 attempts = attempts + $5, lease_id = NULL, updated_ms = $6 \
+                 WHERE campaign_id = $7 AND id = $8 AND lease_id = $9 AND state = 'leased'",
             )
             .bind(state)
             .bind(reason)
@@ -611,7 +737,7 @@ impl Store for SqliteStore {
                 sent += i64::from(state == "sent");
             }
         }
-        sqlx::query("UPDATE minute_ledger SET used = used + ?, sent = sent + ? WHERE scope = ? AND minute_ms = ?")
+        sqlx::query("UPDATE minute_ledger SET used = used + $1, sent = sent + $2 WHERE scope = $3 AND minute_ms = $4")
             .bind(used)
             .bind(sent)
             .bind(GLOBAL)
@@ -619,13 +745,13 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         if last {
-            sqlx::query("UPDATE recipients SET state = ?, lease_id = NULL, updated_ms = ? WHERE lease_id = ? AND state = 'leased'")
+            sqlx::query("UPDATE recipients SET state = $1, lease_id = NULL, updated_ms = $2 WHERE lease_id = $3 AND state = 'leased'")
                 .bind(back)
                 .bind(r.now)
                 .bind(lease_id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE leases SET closed_ms = ? WHERE id = ?")
+            sqlx::query("UPDATE leases SET closed_ms = $1 WHERE id = $2")
                 .bind(r.now)
                 .bind(lease_id)
                 .execute(&mut *tx)
@@ -638,7 +764,7 @@ impl Store for SqliteStore {
     async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError> {
         let mut tx = self.write.begin().await?;
         let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM leases WHERE closed_ms IS NULL AND expires_ms < ?")
+            sqlx::query_scalar("SELECT id FROM leases WHERE closed_ms IS NULL AND expires_ms < $1")
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -647,14 +773,14 @@ impl Store for SqliteStore {
             // The sender went silent mid-lease: any of these may have been sent. Held, never resent silently.
             lost += sqlx::query(
                 "UPDATE recipients SET state = 'unknown', reason = 'lease expired before the sender reported', \
-                 lease_id = NULL, updated_ms = ? WHERE lease_id = ? AND state = 'leased'",
+                 lease_id = NULL, updated_ms = $1 WHERE lease_id = $2 AND state = 'leased'",
             )
             .bind(now)
             .bind(&id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            sqlx::query("UPDATE leases SET closed_ms = ? WHERE id = ?")
+            sqlx::query("UPDATE leases SET closed_ms = $1 WHERE id = $2")
                 .bind(now)
                 .bind(&id)
                 .execute(&mut *tx)
@@ -673,8 +799,8 @@ impl Store for SqliteStore {
         .await?;
         for id in &done {
             sqlx::query(&format!(
-                "UPDATE campaigns SET status = 'completed', completed_ms = ? WHERE id = ? AND status = 'running' \
-                 AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.campaign_id = ? AND r.state IN {OPEN_STATES})"
+                "UPDATE campaigns SET status = 'completed', completed_ms = $1 WHERE id = $2 AND status = 'running' \
+                 AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.campaign_id = $3 AND r.state IN {OPEN_STATES})"
             ))
             .bind(now)
             .bind(id)
@@ -687,7 +813,7 @@ impl Store for SqliteStore {
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {
         let rows = sqlx::query(
-            "SELECT minute_ms, cap, granted, used, sent FROM minute_ledger WHERE scope = ? AND minute_ms >= ? ORDER BY minute_ms LIMIT 10080",
+            "SELECT minute_ms, cap, granted, used, sent FROM minute_ledger WHERE scope = $1 AND minute_ms >= $2 ORDER BY minute_ms LIMIT 10080",
         )
         .bind(GLOBAL)
         .bind(sender::clock::minute_start(since))
