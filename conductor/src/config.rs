@@ -1,41 +1,31 @@
 //! `conductor.toml` plus `CONDUCTOR__SECTION__KEY` environment overrides, validated at load.
 //!
 //! Every key is optional: with no file at all the conductor runs embedded (SQLite, a local body folder,
-//! the outbox provider). Secrets come only from the environment or a file named in the config, never
-//! from the config itself, and are never printed.
+//! the outbox provider). `[provider]` and `[sender]` belong to the sender crate, which reads the same
+//! file in the `sender` binary. Secrets come only from the environment or a file named in the config,
+//! never from the config itself, and are never printed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("config: {0}")]
-    Parse(String),
-    #[error("config key `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
-}
-
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_string(),
-        reason: reason.into(),
-    }
-}
+use sender::config::invalid;
+pub use sender::config::{
+    ConfigError, MailgunConfig, OutboxConfig, ProviderConfig, ProviderKind, SenderSettings,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: Server,
     pub store: Store,
-    pub bodies: Bodies,
+    pub bodies: renderer::body_store::BodiesConfig,
     pub campaigns: Campaigns,
     pub governor: Governor,
-    pub provider: Provider,
-    pub sender: SenderSection,
+    pub provider: ProviderConfig,
+    pub sender: SenderSettings,
+    pub workers: Workers,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -65,20 +55,6 @@ impl Default for Store {
     fn default() -> Self {
         Self {
             url: "sqlite://data/conductor.db".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Bodies {
-    pub url: String,
-}
-
-impl Default for Bodies {
-    fn default() -> Self {
-        Self {
-            url: "file://data/bodies".into(),
         }
     }
 }
@@ -120,126 +96,39 @@ impl Default for Governor {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Outbox,
-    Mailgun,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Provider {
-    pub kind: ProviderKind,
-    /// Per-request timeout. A timeout after the request was sent makes the recipient `unknown`.
-    pub timeout_ms: u64,
-    /// The provider's own per-second limit, if any.
-    pub per_second: Option<u32>,
-    pub outbox: Outbox,
-    pub mailgun: Mailgun,
-}
-
-impl Default for Provider {
-    fn default() -> Self {
-        Self {
-            kind: ProviderKind::Outbox,
-            timeout_ms: 15_000,
-            per_second: None,
-            outbox: Outbox::default(),
-            mailgun: Mailgun::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Outbox {
-    pub dir: PathBuf,
-}
-
-impl Default for Outbox {
-    fn default() -> Self {
-        Self {
-            dir: "data/outbox".into(),
-        }
-    }
-}
-
+/// `[workers]`: remote renderer and sender processes.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Mailgun {
-    pub base_url: String,
-    pub domain: String,
-    /// Only from `CONDUCTOR__PROVIDER__MAILGUN__API_KEY`; a key written in the file is refused.
-    pub api_key: Option<String>,
-    /// A file holding the key (a mounted secret).
-    pub api_key_file: Option<PathBuf>,
+pub struct Workers {
+    /// Run the sender in this process (the embedded default). Turn off when `sender` processes do it.
+    pub embedded_sender: bool,
+    /// The secret remote workers present as a bearer token; only from `CONDUCTOR__WORKERS__SECRET`.
+    /// Without it the worker API is closed.
+    pub secret: Option<String>,
+    /// How long past its spend-by moment plus the provider timeout a lease may stay unreported before
+    /// its recipients are marked `unknown` (the sender is presumed dead).
+    pub lease_grace_ms: u32,
 }
 
-impl Default for Mailgun {
-    fn default() -> Self {
-        Self {
-            base_url: "https://api.mailgun.net".into(),
-            domain: String::new(),
-            api_key: None,
-            api_key_file: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for Mailgun {
+impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailgun")
-            .field("base_url", &self.base_url)
-            .field("domain", &self.domain)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("api_key_file", &self.api_key_file)
+        f.debug_struct("Workers")
+            .field("embedded_sender", &self.embedded_sender)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("lease_grace_ms", &self.lease_grace_ms)
             .finish()
     }
 }
 
-impl Mailgun {
-    pub fn key(&self) -> Result<String, ConfigError> {
-        if let Some(k) = self.api_key.as_ref().filter(|k| !k.trim().is_empty()) {
-            return Ok(k.trim().to_string());
-        }
-        if let Some(path) = &self.api_key_file {
-            let key = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "provider.mailgun.api_key_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            if !key.trim().is_empty() {
-                return Ok(key.trim().to_string());
-            }
-        }
-        Err(invalid(
-            "provider.mailgun.api_key",
-            "missing: set CONDUCTOR__PROVIDER__MAILGUN__API_KEY or provider.mailgun.api_key_file",
-        ))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SenderSection {
-    pub lease_size: u32,
-    pub concurrency: u32,
-    pub lanes: u32,
-}
-
-impl Default for SenderSection {
+impl Default for Workers {
     fn default() -> Self {
         Self {
-            lease_size: 200,
-            concurrency: 32,
-            lanes: 2,
+            embedded_sender: true,
+            secret: None,
+            lease_grace_ms: 10_000,
         }
     }
 }
-
-const ENV_PREFIX: &str = "CONDUCTOR__";
 
 impl Config {
     /// Reads `path` (if given), applies environment overrides from `env`, and validates.
@@ -247,58 +136,16 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
-                path: p.display().to_string(),
-                reason: e.to_string(),
-            })?,
-            None => String::new(),
-        };
-        Self::from_toml(&text, env)
+        let config: Config = sender::config::load(path, env)?;
+        config.validate()?;
+        Ok(config)
     }
 
     pub fn from_toml(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        if table
-            .get("provider")
-            .and_then(|p| p.get("mailgun"))
-            .and_then(|m| m.get("api_key"))
-            .is_some()
-        {
-            return Err(invalid(
-                "provider.mailgun.api_key",
-                "secrets are not read from the config file: use CONDUCTOR__PROVIDER__MAILGUN__API_KEY or api_key_file",
-            ));
-        }
-        let mut overrides: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
-        overrides.sort();
-        let applied: Vec<String> = overrides.iter().map(|(k, _)| k.clone()).collect();
-        for (key, value) in overrides {
-            let path: Vec<String> = key[ENV_PREFIX.len()..]
-                .split("__")
-                .map(str::to_ascii_lowercase)
-                .collect();
-            set_path(&mut table, &path, &value)
-                .map_err(|reason| invalid(&path.join("."), format!("from {key}: {reason}")))?;
-        }
-        // Through text once more so that type errors quote the offending key and value.
-        let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let config: Config = toml::from_str(&merged).map_err(|e| {
-            let source = if applied.is_empty() {
-                String::new()
-            } else {
-                // The quoted line is of the file merged with these, not of the file alone.
-                format!("\n(with environment overrides {})", applied.join(", "))
-            };
-            ConfigError::Parse(format!("{e}{source}"))
-        })?;
+        let config: Config = sender::config::from_toml(text, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -309,7 +156,8 @@ impl Config {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
         self.store_url()?;
-        self.bodies_dir()?;
+        renderer::body_store::Location::parse(&self.bodies.url)
+            .map_err(|reason| invalid("bodies.url", reason))?;
         if !(1..=100_000).contains(&self.campaigns.batch_size) {
             return Err(invalid(
                 "campaigns.batch_size",
@@ -334,39 +182,15 @@ impl Config {
                 "must be under 30000 (half a minute)",
             ));
         }
-        if !(100..=600_000).contains(&self.provider.timeout_ms) {
-            return Err(invalid(
-                "provider.timeout_ms",
-                "must be between 100 and 600000",
-            ));
-        }
-        if self.provider.per_second == Some(0) {
-            return Err(invalid(
-                "provider.per_second",
-                "must be at least 1, or absent for no limit",
-            ));
-        }
-        if self.sender.lease_size == 0 || self.sender.concurrency == 0 || self.sender.lanes == 0 {
-            return Err(invalid(
-                "sender",
-                "lease_size, concurrency and lanes must each be at least 1",
-            ));
-        }
-        if self.provider.kind == ProviderKind::Mailgun {
-            let m = &self.provider.mailgun;
-            if !(m.base_url.starts_with("https://") || m.base_url.starts_with("http://")) {
-                return Err(invalid(
-                    "provider.mailgun.base_url",
-                    "must be an http(s) URL",
-                ));
-            }
-            if m.domain.trim().is_empty() {
-                return Err(invalid(
-                    "provider.mailgun.domain",
-                    "is required when provider.kind = \"mailgun\"",
-                ));
-            }
-            m.key()?;
+        self.provider.validate()?;
+        self.sender.validate()?;
+        if self
+            .workers
+            .secret
+            .as_deref()
+            .is_some_and(|s| s.trim().len() < 16)
+        {
+            return Err(invalid("workers.secret", "must be at least 16 characters"));
         }
         Ok(())
     }
@@ -396,38 +220,6 @@ impl Config {
             ))
         }
     }
-
-    pub fn bodies_dir(&self) -> Result<PathBuf, ConfigError> {
-        match self.bodies.url.strip_prefix("file://") {
-            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-            _ => Err(invalid(
-                "bodies.url",
-                format!("{:?} is not file://PATH", self.bodies.url),
-            )),
-        }
-    }
-}
-
-/// Sets `path` in `table` to `value`, read as a TOML value when it is one (numbers, booleans) and as a
-/// string otherwise.
-fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    let mut t = table;
-    for p in parents {
-        t = t
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .ok_or_else(|| format!("`{p}` is not a section"))?;
-    }
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .filter(|v| !v.is_table())
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    t.insert(last.clone(), parsed);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sender::Clock;
 
 use crate::config::{Config, ProviderKind};
+
 use crate::startup::{Runtime, StartupError};
 use crate::store::{Campaign, MinuteStats, Status};
 use crate::validate::{CampaignRequest, RecipientIn, Row};
@@ -151,10 +152,7 @@ pub async fn run(
     n: usize,
     clock: Arc<dyn Clock>,
 ) -> Result<Summary, DemoError> {
-    let provider = match config.provider.kind {
-        ProviderKind::Outbox => format!("outbox ({})", config.provider.outbox.dir.display()),
-        ProviderKind::Mailgun => format!("Mailgun at {}", config.provider.mailgun.base_url),
-    };
+    let provider = config.provider.describe();
     eprintln!(
         "demo: {n} recipients, cap {}/min, provider {provider}, store {}",
         config.governor.per_minute, config.store.url

@@ -23,13 +23,18 @@ pub struct Grant {
     pub minute: Millis,
     pub first_at: Millis,
     pub spacing_us: i64,
-    /// No token of this grant may be spent at or after this moment.
+    /// The minute's deadline: no token may be spent at or after it.
     pub deadline: Millis,
+    /// When this grant's last slot is past by a little slack (never after `deadline`): a sender still
+    /// behind its slots by then hands the rest back, and the lease can be judged lost soon after.
+    pub spend_by: Millis,
 }
 
 /// At most this much of the slot line goes to one grant, so a pause or cancel takes effect within it
 /// and a sender that dies leaves at most this much of its lease in doubt.
 pub const MAX_SPAN_MS: Millis = 5_000;
+/// How far behind its slots a sender may fall before the rest of its grant is forfeit.
+pub const SPEND_SLACK_MS: Millis = 2_000;
 
 /// Claims up to `want` tokens at `now`. `row` is this minute's row if it exists (a row of another
 /// minute is ignored: unused tokens are forfeit at the minute's end); `cap_now` is the configured cap,
@@ -58,6 +63,7 @@ pub fn claim(
             first_at: now,
             spacing_us: 0,
             deadline,
+            spend_by: now,
         };
         return (none, row);
     }
@@ -65,12 +71,14 @@ pub fn claim(
     let spacing_us = (deadline - start) * 1000 / i64::from(left);
     let span_limit = (MAX_SPAN_MS * 1000 / spacing_us.max(1)).max(1);
     let tokens = tokens.min(span_limit.min(i64::from(u32::MAX)) as u32);
+    let last_slot = start + i64::from(tokens - 1) * spacing_us / 1000;
     let grant = Grant {
         tokens,
         minute,
         first_at: start,
         spacing_us,
         deadline,
+        spend_by: (last_slot + SPEND_SLACK_MS).min(deadline),
     };
     let next = MinuteRow {
         granted: row.granted + tokens,
@@ -206,6 +214,16 @@ mod tests {
         assert_eq!(l.claim_up_to(10, 5, M + 90_000), 0);
         assert_eq!(l.claim_up_to(10, 50, M + 120_000), 10);
         assert_eq!(l.row(M + 120_000).cap, 10);
+    }
+
+    #[test]
+    fn a_grant_must_be_spent_soon_after_its_last_slot() {
+        let g = claim(None, 600, 10, M, MARGIN).0;
+        let last = g.first_at + 9 * g.spacing_us / 1000;
+        assert_eq!(g.spend_by, last + SPEND_SLACK_MS);
+        // Near the end of the minute the minute's deadline comes first.
+        let g = claim(None, 600, 10, M + 57_000, MARGIN).0;
+        assert_eq!(g.spend_by, g.deadline);
     }
 
     #[test]

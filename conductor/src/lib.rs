@@ -13,3 +13,4 @@ pub mod startup;
 pub mod store;
 pub mod validate;
 pub mod work;
+pub mod workers_api;

@@ -13,6 +13,8 @@ pub struct Service {
     pub work: Arc<Work>,
     pub templates_dir: PathBuf,
     pub max_body_bytes: usize,
+    /// What remote workers must present; `None` closes the worker API.
+    pub worker_secret: Option<String>,
 }
 
 impl Service {

@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use renderer::{LocalBodyStore, Renderer};
-use sender::provider::{Mailgun, Outbox};
-use sender::{Clock, Provider, Sender, SenderConfig};
+use renderer::Renderer;
+use sender::{Clock, Sender};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, ProviderKind};
+use crate::config::{Config, ConfigError};
 use crate::service::Service;
 use crate::store::{SqlStore, Store, StoreError};
 use crate::work::Work;
@@ -24,8 +23,6 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error("provider: {0}")]
-    Provider(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -53,7 +50,9 @@ impl Runtime {
         // Render jobs queued in a previous process died with it: hand them out again now.
         store.reset_dispatch().await?;
         let store: Arc<dyn Store> = Arc::new(store);
-        let bodies = Arc::new(LocalBodyStore::new(config.bodies_dir()?));
+        let bodies = renderer::body_store::Location::parse(&config.bodies.url)
+            .map_err(|reason| sender::config::invalid("bodies.url", reason))?
+            .open();
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
         let work = Arc::new(Work {
             store: store.clone(),
@@ -75,25 +74,17 @@ impl Runtime {
             work.clone().run_reconcile(jobs_tx, stop.clone()),
         ));
 
-        let provider = provider(&config, clock.clone())?;
-        let sender = Arc::new(Sender::new(
-            work.clone(),
-            bodies,
-            provider,
-            clock,
-            SenderConfig {
-                lease_size: config.sender.lease_size as usize,
-                concurrency: config.sender.concurrency as usize,
-                lanes: config.sender.lanes as usize,
-                per_second: config
-                    .provider
-                    .per_second
-                    .and_then(std::num::NonZeroU32::new),
-                ..SenderConfig::default()
-            },
-            stop.clone(),
-        ));
-        tasks.push(tokio::spawn(sender.run()));
+        if config.workers.embedded_sender {
+            let sender = Arc::new(Sender::new(
+                work.clone(),
+                bodies,
+                config.provider.build(clock.clone())?,
+                clock,
+                config.sender.sender_config(&config.provider),
+                stop.clone(),
+            ));
+            tasks.push(tokio::spawn(sender.run()));
+        }
 
         if let Some(path) = config_path {
             tasks.push(tokio::spawn(crate::config_watch::watch_file(
@@ -108,6 +99,7 @@ impl Runtime {
             work,
             templates_dir: config.campaigns.templates_dir.clone(),
             max_body_bytes: config.server.max_body_bytes,
+            worker_secret: config.workers.secret.clone(),
         });
         Ok(Self {
             service,
@@ -129,25 +121,6 @@ impl Runtime {
             }
         }
     }
-}
-
-fn provider(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Provider>, StartupError> {
-    Ok(match config.provider.kind {
-        ProviderKind::Outbox => Arc::new(Outbox::new(config.provider.outbox.dir.clone(), clock)),
-        ProviderKind::Mailgun => {
-            let m = &config.provider.mailgun;
-            Arc::new(
-                Mailgun::new(
-                    &m.base_url,
-                    &m.domain,
-                    m.key()?,
-                    Duration::from_millis(config.provider.timeout_ms),
-                    clock,
-                )
-                .map_err(|e| StartupError::Provider(e.to_string()))?,
-            )
-        }
-    })
 }
 
 /// The REST API around a [`Runtime`].

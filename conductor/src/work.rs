@@ -14,9 +14,6 @@ use crate::store::{LeaseRules, ReportRules, Store, StoreError};
 
 /// A render job handed out but not reported rendered after this long is handed out again.
 pub const REDISPATCH_AFTER_MS: i64 = 5 * 60_000;
-/// How long after its deadline an unclosed lease is given up (a request started just before the
-/// deadline may take up to the provider timeout to answer).
-const LEASE_GRACE_MS: i64 = 30_000;
 
 pub struct Work {
     pub store: Arc<dyn Store>,
@@ -87,7 +84,9 @@ impl WorkSource for Work {
             now: self.clock.now_ms(),
             cap: cfg.governor.per_minute,
             margin_ms: i64::from(cfg.governor.safety_margin_ms),
-            ttl_ms: cfg.provider.timeout_ms as i64 + LEASE_GRACE_MS,
+            // A request started at the last moment may take the provider timeout to answer, and its
+            // report a few retries to arrive.
+            ttl_ms: cfg.provider.timeout_ms as i64 + i64::from(cfg.workers.lease_grace_ms),
         };
         self.store
             .lease(rules)

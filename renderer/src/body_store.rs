@@ -1,6 +1,7 @@
 //! Where rendered batches wait for senders: a local folder here, S3 in distributed mode.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -25,6 +26,42 @@ pub trait BodyStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Vec<u8>, BodyError>;
     /// Removes every object under `prefix` (a campaign's bodies after it ends).
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BodyError>;
+}
+
+/// `[bodies]`: where rendered batches are kept.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BodiesConfig {
+    pub url: String,
+}
+
+impl Default for BodiesConfig {
+    fn default() -> Self {
+        Self {
+            url: "file://data/bodies".into(),
+        }
+    }
+}
+
+/// Where bodies are kept, from a URL: `file://PATH` (a local or shared folder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+}
+
+impl Location {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        match url.trim().strip_prefix("file://") {
+            Some(path) if !path.is_empty() => Ok(Location::Local(PathBuf::from(path))),
+            _ => Err(format!("{url:?} is not file://PATH")),
+        }
+    }
+
+    pub fn open(&self) -> Arc<dyn BodyStore> {
+        match self {
+            Location::Local(path) => Arc::new(LocalBodyStore::new(path)),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

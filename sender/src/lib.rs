@@ -4,9 +4,11 @@
 //! may be spent), the [`Outcome`] of each recipient, and the [`WorkSource`] a sender leases from.
 
 pub mod clock;
+pub mod config;
 pub mod lease;
 pub mod pacing;
 pub mod provider;
+pub mod remote;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};

@@ -118,7 +118,8 @@ pub struct LeaseRules {
     pub now: Millis,
     pub cap: u32,
     pub margin_ms: i64,
-    /// A lease not closed by then is expired: its unreported recipients become `unknown`.
+    /// How long after its spend-by moment a lease not closed is expired: its unreported recipients
+    /// become `unknown`.
     pub ttl_ms: i64,
 }
 

@@ -614,7 +614,7 @@ impl Store for SqlStore {
                 .bind(grant.minute)
                 .bind(i64::from(grant.tokens))
                 .bind(r.now)
-                .bind(grant.deadline + r.ttl_ms)
+                .bind(grant.spend_by + r.ttl_ms)
                 .execute(&mut *tx)
                 .await?;
             let body_key: Option<String> = sqlx::query_scalar(
@@ -639,7 +639,7 @@ impl Store for SqlStore {
                 minute: grant.minute,
                 first_at: grant.first_at,
                 spacing_us: grant.spacing_us,
-                deadline: grant.deadline,
+                deadline: grant.spend_by,
             }));
         }
         Ok(LeaseReply::Idle)

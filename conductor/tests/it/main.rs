@@ -1,6 +1,7 @@
 //! Black-box tests of the conductor: one test binary, several modules.
 
 mod api;
+mod distributed;
 mod e2e;
 mod sink;
 mod store;

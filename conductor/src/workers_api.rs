@@ -1,0 +1,113 @@
+//! The worker API: remote `sender` processes lease work and report outcomes here (the contract's
+//! shapes live in `sender::remote`). Closed unless `[workers] secret` is set.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use sender::remote::{LeaseRequest, LeaseResponse, ReportRequest, LEASES_PATH};
+use sender::{WorkError, WorkSource};
+
+use crate::problem::Problem;
+use crate::service::Service;
+
+pub fn router() -> Router<Arc<Service>> {
+    Router::new()
+        .route(LEASES_PATH, post(lease))
+        .route(&format!("{LEASES_PATH}/{{id}}/outcomes"), post(report))
+}
+
+/// Compares in time that does not depend on where the strings differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(secret) = svc.worker_secret.as_deref() else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "/problems/workers-disabled",
+            "Remote workers are not enabled",
+            "set CONDUCTOR__WORKERS__SECRET on the conductor and on its workers",
+        ));
+    };
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if same(token.as_bytes(), secret.as_bytes()) => Ok(()),
+        _ => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "/problems/unauthorized",
+            "Not authorised",
+            "a worker must present the workers' secret as a bearer token",
+        )),
+    }
+}
+
+fn unavailable(e: WorkError) -> Problem {
+    tracing::warn!(error = %e, "worker request failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/problems/unavailable",
+        "Try again",
+        e.to_string(),
+    )
+}
+
+async fn lease(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    authorise(&svc, &headers)?;
+    let req: LeaseRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    if !(1..=10_000).contains(&req.want) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "Invalid lease request",
+            "`want` must be between 1 and 10000",
+        ));
+    }
+    let reply = svc.work.lease(req.want).await.map_err(unavailable)?;
+    Ok(Json(LeaseResponse {
+        now: svc.work.clock.now_ms(),
+        reply,
+    })
+    .into_response())
+}
+
+async fn report(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    authorise(&svc, &headers)?;
+    let req: ReportRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    match svc.work.report(&id, req.outcomes, req.last).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(WorkError::LeaseLost(id)) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "/problems/lease-lost",
+            "Lease not held",
+            format!("lease {id} has expired or was closed"),
+        )),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(super::same(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!super::same(b"0123456789abcdef", b"0123456789abcdeX"));
+        assert!(!super::same(b"short", b"shorter"));
+    }
+}

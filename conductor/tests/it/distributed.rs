@@ -1,0 +1,210 @@
+//! One conductor and three `sender` processes on PostgreSQL, sending to a Mailgun-compatible sink and
+//! sharing one cap; then the same with one sender killed mid-lease.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::sink::{Sink, SINK_KEY};
+use crate::support::*;
+
+const SECRET: &str = "test-workers-secret-0123456789";
+
+/// `target/<profile>/sender`, built beside this test binary (`target/<profile>/deps/it-…`).
+fn sender_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("sender");
+    assert!(
+        bin.exists(),
+        "{} is not built (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+struct Fleet {
+    senders: Vec<tokio::process::Child>,
+    app: TestApp,
+    sink: std::sync::Arc<Sink>,
+    schema: PgSchema,
+}
+
+async fn fleet(per_minute: u32, senders: usize) -> Fleet {
+    let schema = PgSchema::create().await;
+    let (sink, sink_url) = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bodies = format!("file://{}", dir.path().join("bodies").display());
+    // The deployment's one config file; the senders read their sections of it.
+    let file = dir.path().join("conductor.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[bodies]\nurl = \"{bodies}\"\n[provider]\nkind = \"mailgun\"\ntimeout_ms = 2000\n\
+             [provider.mailgun]\nbase_url = \"{sink_url}\"\ndomain = \"mg.example.com\"\n\
+             [sender]\nlease_size = 50\nlanes = 2\n"
+        ),
+    )
+    .unwrap();
+    let mut config = test_config(dir.path());
+    config.store.url = schema.url.clone();
+    config.bodies.url = bodies;
+    config.governor.per_minute = per_minute;
+    config.workers.embedded_sender = false;
+    config.workers.secret = Some(SECRET.into());
+    config.workers.lease_grace_ms = 1_000;
+    config.provider.timeout_ms = 2_000;
+    let app = spawn_app_in(dir, config, None).await;
+    let senders = (0..senders)
+        .map(|_| {
+            tokio::process::Command::new(sender_binary())
+                .args(["--conductor", &app.base, "--config", file.to_str().unwrap()])
+                .env("CONDUCTOR__WORKERS__SECRET", SECRET)
+                .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", SINK_KEY)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    Fleet {
+        senders,
+        app,
+        sink,
+        schema,
+    }
+}
+
+impl Fleet {
+    async fn stop(mut self) {
+        for s in &mut self.senders {
+            let _ = s.start_kill();
+            let _ = s.wait().await;
+        }
+        self.app.stop().await;
+        self.schema.drop().await;
+    }
+
+    /// Recipient states straight from the database.
+    async fn states(&self, campaign: &str) -> HashMap<String, Vec<i64>> {
+        let mut db = sqlx::AnyConnection::connect(&self.schema.url)
+            .await
+            .unwrap();
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, state FROM recipients WHERE campaign_id = $1")
+                .bind(campaign)
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+        for (id, state) in rows {
+            out.entry(state).or_default().push(id);
+        }
+        out
+    }
+
+    fn received(&self) -> Vec<i64> {
+        self.sink
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.recipient_id.parse().unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn three_sender_processes_deliver_every_recipient_exactly_once() {
+    let f = fleet(6_000, 3).await;
+    let r = f
+        .app
+        .post_json("/v1/campaigns", &inline_campaign(recipients(400)))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c = f
+        .app
+        .wait_for(&id, Duration::from_secs(90), |c| c["status"] == "completed")
+        .await;
+    assert_eq!(c["counts"]["sent"], 400, "{c}");
+    let mut got = f.received();
+    got.sort();
+    assert_eq!(
+        got,
+        (0..400).collect::<Vec<_>>(),
+        "every recipient once, none twice"
+    );
+    for (minute, n) in f.sink.per_minute() {
+        assert!(n <= 6_000, "minute {minute}: {n}");
+    }
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn a_sender_killed_mid_lease_loses_no_one_and_only_unknowns_may_be_doubled() {
+    // 1,200 a minute is 20 a second: slow enough to kill a sender in the middle of its work.
+    let mut f = fleet(1_200, 3).await;
+    let r = f
+        .app
+        .post_json("/v1/campaigns", &inline_campaign(recipients(300)))
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    while f.received().len() < 60 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "sending did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.senders[0].start_kill().unwrap(); // SIGKILL: no goodbye, leases left open
+    f.senders[0].wait().await.unwrap();
+
+    // The dead sender's leases expire; the others finish everything else.
+    let c = f
+        .app
+        .wait_for(&id, Duration::from_secs(120), |c| {
+            c["counts"]["pending"] == 0
+        })
+        .await;
+    let states = f.states(&id).await;
+    let sent = states.get("sent").cloned().unwrap_or_default();
+    let unknown = states.get("unknown").cloned().unwrap_or_default();
+    assert_eq!(
+        sent.len() + unknown.len(),
+        300,
+        "every recipient is sent or unknown: {c}"
+    );
+
+    let mut received = f.received();
+    received.sort();
+    let mut once = received.clone();
+    once.dedup();
+    assert_eq!(once.len(), received.len(), "nobody was mailed twice");
+    // Every `sent` recipient arrived; the ones that arrived without being recorded sent are all
+    // among the `unknown` — the set an operator reviews before any resend.
+    for id in &sent {
+        assert!(
+            received.binary_search(id).is_ok(),
+            "sent recipient {id} never arrived"
+        );
+    }
+    for id in &received {
+        assert!(
+            sent.contains(id) || unknown.contains(id),
+            "recipient {id} arrived but is neither sent nor unknown"
+        );
+    }
+    f.stop().await;
+}

@@ -1,0 +1,104 @@
+//! `sender`: leases work from a conductor over HTTP and sends it through the configured provider,
+//! paced on the slots the conductor grants. Reads `[provider]`, `[sender]` and `[bodies]` from the
+//! same config file as the conductor; the workers' secret from `CONDUCTOR__WORKERS__SECRET`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use renderer::body_store::{BodiesConfig, Location};
+use sender::config::{ProviderConfig, SenderSettings};
+use sender::remote::HttpWorkSource;
+use sender::{Sender, SystemClock};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Sends leased campaign messages through the mail provider"
+)]
+struct Args {
+    /// The conductor's base URL, e.g. http://10.0.0.5:8080
+    #[arg(long)]
+    conductor: String,
+    /// The deployment's conductor.toml (only [provider], [sender], [bodies] and [workers] are read).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The sections of conductor.toml a sender reads; the others belong to the conductor.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct FileConfig {
+    provider: ProviderConfig,
+    sender: SenderSettings,
+    bodies: BodiesConfig,
+    workers: Workers,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Workers {
+    secret: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(Args::parse())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg: FileConfig = sender::config::load(args.config.as_deref(), std::env::vars())?;
+    cfg.provider.validate()?;
+    cfg.sender.validate()?;
+    let secret = cfg
+        .workers
+        .secret
+        .filter(|s| !s.trim().is_empty())
+        .context("set CONDUCTOR__WORKERS__SECRET to the secret the conductor was given")?;
+    let bodies = Location::parse(&cfg.bodies.url)
+        .map_err(|reason| anyhow::anyhow!("config key `bodies.url`: {reason}"))?
+        .open();
+    let clock = Arc::new(SystemClock);
+    let source = Arc::new(HttpWorkSource::new(&args.conductor, secret, clock.clone())?);
+    let stop = CancellationToken::new();
+    let sender = Arc::new(Sender::new(
+        source,
+        bodies,
+        cfg.provider.build(clock.clone())?,
+        clock,
+        cfg.sender.sender_config(&cfg.provider),
+        stop.clone(),
+    ));
+    tracing::info!(conductor = %args.conductor, provider = %cfg.provider.describe(), "sender started");
+    let worker = tokio::spawn(sender.run());
+    shutdown_signal().await;
+    // Leases in progress hand back what they have not started and report the rest.
+    tracing::info!("stopping");
+    stop.cancel();
+    worker.await.context("sender task")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
