@@ -1,29 +1,48 @@
-//! Sink-side sends per calendar minute under a cap.
+//! Sink-side sends per calendar minute under a cap, embedded or with separate sender processes.
 //!
-//! Runs the demo (`demo --recipients 1500 --per-minute 600` by default) against a Mailgun-compatible
-//! sink on loopback and prints, from the *receiving* side, how many messages arrived in each calendar
-//! minute: no minute may exceed the cap, and every full minute (not the first or last, which the
-//! campaign only partly covers) should reach 99 % of it.
+//! Runs a newsletter campaign against a Mailgun-compatible sink on loopback and prints, from the
+//! *receiving* side, how many messages arrived in each calendar minute: no minute may exceed the cap,
+//! and every full minute (not the first or last, which the campaign only partly covers) should reach
+//! 99 % of it.
 //!
-//! `cargo bench -p conductor --bench minute_cap [-- RECIPIENTS PER_MINUTE]`
+//! ```text
+//! cargo bench -p conductor --bench minute_cap                       # demo: 1500 recipients, 600/min
+//! cargo bench -p conductor --bench minute_cap -- 2400 600 --senders 3
+//! ```
+//! With `--senders N` the conductor runs on PostgreSQL (`TEST_POSTGRES_URL`, default the local `test`
+//! database, in a fresh schema) with N `sender` processes from `target/release/sender` (build it first:
+//! `cargo build --release -p sender`).
 
 #[path = "../tests/it/sink.rs"]
 #[allow(dead_code)]
 mod sink;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use conductor::config::{Config, ProviderKind};
+use conductor::store::Status;
 use sender::SystemClock;
+use sqlx::Connection;
+
+const SECRET: &str = "bench-workers-secret-0123456789";
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let senders: usize = args
+        .iter()
+        .position(|a| a == "--senders")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let numbers: Vec<u64> = args
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .filter(|&n| n as usize != senders || senders == 0)
         .collect();
-    let recipients: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1500);
-    let cap: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(600);
+    let recipients = numbers.first().copied().unwrap_or(1500) as usize;
+    let cap = numbers.get(1).copied().unwrap_or(600) as u32;
 
     let (sink, base) = sink::Sink::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -34,21 +53,129 @@ async fn main() {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../templates");
     config.governor.per_minute = cap;
     config.provider.kind = ProviderKind::Mailgun;
-    config.provider.mailgun.base_url = base;
+    config.provider.mailgun.base_url = base.clone();
     config.provider.mailgun.domain = "mg.example.com".into();
     config.provider.mailgun.api_key = Some(sink::SINK_KEY.into());
 
-    let summary = conductor::demo::run(config.clone(), None, recipients, Arc::new(SystemClock))
-        .await
-        .expect("demo run");
-    summary.print(&config);
+    let started = Instant::now();
+    if senders == 0 {
+        println!("embedded: {recipients} recipients, cap {cap}/min");
+        let summary = conductor::demo::run(config.clone(), None, recipients, Arc::new(SystemClock))
+            .await
+            .expect("demo run");
+        summary.print(&config);
+    } else {
+        println!("distributed: {recipients} recipients, cap {cap}/min, {senders} sender processes, PostgreSQL");
+        distributed(config, dir.path(), recipients, senders, &base).await;
+    }
+    let elapsed = started.elapsed();
+    report(&sink, cap, recipients, elapsed);
+}
 
+async fn distributed(
+    mut config: Config,
+    dir: &std::path::Path,
+    recipients: usize,
+    senders: usize,
+    sink_url: &str,
+) {
+    let base = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&base)
+        .await
+        .expect("PostgreSQL");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    config.store.url = format!("{base}{sep}options[search_path]={schema}");
+    config.server.listen = "127.0.0.1:0".into();
+    config.workers.embedded_sender = false;
+    config.workers.secret = Some(SECRET.into());
+
+    let file = dir.join("conductor.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[bodies]\nurl = \"{}\"\n[provider]\nkind = \"mailgun\"\n[provider.mailgun]\nbase_url = \"{sink_url}\"\ndomain = \"mg.example.com\"\n",
+            config.bodies.url
+        ),
+    )
+    .unwrap();
+    let app = conductor::startup::Application::build(config, None, Arc::new(SystemClock))
+        .await
+        .expect("conductor");
+    let url = format!("http://{}", app.local_addr());
+    let svc = app.service();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    let binary =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sender");
+    assert!(
+        binary.exists(),
+        "build it first: cargo build --release -p sender"
+    );
+    let mut children: Vec<_> = (0..senders)
+        .map(|_| {
+            tokio::process::Command::new(&binary)
+                .args(["--conductor", &url, "--config", file.to_str().unwrap()])
+                .env("CONDUCTOR__WORKERS__SECRET", SECRET)
+                .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", sink::SINK_KEY)
+                .env("RUST_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()
+                .expect("sender process")
+        })
+        .collect();
+    let created = svc
+        .create(
+            conductor::demo::request(recipients),
+            conductor::demo::recipients(recipients),
+        )
+        .await
+        .expect("campaign");
+    let mut last = Instant::now();
+    loop {
+        let c = svc.store.campaign(&created.id).await.unwrap();
+        if last.elapsed() > Duration::from_secs(10) {
+            last = Instant::now();
+            println!("  sent {} / {}", c.counts.sent, c.counts.total);
+        }
+        if matches!(c.status, Status::Completed | Status::Cancelled) {
+            println!(
+                "  campaign {}: sent {} failed {} unknown {}",
+                c.status.as_str(),
+                c.counts.sent,
+                c.counts.failed,
+                c.counts.unknown
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for child in &mut children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+fn report(sink: &sink::Sink, cap: u32, recipients: usize, elapsed: Duration) {
     let per_minute = sink.per_minute();
     let received: usize = per_minute.values().sum();
     println!("\nsink-side messages per calendar minute (cap {cap}):");
     let last = per_minute.len().saturating_sub(1);
-    let mut over = 0;
-    let mut short = 0;
+    let (mut over, mut short) = (0, 0);
     for (i, (minute, n)) in per_minute.iter().enumerate() {
         let t = chrono::DateTime::from_timestamp_millis(*minute)
             .map(|t| t.format("%H:%M").to_string())
@@ -66,7 +193,7 @@ async fn main() {
         } else {
             "partial minute"
         };
-        println!("  {t}  {n:>6}  {pct:>6.1} %  {verdict}");
+        println!("  {t}  {n:>7}  {pct:>6.1} %  {verdict}");
     }
     let mut ids: Vec<String> = sink
         .received
@@ -77,8 +204,21 @@ async fn main() {
         .collect();
     ids.sort();
     ids.dedup();
+    let (first, last) = {
+        let r = sink.received.lock().unwrap();
+        (
+            r.iter().map(|r| r.at_ms).min().unwrap_or(0),
+            r.iter().map(|r| r.at_ms).max().unwrap_or(0),
+        )
+    };
     println!(
         "received {received} messages for {} distinct recipients of {recipients}; minutes over the cap: {over}; full minutes under 99 %: {short}",
         ids.len()
+    );
+    println!(
+        "first to last arrival {:.1} s ({:.0} messages/s at the sink); whole run {:.1} s",
+        (last - first) as f64 / 1000.0,
+        received as f64 / ((last - first) as f64 / 1000.0).max(0.001),
+        elapsed.as_secs_f64()
     );
 }
