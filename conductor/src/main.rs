@@ -40,8 +40,20 @@ enum Command {
     },
 }
 
+/// Many threads allocate and free message-sized buffers; the system allocator keeps an arena per
+/// thread and holds on to their memory, mimalloc gives it back.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // File writes and rendering run on blocking threads; each new thread brings its own malloc arena,
+    // so an unbounded pool (tokio's default is 512) turns bursts of outbox writes into resident memory.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads((cores * 4).max(16))
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(Cli::parse())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -47,6 +47,24 @@ impl Backend {
         }
     }
 
+    /// Inserts recipients from a JSON array (`$3`) of `{id, batch, email, name, data}` for campaign `$1`
+    /// at time `$2`.
+    fn insert_recipients(self) -> &'static str {
+        match self {
+            Backend::Sqlite => {
+                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) \
+                 SELECT $1, json_extract(r.value, '$.id'), json_extract(r.value, '$.batch'), \
+                 json_extract(r.value, '$.email'), json_extract(r.value, '$.name'), \
+                 json_extract(r.value, '$.data'), 'pending', $2 FROM json_each($3) AS r"
+            }
+            Backend::Postgres => {
+                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) \
+                 SELECT $1, (r->>'id')::bigint, (r->>'batch')::bigint, r->>'email', r->>'name', \
+                 r->>'data', 'pending', $2 FROM jsonb_array_elements($3::jsonb) AS r"
+            }
+        }
+    }
+
     /// Lock the rows taken from `table`, skipping rows another conductor holds.
     fn skip_locked(self, table: &str) -> String {
         match self {
@@ -317,24 +335,27 @@ impl Store for SqlStore {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in c.recipients.chunks(1000) {
-            let sql = format!(
-                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) VALUES {}",
-                values(chunk.len(), 8)
-            );
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q
-                    .bind(&id)
-                    .bind(r.id)
-                    .bind(i64::from(planner::batch_of(r.id, batch_size)))
-                    .bind(&r.email)
-                    .bind(&r.name)
-                    .bind(to_json(&r.data))
-                    .bind("pending")
-                    .bind(now);
-            }
-            q.execute(&mut *tx).await?;
+        // One JSON array per chunk, expanded by the database: thousands of bound values per statement
+        // cost far more than one large string.
+        for chunk in c.recipients.chunks(5000) {
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "id": r.id,
+                        "batch": planner::batch_of(r.id, batch_size),
+                        "email": r.email,
+                        "name": r.name,
+                        "data": to_json(&r.data),
+                    })
+                })
+                .collect();
+            sqlx::query(self.backend.insert_recipients())
+                .bind(&id)
+                .bind(now)
+                .bind(to_json(&rows))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         self.campaign(&id).await
