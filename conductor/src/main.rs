@@ -46,36 +46,12 @@ enum Command {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    // File writes and rendering run on blocking threads; each new thread brings its own malloc arena,
-    // so an unbounded pool (tokio's default is 512) turns bursts of outbox writes into resident memory.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads((cores * 4).max(16))
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(run(Cli::parse())) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // The error chain, one line: what failed and why, no backtrace.
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    sender::process::run(if quiet { "warn" } else { "info" }, run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                match cli.command {
-                    Command::Demo { .. } => "warn".into(),
-                    Command::Serve { .. } | Command::Migrate { .. } => "info".into(),
-                }
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;

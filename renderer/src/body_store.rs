@@ -1,6 +1,6 @@
 //! Where rendered batches wait for senders: a local folder here, S3 in distributed mode.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -72,10 +72,6 @@ pub struct LocalBodyStore {
 impl LocalBodyStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BodyError> {

@@ -50,30 +50,10 @@ struct Workers {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    // File writes and rendering run on blocking threads; each new thread brings its own malloc arena,
-    // so an unbounded pool (tokio's default is 512) turns bursts of outbox writes into resident memory.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads((cores * 4).max(16))
-        .build()
-        .expect("tokio runtime");
-    match runtime.block_on(run(Args::parse())) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    sender::process::run("info", run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cfg: FileConfig = sender::config::load(args.config.as_deref(), std::env::vars())?;
     cfg.provider.validate()?;
     cfg.sender.validate()?;

@@ -8,7 +8,7 @@ use renderer::{RenderInput, RenderJob};
 use sender::{LeaseReply, Millis, RecipientOutcome};
 use serde::Serialize;
 
-pub use sql::{Backend, SqlStore};
+pub use sql::SqlStore;
 
 use crate::validate::ValidCampaign;
 

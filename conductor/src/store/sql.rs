@@ -32,7 +32,7 @@ const GLOBAL: &str = "global";
 const OPEN_STATES: &str = "('pending', 'rendered', 'leased', 'deferred')";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+enum Backend {
     Sqlite,
     Postgres,
 }
