@@ -7,6 +7,7 @@
 //! continue one evenly spaced line instead of each bursting its own share.
 
 use sender::clock::{minute_end, minute_start, Millis};
+use sender::lease::HEARTBEAT_MS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinuteRow {
@@ -86,6 +87,40 @@ pub fn claim(
         ..row
     };
     (grant, next)
+}
+
+/// Allowance for clock skew between hosts and for a report in transit when a sender fell silent.
+pub const SILENCE_SLACK_MS: Millis = 1_000;
+
+/// Splits the unreported recipients of a lease whose sender fell silent: those whose slot came before
+/// the sender could have stopped (it is heard from within [`HEARTBEAT_MS`] before every send it starts,
+/// so it started nothing slotted after `heard + HEARTBEAT_MS`, give or take the slack) may have been
+/// sent and are in doubt; the others were certainly never started. `order` is the lease's recipients
+/// in slot order. Returns `(in_doubt, never_started)`.
+pub fn settle_silent_lease(
+    order: &[i64],
+    unreported: &[i64],
+    first_at: Millis,
+    spacing_us: i64,
+    heard: Millis,
+) -> (Vec<i64>, Vec<i64>) {
+    let cutoff = heard + HEARTBEAT_MS + SILENCE_SLACK_MS;
+    let mut in_doubt = Vec::new();
+    let mut never_started = Vec::new();
+    for (k, id) in order.iter().enumerate() {
+        if !unreported.contains(id) {
+            continue;
+        }
+        let slot = first_at + k as i64 * spacing_us / 1000;
+        if slot > cutoff {
+            never_started.push(*id);
+        } else {
+            in_doubt.push(*id);
+        }
+    }
+    // Anything unreported that the order does not know is in doubt: never guess in its favour.
+    in_doubt.extend(unreported.iter().filter(|id| !order.contains(id)));
+    (in_doubt, never_started)
 }
 
 #[cfg(test)]
@@ -224,6 +259,17 @@ mod tests {
         // Near the end of the minute the minute's deadline comes first.
         let g = claim(None, 600, 10, M + 57_000, MARGIN).0;
         assert_eq!(g.spend_by, g.deadline);
+    }
+
+    #[test]
+    fn a_silent_lease_holds_only_what_may_have_started() {
+        let order = [10, 11, 12, 13, 14, 15];
+        // Slots one second apart from M; last heard at M + 1.5 s; 12 and 14 were reported.
+        let (doubt, back) =
+            settle_silent_lease(&order, &[10, 11, 13, 15, 99], M, 1_000_000, M + 1_500);
+        // Cut-off M + 3.5 s: slots at 0, 1, 3 s may have started; 5 s cannot have.
+        assert_eq!(doubt, vec![10, 11, 13, 99]);
+        assert_eq!(back, vec![15]);
     }
 
     #[test]

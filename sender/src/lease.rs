@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 
+/// A sender is heard from (a report, even an empty one) at most this long before it starts any send.
+/// So when a sender falls silent, the conductor knows it started nothing slotted later than its last
+/// report plus this (and some slack): those recipients go back to the queue, the rest are `unknown`.
+pub const HEARTBEAT_MS: Millis = 1_000;
+
 /// Recipients of one rendered batch, and the tokens to send them, each with the moment it may be spent.
 ///
 /// Token `k` may be spent at `first_at + k × spacing_us` and never at or after `deadline`, the

@@ -9,7 +9,9 @@ use renderer::{BodyStore, RenderedBatch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, Millis};
-use crate::lease::{LeaseReply, Outcome, RecipientOutcome, SendLease, WorkError, WorkSource};
+use crate::lease::{
+    LeaseReply, Outcome, RecipientOutcome, SendLease, WorkError, WorkSource, HEARTBEAT_MS,
+};
 use crate::pacing::{self, Next};
 use crate::provider::{OutgoingMessage, Provider};
 
@@ -163,6 +165,8 @@ impl Sender {
         let mut attempted = 0;
         let mut stopped = false;
         let mut halted = false;
+        // Granting the lease is the first time we are heard from.
+        let mut heard = self.clock.now_ms();
         for (k, &rid) in lease.recipients.iter().enumerate() {
             // Take in whatever has answered, so an account stop halts the lease at once.
             while let Some(Some(o)) = in_flight.next().now_or_never() {
@@ -200,9 +204,21 @@ impl Sender {
                 limiter.until_ready().await;
             }
             // Waiting for room may have carried us past the minute: a token is never spent late.
-            let now = self.clock.now_ms();
+            let mut now = self.clock.now_ms();
             if now >= lease.deadline || halted {
                 break;
+            }
+            // No send starts unless the conductor heard from us within the heartbeat; if it cannot
+            // hear us, we stop rather than send what it would have to count as in doubt.
+            if now - heard >= HEARTBEAT_MS {
+                if !self.flush(lease, &mut done, false).await {
+                    break;
+                }
+                now = self.clock.now_ms();
+                heard = now;
+                if now >= lease.deadline {
+                    break;
+                }
             }
             attempted += 1;
             let provider = &self.provider;
@@ -219,25 +235,25 @@ impl Sender {
                     at: now,
                 }
             });
-            if done.len() >= self.cfg.report_every {
-                self.flush(lease, &mut done, false).await;
+            if done.len() >= self.cfg.report_every && self.flush(lease, &mut done, false).await {
+                heard = self.clock.now_ms();
             }
         }
         while let Some(o) = in_flight.next().await {
             done.push(o);
         }
         let released = lease.tokens() - attempted;
-        self.flush(lease, &mut done, true).await;
+        let _ = self.flush(lease, &mut done, true).await;
         Ok(Step::Worked {
             attempted,
             released,
         })
     }
 
-    /// Reports what is done. A failed interim report keeps its outcomes for the next one; the last
-    /// report is retried a few times, after which the lease expires and the conductor marks its
-    /// unreported recipients `unknown` (never resent silently).
-    async fn flush(&self, lease: &SendLease, done: &mut Vec<RecipientOutcome>, last: bool) {
+    /// Reports what is done; whether the conductor got it. A failed interim report keeps its outcomes
+    /// for the next one; the last report is retried a few times, after which the lease expires and
+    /// the conductor settles its unreported recipients from their slots and our last report.
+    async fn flush(&self, lease: &SendLease, done: &mut Vec<RecipientOutcome>, last: bool) -> bool {
         let attempts = if last { 5 } else { 1 };
         for attempt in 0..attempts {
             match self
@@ -247,12 +263,12 @@ impl Sender {
             {
                 Ok(()) => {
                     done.clear();
-                    return;
+                    return true;
                 }
                 Err(WorkError::LeaseLost(id)) => {
                     tracing::warn!(lease = %id, "lease lost before its outcomes were reported");
                     done.clear();
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     tracing::warn!(lease = %lease.lease_id, error = %e, attempt, "report failed");
@@ -263,6 +279,7 @@ impl Sender {
                 }
             }
         }
+        false
     }
 
     /// Works leases on `lanes` lanes until stopped.

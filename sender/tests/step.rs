@@ -17,6 +17,8 @@ const T0: i64 = 1_700_000_040_000; // a minute boundary
 struct FakeSource {
     replies: Mutex<Vec<LeaseReply>>,
     reports: Mutex<Vec<(Vec<RecipientOutcome>, bool)>>,
+    /// Interim reports fail (the conductor is unreachable); the closing one still arrives.
+    refuse_interim: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -35,6 +37,13 @@ impl WorkSource for FakeSource {
         o: Vec<RecipientOutcome>,
         last: bool,
     ) -> Result<(), WorkError> {
+        if !last
+            && self
+                .refuse_interim
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(WorkError::Unavailable("unreachable".into()));
+        }
         self.reports.lock().unwrap().push((o, last));
         Ok(())
     }
@@ -127,6 +136,14 @@ fn lease(recipients: Vec<i64>, first_at: i64, spacing_us: i64, deadline: i64) ->
     }
 }
 
+/// Awaits a spawned step, failing the test instead of hanging it if the step never ends.
+async fn finish(step: tokio::task::JoinHandle<Step>) -> Step {
+    tokio::time::timeout(std::time::Duration::from_secs(10), step)
+        .await
+        .expect("the step did not finish")
+        .unwrap()
+}
+
 /// Lets spawned work run until `done` holds (bounded; the manual clock does not move meanwhile).
 async fn eventually(done: impl Fn() -> bool) {
     for _ in 0..5_000 {
@@ -164,7 +181,7 @@ async fn sends_on_their_slots_and_reports_every_outcome() {
         eventually(|| provider.calls.lock().unwrap().len() == n).await;
     }
     assert_eq!(
-        step.await.unwrap(),
+        finish(step).await,
         Step::Worked {
             attempted: 4,
             released: 0
@@ -263,6 +280,73 @@ async fn a_missing_batch_hands_the_lease_back() {
     source.replies.lock().unwrap().push(LeaseReply::Lease(l));
     assert!(sender.try_one_lease().await.is_err());
     assert_eq!(source.reports.lock().unwrap().clone(), vec![(vec![], true)]);
+}
+
+#[tokio::test]
+async fn no_send_starts_without_a_recent_heartbeat() {
+    let (clock, source, provider, sender, _dir) =
+        setup(3, |_| Outcome::Sent { provider_id: None }).await;
+    // Slots five seconds apart: each later send is preceded by a report the conductor received.
+    source.replies.lock().unwrap().push(LeaseReply::Lease(lease(
+        vec![0, 1, 2],
+        T0,
+        5_000_000,
+        T0 + 58_000,
+    )));
+    let s = sender.clone();
+    let step = tokio::spawn(async move { s.try_one_lease().await.unwrap() });
+    let mut reports_before = 0;
+    for n in 1..=3 {
+        eventually(|| provider.calls.lock().unwrap().len() == n).await;
+        // Every later send was preceded by a report that arrived after the previous send.
+        let reports = source.reports.lock().unwrap().len();
+        if n > 1 {
+            assert!(
+                reports > reports_before,
+                "send {n} started without a heartbeat"
+            );
+        }
+        reports_before = reports;
+        clock.advance(5_000);
+    }
+    assert_eq!(
+        finish(step).await,
+        Step::Worked {
+            attempted: 3,
+            released: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_sender_that_cannot_be_heard_stops_sending() {
+    let (clock, source, provider, sender, _dir) =
+        setup(3, |_| Outcome::Sent { provider_id: None }).await;
+    source
+        .refuse_interim
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    source.replies.lock().unwrap().push(LeaseReply::Lease(lease(
+        vec![0, 1, 2],
+        T0,
+        5_000_000,
+        T0 + 58_000,
+    )));
+    let s = sender.clone();
+    let step = tokio::spawn(async move { s.try_one_lease().await.unwrap() });
+    eventually(|| provider.calls.lock().unwrap().len() == 1).await;
+    clock.advance(5_000);
+    // The heartbeat before the second send fails: it is not sent, and the lease is handed back.
+    assert_eq!(
+        finish(step).await,
+        Step::Worked {
+            attempted: 1,
+            released: 2
+        }
+    );
+    assert_eq!(provider.calls.lock().unwrap().len(), 1);
+    let reports = source.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].1, "only the closing report arrived");
 }
 
 #[test]

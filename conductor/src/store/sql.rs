@@ -278,13 +278,18 @@ fn sqlite_pragmas(
     })
 }
 
+/// `$from, $from+1, …`: `n` numbered placeholders.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|k| format!("${k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `($1, $2, $3), ($4, $5, $6), …`: `rows` tuples of `cols` numbered placeholders.
 fn values(rows: usize, cols: usize) -> String {
     (0..rows)
-        .map(|r| {
-            let cells: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-            format!("({})", cells.join(", "))
-        })
+        .map(|r| format!("({})", placeholders(r * cols + 1, cols)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -617,27 +622,32 @@ impl Store for SqlStore {
 
             let ids = &ids[..grant.tokens as usize];
             let lease_id = uuid::Uuid::new_v4().simple().to_string();
-            let in_list: Vec<String> = (0..ids.len()).map(|k| format!("${}", k + 4)).collect();
             let sql = format!(
                 "UPDATE recipients SET state = 'leased', lease_id = $1, updated_ms = $2 \
                  WHERE campaign_id = $3 AND id IN ({})",
-                in_list.join(", ")
+                placeholders(4, ids.len())
             );
             let mut q = sqlx::query(&sql).bind(&lease_id).bind(r.now).bind(cid);
             for id in ids {
                 q = q.bind(*id);
             }
             q.execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO leases (id, campaign_id, batch, minute_ms, tokens, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                .bind(&lease_id)
-                .bind(cid)
-                .bind(batch)
-                .bind(grant.minute)
-                .bind(i64::from(grant.tokens))
-                .bind(r.now)
-                .bind(grant.spend_by + r.ttl_ms)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO leases (id, campaign_id, batch, minute_ms, tokens, created_ms, expires_ms, \
+                 heard_ms, first_at_ms, spacing_us, recipients) VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $8, $9, $10)",
+            )
+            .bind(&lease_id)
+            .bind(cid)
+            .bind(batch)
+            .bind(grant.minute)
+            .bind(i64::from(grant.tokens))
+            .bind(r.now)
+            .bind(grant.spend_by + r.ttl_ms)
+            .bind(grant.first_at)
+            .bind(grant.spacing_us)
+            .bind(to_json(&ids))
+            .execute(&mut *tx)
+            .await?;
             let body_key: Option<String> = sqlx::query_scalar(
                 "SELECT body_key FROM batches WHERE campaign_id = $1 AND n = $2",
             )
@@ -684,6 +694,11 @@ impl Store for SqlStore {
         .ok_or_else(|| StoreError::LeaseLost(lease_id.to_string()))?;
         let cid: String = lease.get("campaign_id");
         let minute: i64 = lease.get("minute_ms");
+        sqlx::query("UPDATE leases SET heard_ms = $1 WHERE id = $2")
+            .bind(r.now)
+            .bind(lease_id)
+            .execute(&mut *tx)
+            .await?;
         let back = Self::back_state(&mut tx, &cid).await?;
         let (mut used, mut sent) = (0i64, 0i64);
         for o in outcomes {
@@ -784,23 +799,68 @@ impl Store for SqlStore {
 
     async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError> {
         let mut tx = self.write.begin().await?;
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM leases WHERE closed_ms IS NULL AND expires_ms < $1")
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
+        let leases = sqlx::query(
+            "SELECT id, campaign_id, heard_ms, first_at_ms, spacing_us, recipients FROM leases \
+             WHERE closed_ms IS NULL AND expires_ms < $1",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut lost = 0;
-        for id in ids {
-            // The sender went silent mid-lease: any of these may have been sent. Held, never resent silently.
-            lost += sqlx::query(
-                "UPDATE recipients SET state = 'unknown', reason = 'lease expired before the sender reported', \
-                 lease_id = NULL, updated_ms = $1 WHERE lease_id = $2 AND state = 'leased'",
+        for lease in leases {
+            let id: String = lease.get("id");
+            let campaign: String = lease.get("campaign_id");
+            let unreported: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM recipients WHERE lease_id = $1 AND state = 'leased' ORDER BY id",
             )
-            .bind(now)
             .bind(&id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .fetch_all(&mut *tx)
+            .await?;
+            // The sender fell silent. What it may have started is held as `unknown`, never resent
+            // silently; what was slotted after it could have stopped goes back to the queue.
+            let order: Option<Vec<i64>> = lease
+                .get::<Option<String>, _>("recipients")
+                .map(|j| json(&j))
+                .transpose()?;
+            let (in_doubt, never_started) = match (order, lease.get::<Option<i64>, _>("heard_ms")) {
+                (Some(order), Some(heard)) => ledger::settle_silent_lease(
+                    &order,
+                    &unreported,
+                    lease.get::<Option<i64>, _>("first_at_ms").unwrap_or(0),
+                    lease.get::<Option<i64>, _>("spacing_us").unwrap_or(0),
+                    heard,
+                ),
+                _ => (unreported, Vec::new()),
+            };
+            let back = Self::back_state(&mut tx, &campaign).await?;
+            for (ids, state, reason) in [
+                (
+                    &in_doubt,
+                    "unknown",
+                    Some("sender fell silent; this send may have started"),
+                ),
+                (&never_started, back, None),
+            ] {
+                for chunk in ids.chunks(500) {
+                    let sql = format!(
+                        "UPDATE recipients SET state = $1, reason = $2, lease_id = NULL, updated_ms = $3 \
+                         WHERE lease_id = $4 AND state = 'leased' AND id IN ({})",
+                        placeholders(5, chunk.len())
+                    );
+                    let mut q = sqlx::query(&sql)
+                        .bind(state)
+                        .bind(reason)
+                        .bind(now)
+                        .bind(&id);
+                    for rid in chunk {
+                        q = q.bind(*rid);
+                    }
+                    let n = q.execute(&mut *tx).await?.rows_affected();
+                    if state == "unknown" {
+                        lost += n;
+                    }
+                }
+            }
             sqlx::query("UPDATE leases SET closed_ms = $1 WHERE id = $2")
                 .bind(now)
                 .bind(&id)

@@ -20,6 +20,8 @@ pub struct Received {
 #[derive(Default)]
 pub struct Sink {
     pub received: Mutex<Vec<Received>>,
+    /// How long each answer takes after the message is recorded (a slow provider).
+    pub answer_after_ms: std::sync::atomic::AtomicU64,
 }
 
 pub const SINK_KEY: &str = "sink-key";
@@ -72,17 +74,25 @@ async fn receive(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let mut received = sink.received.lock().unwrap();
-    received.push(Received {
-        at_ms,
-        to: field("to"),
-        recipient_id: field("v:recipient_id"),
-        campaign_id: field("v:campaign_id"),
-    });
-    Ok(Json(serde_json::json!({
-        "id": format!("<{}.{}@{domain}>", at_ms, received.len()),
-        "message": "Queued. Thank you."
-    })))
+    let id = {
+        let mut received = sink.received.lock().unwrap();
+        received.push(Received {
+            at_ms,
+            to: field("to"),
+            recipient_id: field("v:recipient_id"),
+            campaign_id: field("v:campaign_id"),
+        });
+        format!("<{}.{}@{domain}>", at_ms, received.len())
+    };
+    let delay = sink
+        .answer_after_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    Ok(Json(
+        serde_json::json!({ "id": id, "message": "Queued. Thank you." }),
+    ))
 }
 
 fn base64(s: &str) -> String {

@@ -44,6 +44,7 @@ on_every_backend!(
     reports_settle_recipients_and_late_reports_are_fenced,
     deferred_recipients_wait_and_every_retry_costs_a_token,
     an_expired_lease_makes_its_recipients_unknown_never_resent,
+    a_silent_lease_holds_what_may_have_started_and_requeues_the_rest,
     leases_go_round_robin_over_running_campaigns,
     an_account_stop_pauses_the_campaign_with_its_reason,
     cancel_settles_what_is_waiting_and_refuses_resume,
@@ -307,6 +308,20 @@ async fn deferred_recipients_wait_and_every_retry_costs_a_token(store: Arc<dyn S
         .unwrap();
     let k = store.campaign(&id).await.unwrap().counts;
     assert_eq!((k.failed, k.deferred, k.pending), (1, 0, 0));
+}
+
+async fn a_silent_lease_holds_what_may_have_started_and_requeues_the_rest(store: Arc<dyn Store>) {
+    let id = create(&store, 5, 100, M).await;
+    // 60 a minute: slots about a second apart (0, 0.97, 1.93, 2.9, 3.87 s).
+    let l = lease(store.lease(rules(5, M, 60)).await.unwrap());
+    assert_eq!(l.tokens(), 5);
+    // Last heard at M (the grant itself). Cut-off M + 2 s: slots 0..2 may have started.
+    assert_eq!(store.expire_leases(l.deadline + 30_001).await.unwrap(), 3);
+    let k = store.campaign(&id).await.unwrap().counts;
+    assert_eq!((k.unknown, k.pending, k.in_flight), (3, 2, 0));
+    // The two never started are leased again (next minute).
+    let again = lease(store.lease(rules(5, M + 60_000, 60)).await.unwrap());
+    assert_eq!(again.recipients, vec![3, 4]);
 }
 
 async fn an_expired_lease_makes_its_recipients_unknown_never_resent(store: Arc<dyn Store>) {
