@@ -702,10 +702,12 @@ impl Store for SqlStore {
         let back = Self::back_state(&mut tx, &cid).await?;
         let (mut used, mut sent) = (0i64, 0i64);
         for o in outcomes {
-            let (state, reason, provider_id, retry_at, counted) = match &o.outcome {
-                Outcome::Sent { provider_id } => ("sent", None, provider_id.clone(), None, true),
-                Outcome::Failed { reason } => ("failed", Some(reason.clone()), None, None, true),
-                Outcome::Unknown { reason } => ("unknown", Some(reason.clone()), None, None, true),
+            // A token was spent if a request was made; a released recipient spent none.
+            let counted = o.outcome.attempted();
+            let (state, reason, provider_id, retry_at) = match &o.outcome {
+                Outcome::Sent { provider_id } => ("sent", None, provider_id.clone(), None),
+                Outcome::Failed { reason } => ("failed", Some(reason.clone()), None, None),
+                Outcome::Unknown { reason } => ("unknown", Some(reason.clone()), None, None),
                 Outcome::Deferred {
                     reason,
                     retry_after_ms,
@@ -725,20 +727,13 @@ impl Store for SqlStore {
                             Some(format!("gave up after {attempts} attempts; last: {reason}")),
                             None,
                             None,
-                            true,
                         )
                     } else if back == "cancelled" {
-                        ("cancelled", Some(reason.clone()), None, None, true)
+                        ("cancelled", Some(reason.clone()), None, None)
                     } else {
                         let delay =
                             retry_delay_ms(attempts, *retry_after_ms, rand::random::<f64>());
-                        (
-                            "deferred",
-                            Some(reason.clone()),
-                            None,
-                            Some(r.now + delay),
-                            true,
-                        )
+                        ("deferred", Some(reason.clone()), None, Some(r.now + delay))
                     }
                 }
                 Outcome::AccountStop { reason } => {
@@ -747,9 +742,9 @@ impl Store for SqlStore {
                         .bind(&cid)
                         .execute(&mut *tx)
                         .await?;
-                    (back, Some(reason.clone()), None, None, true)
+                    (back, Some(reason.clone()), None, None)
                 }
-                Outcome::Released => (back, None, None, None, false),
+                Outcome::Released => (back, None, None, None),
             };
             let changed = sqlx::query(
                 "UPDATE recipients SET state = $1, reason = $2, provider_id = coalesce($3, provider_id), retry_at_ms = $4, \

@@ -211,73 +211,27 @@ async fn through_mailgun_every_recipient_arrives_once_at_the_sink() {
 #[tokio::test]
 async fn a_restart_mid_campaign_loses_no_one_and_sends_no_one_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let config = {
-        let mut c = test_config(dir.path());
-        c.governor.per_minute = 1_200; // 20/s: a few seconds for 100
-        c
-    };
-    let start = |config: conductor::config::Config| async move {
-        let app = conductor::startup::Application::build(
-            config,
-            None,
-            std::sync::Arc::new(sender::SystemClock),
-        )
-        .await
-        .unwrap();
-        let base = format!("http://{}", app.local_addr());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run_until(async {
-            let _ = rx.await;
-        }));
-        (base, tx, handle)
-    };
-    let client = reqwest::Client::new();
-    let (base, stop, handle) = start(config.clone()).await;
-    let c: Value = client
-        .post(format!("{base}/v1/campaigns"))
-        .json(&inline_campaign(recipients(100)))
-        .send()
-        .await
+    let mut config = test_config(dir.path());
+    config.governor.per_minute = 1_200; // 20/s: a few seconds for 100
+    let app = spawn_app_in(dir, config.clone(), None).await;
+    let r = app
+        .post_json("/v1/campaigns", &inline_campaign(recipients(100)))
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
         .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = c["id"].as_str().unwrap().to_string();
-    loop {
-        let c: Value = client
-            .get(format!("{base}/v1/campaigns/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if c["counts"]["sent"].as_i64().unwrap() >= 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .to_string();
+    app.wait_for(&id, Duration::from_secs(60), |c| {
+        c["counts"]["sent"].as_i64().unwrap() >= 10
+    })
+    .await;
     // A graceful stop mid-campaign: leases in progress report what they did and hand back the rest.
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    let dir = app.stop().await;
 
-    let (base, stop, handle) = start(config).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let c = loop {
-        let c: Value = client
-            .get(format!("{base}/v1/campaigns/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if c["status"] == "completed" {
-            break c;
-        }
-        assert!(std::time::Instant::now() < deadline, "{c}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let app = spawn_app_in(dir, config, None).await;
+    let c = app
+        .wait_for(&id, Duration::from_secs(60), is_completed)
+        .await;
     assert_eq!(
         (
             c["counts"]["sent"].as_i64(),
@@ -286,12 +240,11 @@ async fn a_restart_mid_campaign_loses_no_one_and_sends_no_one_twice() {
         (Some(100), Some(0)),
         "{c}"
     );
-    let files = std::fs::read_dir(dir.path().join("outbox").join(&id))
+    let files = std::fs::read_dir(app.dir.path().join("outbox").join(&id))
         .unwrap()
         .count();
     assert_eq!(files, 100);
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 #[tokio::test]

@@ -129,13 +129,16 @@ impl TestApp {
         }
     }
 
-    pub async fn stop(mut self) {
+    /// Stops gracefully; returns the app's folder (store, bodies, outbox) so another app can start
+    /// on the same data.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
+        self.dir
     }
 }
 
