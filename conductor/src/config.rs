@@ -26,6 +26,18 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub sender: SenderSettings,
     pub workers: Workers,
+    pub dispatch: renderer::aws::DispatchConfig,
+    pub events: Events,
+    /// Read by `renderer` processes; the conductor only checks that it parses.
+    pub renderer: renderer::service::RendererSettings,
+}
+
+/// `[events]`: where campaign lifecycle events go (see `events.rs` for their schema).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Events {
+    /// An SNS topic; without one, events are only logged.
+    pub sns: Option<renderer::aws::SnsTopic>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -156,8 +168,17 @@ impl Config {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
         self.store_url()?;
-        renderer::body_store::Location::parse(&self.bodies.url)
-            .map_err(|reason| invalid("bodies.url", reason))?;
+        self.bodies.location()?;
+        self.dispatch.check()?;
+        if let Some(topic) = &self.events.sns {
+            topic.check("events.sns")?;
+        }
+        if self.dispatch.mode == renderer::aws::DispatchMode::Sns && self.workers.secret.is_none() {
+            return Err(invalid(
+                "workers.secret",
+                "renderer processes report through the worker API: set CONDUCTOR__WORKERS__SECRET",
+            ));
+        }
         if !(1..=100_000).contains(&self.campaigns.batch_size) {
             return Err(invalid(
                 "campaigns.batch_size",
@@ -239,6 +260,56 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.governor.per_minute, 6000);
         assert_eq!(c.store_url().unwrap(), "sqlite://data/conductor.db");
+    }
+
+    #[test]
+    fn the_shipped_example_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra");
+        let example = Config::load(Some(&root.join("conductor.example.toml")), env(&[])).unwrap();
+        let mut defaults = Config::default();
+        defaults.provider.mailgun.domain = "mg.example.com".into(); // the one example value
+        assert_eq!(example, defaults, "the example lists the defaults");
+        let distributed = Config::load(
+            Some(&root.join("distributed.toml")),
+            env(&[
+                ("CONDUCTOR__WORKERS__SECRET", "0123456789abcdef0123"),
+                ("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", "key-x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(distributed.dispatch.mode, renderer::aws::DispatchMode::Sns);
+        assert!(distributed.events.sns.is_some());
+        // SNS dispatch needs the secret its renderers report with.
+        let err = Config::load(
+            Some(&root.join("distributed.toml")),
+            env(&[("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", "key-x")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("workers.secret"), "{err}");
+    }
+
+    #[test]
+    fn sns_and_s3_settings_are_checked_at_load() {
+        for (toml, key) in [
+            ("[bodies]\nurl = \"s3://UPPER\"", "bodies.url"),
+            (
+                "[bodies.s3]\nendpoint = \"ftp://x\"\n[bodies]\nurl = \"s3://bucket\"",
+                "bodies.s3.endpoint",
+            ),
+            ("[dispatch]\nmode = \"sns\"", "dispatch.sns.topic_arn"),
+            (
+                "[dispatch]\nredispatch_after_ms = 10",
+                "dispatch.redispatch_after_ms",
+            ),
+            (
+                "[events.sns]\ntopic_arn = \"topic\"",
+                "events.sns.topic_arn",
+            ),
+        ] {
+            let err = Config::from_toml(toml, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        assert!(Config::from_toml("[dispatch]\nmode = \"carrier-pigeon\"", env(&[])).is_err());
     }
 
     #[test]

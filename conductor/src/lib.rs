@@ -4,6 +4,8 @@ pub mod api;
 pub mod config;
 pub mod config_watch;
 pub mod demo;
+pub mod dispatch;
+pub mod events;
 pub mod ledger;
 pub mod planner;
 pub mod problem;

@@ -48,7 +48,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Command::Demo { .. });
-    sender::process::run(if quiet { "warn" } else { "info" }, run(cli))
+    renderer::process::run(if quiet { "warn" } else { "info" }, run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -58,7 +58,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build(cfg, config, Arc::new(SystemClock)).await?;
             tracing::info!(address = %app.local_addr(), "conductor serving");
             app.run_until(async {
-                let _ = tokio::signal::ctrl_c().await;
+                renderer::process::shutdown_signal().await;
                 tracing::info!("shutting down");
             })
             .await

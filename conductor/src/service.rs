@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::events::Kind;
 use crate::problem::Problem;
 use crate::store::{Action, Campaign, Store};
 use crate::validate::{self, CampaignRequest, Row};
@@ -38,12 +39,24 @@ impl Service {
             .await?;
         tracing::info!(campaign = %campaign.id, recipients = campaign.counts.total, duplicates = valid.duplicates, "campaign created");
         self.work.wake.notify_one();
+        self.work
+            .events
+            .emit(Kind::Created, &campaign.id, None)
+            .await;
         Ok(campaign)
     }
 
     pub async fn act(&self, id: &str, action: Action) -> Result<Campaign, Problem> {
-        let c = self.store.act(id, action, self.work.clock.now_ms()).await?;
+        let (c, changed) = self.store.act(id, action, self.work.clock.now_ms()).await?;
         self.work.wake.notify_one();
+        if changed {
+            let kind = match action {
+                Action::Pause => Kind::Paused,
+                Action::Resume => Kind::Resumed,
+                Action::Cancel => Kind::Cancelled,
+            };
+            self.work.events.emit(kind, id, None).await;
+        }
         Ok(c)
     }
 }

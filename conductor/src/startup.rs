@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use renderer::aws::DispatchMode;
 use renderer::Renderer;
 use sender::{Clock, Sender};
 use tokio::sync::{mpsc, watch, Notify};
@@ -13,6 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
+use crate::dispatch::{Dispatch, LocalDispatch, SnsDispatch};
+use crate::events::{EventSink, Events, SnsEvents};
 use crate::service::Service;
 use crate::store::{SqlStore, Store, StoreError};
 use crate::work::Work;
@@ -46,33 +49,51 @@ impl Runtime {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
         config.validate()?;
-        let store = SqlStore::open(&config.store_url()?).await?;
-        // Render jobs queued in a previous process died with it: hand them out again now.
-        store.reset_dispatch().await?;
-        let store: Arc<dyn Store> = Arc::new(store);
-        let bodies = renderer::body_store::Location::parse(&config.bodies.url)
-            .map_err(|reason| sender::config::invalid("bodies.url", reason))?
-            .open();
+        let store: Arc<dyn Store> = Arc::new(SqlStore::open(&config.store_url()?).await?);
+        let bodies = config.bodies.open().await?;
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let dispatch: Arc<dyn Dispatch> = match config.dispatch.mode {
+            DispatchMode::Local => {
+                // Render jobs queued in a previous process died with it: hand them out again now.
+                store.reset_dispatch().await?;
+                Arc::new(LocalDispatch(jobs_tx))
+            }
+            DispatchMode::Sns => Arc::new(SnsDispatch::connect(&config.dispatch.sns).await),
+        };
+        let sink: Option<Arc<dyn EventSink>> = match &config.events.sns {
+            Some(topic) => Some(Arc::new(SnsEvents::connect(topic).await)),
+            None => None,
+        };
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
         let work = Arc::new(Work {
             store: store.clone(),
             clock: clock.clone(),
             config: config_rx,
+            dispatch: dispatch.clone(),
+            bodies: bodies.clone(),
+            events: Events::new(sink, store.clone(), clock.clone()),
             wake: Notify::new(),
         });
-        let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
 
-        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
-        let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
-        let renderer = Arc::new(Renderer::new(work.clone(), bodies.clone()));
-        let render_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        for _ in 0..render_workers {
-            tasks.push(tokio::spawn(renderer.clone().run(jobs_rx.clone())));
+        if dispatch.is_local() {
+            let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
+            let renderer = Arc::new(Renderer::new(work.clone(), bodies.clone()));
+            let render_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+            for _ in 0..render_workers {
+                // The job channel lives as long as `work` does, so workers stop on the token; a
+                // render cut short is simply handed out again.
+                let (renderer, jobs_rx, stop) = (renderer.clone(), jobs_rx.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::select! {
+                        _ = renderer.run(jobs_rx) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                }));
+            }
         }
-        tasks.push(tokio::spawn(
-            work.clone().run_reconcile(jobs_tx, stop.clone()),
-        ));
+        tasks.push(tokio::spawn(work.clone().run_reconcile(stop.clone())));
 
         if config.workers.embedded_sender {
             let sender = Arc::new(Sender::new(

@@ -1,5 +1,6 @@
-//! The worker API: remote `sender` processes lease work and report outcomes here (the contract's
-//! shapes live in `sender::remote`). Closed unless `[workers] secret` is set.
+//! The worker API: remote `sender` processes lease work and report outcomes here, and remote
+//! `renderer` processes claim batches and report them rendered (the contracts' shapes live in
+//! `sender::remote` and `renderer::remote`). Closed unless `[workers] secret` is set.
 
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use renderer::remote::{RenderedReport, CLAIM_PATH, RENDERED_PATH};
+use renderer::{RenderJob, RenderSource, RenderedBatch, SourceError};
 use sender::remote::{LeaseRequest, LeaseResponse, ReportRequest, LEASES_PATH};
 use sender::{WorkError, WorkSource};
 
@@ -18,6 +21,8 @@ pub fn router() -> Router<Arc<Service>> {
     Router::new()
         .route(LEASES_PATH, post(lease))
         .route(&format!("{LEASES_PATH}/{{id}}/outcomes"), post(report))
+        .route(CLAIM_PATH, post(claim))
+        .route(RENDERED_PATH, post(rendered))
 }
 
 /// Compares in time that does not depend on where the strings differ.
@@ -100,6 +105,65 @@ async fn report(
         )),
         Err(e) => Err(unavailable(e)),
     }
+}
+
+fn source_problem(e: SourceError) -> Problem {
+    match e {
+        SourceError::Gone(why) => Problem::new(
+            StatusCode::GONE,
+            "/problems/render-gone",
+            "Nothing to render",
+            why,
+        ),
+        SourceError::Unavailable(why) => {
+            tracing::warn!(error = %why, "render request failed");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+                "Try again",
+                why,
+            )
+        }
+    }
+}
+
+async fn claim(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    authorise(&svc, &headers)?;
+    let job: RenderJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let input = svc.work.load(&job).await.map_err(source_problem)?;
+    Ok(Json(input).into_response())
+}
+
+async fn rendered(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    authorise(&svc, &headers)?;
+    let report: RenderedReport =
+        serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    // Senders fetch what the store names: only the batch's own key may be recorded.
+    let expected = RenderedBatch::key(&report.job.campaign_id, report.job.batch);
+    if report.key != expected {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "Invalid render report",
+            format!(
+                "batch objects are written at {expected}, not {}",
+                report.key
+            ),
+        ));
+    }
+    svc.work
+        .rendered(&report.job, &report.key, report.failed)
+        .await
+        .map_err(source_problem)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ pub mod clock;
 pub mod config;
 pub mod lease;
 pub mod pacing;
-pub mod process;
 pub mod provider;
 pub mod remote;
 pub mod worker;

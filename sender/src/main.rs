@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use renderer::body_store::{BodiesConfig, Location};
+use renderer::body_store::BodiesConfig;
+use renderer::config::WorkerSecret;
 use sender::config::{ProviderConfig, SenderSettings};
 use sender::remote::HttpWorkSource;
 use sender::{Sender, SystemClock};
@@ -35,13 +36,7 @@ struct FileConfig {
     provider: ProviderConfig,
     sender: SenderSettings,
     bodies: BodiesConfig,
-    workers: Workers,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct Workers {
-    secret: Option<String>,
+    workers: WorkerSecret,
 }
 
 /// Many threads allocate and free message-sized buffers; the system allocator keeps an arena per
@@ -50,21 +45,15 @@ struct Workers {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    sender::process::run("info", run(Args::parse()))
+    renderer::process::run("info", run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg: FileConfig = sender::config::load(args.config.as_deref(), std::env::vars())?;
     cfg.provider.validate()?;
     cfg.sender.validate()?;
-    let secret = cfg
-        .workers
-        .secret
-        .filter(|s| !s.trim().is_empty())
-        .context("set CONDUCTOR__WORKERS__SECRET to the secret the conductor was given")?;
-    let bodies = Location::parse(&cfg.bodies.url)
-        .map_err(|reason| anyhow::anyhow!("config key `bodies.url`: {reason}"))?
-        .open();
+    let secret = cfg.workers.require()?;
+    let bodies = cfg.bodies.open().await?;
     let clock = Arc::new(SystemClock);
     let source = Arc::new(HttpWorkSource::new(&args.conductor, secret, clock.clone())?);
     let stop = CancellationToken::new();
@@ -78,19 +67,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     tracing::info!(conductor = %args.conductor, provider = %cfg.provider.describe(), "sender started");
     let worker = tokio::spawn(sender.run());
-    shutdown_signal().await;
+    renderer::process::shutdown_signal().await;
     // Leases in progress hand back what they have not started and report the rest.
     tracing::info!("stopping");
     stop.cancel();
     worker.await.context("sender task")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

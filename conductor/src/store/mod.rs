@@ -140,7 +140,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Campaign, StoreError>;
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError>;
-    async fn act(&self, id: &str, action: Action, now: Millis) -> Result<Campaign, StoreError>;
+    /// Applies a user's action; `true` when the status changed.
+    async fn act(
+        &self,
+        id: &str,
+        action: Action,
+        now: Millis,
+    ) -> Result<(Campaign, bool), StoreError>;
 
     /// Batches not rendered and not handed out since `stale_before` (never, or too long ago); marks
     /// them handed out at `now`.
@@ -152,7 +158,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<RenderJob>, StoreError>;
     /// Forgets that unrendered batches were handed out (an in-process queue died with its process).
     async fn reset_dispatch(&self) -> Result<(), StoreError>;
-    async fn render_input(&self, job: &RenderJob) -> Result<Option<RenderInput>, StoreError>;
+    /// Claims an unrendered batch for one renderer for `hold_ms` and returns what it needs; `None`
+    /// when the batch needs no rendering or another renderer's claim is still fresh.
+    async fn claim_render(
+        &self,
+        job: &RenderJob,
+        now: Millis,
+        hold_ms: i64,
+    ) -> Result<Option<RenderInput>, StoreError>;
     async fn batch_rendered(
         &self,
         job: &RenderJob,
@@ -163,17 +176,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims tokens from this minute's ledger and leases that many recipients, atomically.
     async fn lease(&self, rules: LeaseRules) -> Result<LeaseReply, StoreError>;
+    /// Records outcomes; returns the campaign if this report paused it (an account-level refusal).
     async fn report(
         &self,
         lease_id: &str,
         outcomes: &[RecipientOutcome],
         last: bool,
         rules: ReportRules,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<String>, StoreError>;
     /// Closes leases past their expiry; returns how many recipients became `unknown`.
     async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError>;
     /// Marks running campaigns with nothing left to send as completed; returns their ids.
     async fn complete_finished(&self, now: Millis) -> Result<Vec<String>, StoreError>;
+    /// Marks campaigns that have had their first lease as started; returns those newly marked.
+    async fn mark_started(&self, now: Millis) -> Result<Vec<String>, StoreError>;
+    /// Ended campaigns whose bodies are still kept although they ended before `ended_before`.
+    async fn bodies_to_purge(&self, ended_before: Millis) -> Result<Vec<String>, StoreError>;
+    async fn bodies_purged(&self, id: &str, now: Millis) -> Result<(), StoreError>;
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
 }

@@ -387,7 +387,12 @@ impl Store for SqlStore {
         self.load(row).await
     }
 
-    async fn act(&self, id: &str, action: Action, now: Millis) -> Result<Campaign, StoreError> {
+    async fn act(
+        &self,
+        id: &str,
+        action: Action,
+        now: Millis,
+    ) -> Result<(Campaign, bool), StoreError> {
         let mut tx = self.write.begin().await?;
         let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
             .bind(id)
@@ -434,7 +439,7 @@ impl Store for SqlStore {
             .await?;
         }
         tx.commit().await?;
-        self.campaign(id).await
+        Ok((self.campaign(id).await?, next != status))
     }
 
     async fn batches_to_render(
@@ -474,24 +479,42 @@ impl Store for SqlStore {
     }
 
     async fn reset_dispatch(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE batches SET dispatched_ms = NULL WHERE rendered_ms IS NULL")
+        sqlx::query(
+            "UPDATE batches SET dispatched_ms = NULL, render_claim_ms = NULL WHERE rendered_ms IS NULL",
+        )
             .execute(&self.write)
             .await?;
         Ok(())
     }
 
-    async fn render_input(&self, job: &RenderJob) -> Result<Option<RenderInput>, StoreError> {
-        let Some(c) = sqlx::query(
-            "SELECT c.from_json, c.reply_to_json, c.template_json FROM campaigns c JOIN batches b ON b.campaign_id = c.id \
-             WHERE c.id = $1 AND b.n = $2 AND b.rendered_ms IS NULL AND c.status IN ('running', 'paused')",
+    async fn claim_render(
+        &self,
+        job: &RenderJob,
+        now: Millis,
+        hold_ms: i64,
+    ) -> Result<Option<RenderInput>, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE batches SET render_claim_ms = $1 WHERE campaign_id = $2 AND n = $3 AND rendered_ms IS NULL \
+             AND (render_claim_ms IS NULL OR render_claim_ms < $4) \
+             AND EXISTS (SELECT 1 FROM campaigns c WHERE c.id = $5 AND c.status IN ('running', 'paused'))",
         )
+        .bind(now)
         .bind(&job.campaign_id)
         .bind(i64::from(job.batch))
-        .fetch_optional(&self.read)
+        .bind(now - hold_ms)
+        .bind(&job.campaign_id)
+        .execute(&self.write)
         .await?
-        else {
+        .rows_affected();
+        if claimed == 0 {
             return Ok(None);
-        };
+        }
+        let c = sqlx::query(
+            "SELECT from_json, reply_to_json, template_json FROM campaigns WHERE id = $1",
+        )
+        .bind(&job.campaign_id)
+        .fetch_one(&self.read)
+        .await?;
         let rows = sqlx::query("SELECT id, email, name, data FROM recipients WHERE campaign_id = $1 AND batch = $2 ORDER BY id")
             .bind(&job.campaign_id)
             .bind(i64::from(job.batch))
@@ -682,7 +705,7 @@ impl Store for SqlStore {
         outcomes: &[RecipientOutcome],
         last: bool,
         r: ReportRules,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let mut tx = self.write.begin().await?;
         let lease = sqlx::query(&format!(
             "SELECT campaign_id, minute_ms FROM leases WHERE id = $1 AND closed_ms IS NULL{}",
@@ -701,6 +724,7 @@ impl Store for SqlStore {
             .await?;
         let back = Self::back_state(&mut tx, &cid).await?;
         let (mut used, mut sent) = (0i64, 0i64);
+        let mut stopped = None;
         for o in outcomes {
             // A token was spent if a request was made; a released recipient spent none.
             let counted = o.outcome.attempted();
@@ -737,11 +761,15 @@ impl Store for SqlStore {
                     }
                 }
                 Outcome::AccountStop { reason } => {
-                    sqlx::query("UPDATE campaigns SET status = 'paused', status_reason = $1 WHERE id = $2 AND status = 'running'")
+                    let paused = sqlx::query("UPDATE campaigns SET status = 'paused', status_reason = $1 WHERE id = $2 AND status = 'running'")
                         .bind(format!("provider refused the account: {reason}"))
                         .bind(&cid)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected();
+                    if paused > 0 {
+                        stopped = Some(cid.clone());
+                    }
                     (back, Some(reason.clone()), None, None)
                 }
                 Outcome::Released => (back, None, None, None),
@@ -789,7 +817,7 @@ impl Store for SqlStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(stopped)
     }
 
     async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError> {
@@ -867,24 +895,62 @@ impl Store for SqlStore {
     }
 
     async fn complete_finished(&self, now: Millis) -> Result<Vec<String>, StoreError> {
-        let done: Vec<String> = sqlx::query_scalar(&format!(
+        let candidates: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT c.id FROM campaigns c WHERE c.status = 'running' AND NOT EXISTS \
              (SELECT 1 FROM recipients r WHERE r.campaign_id = c.id AND r.state IN {OPEN_STATES})"
         ))
         .fetch_all(&self.read)
         .await?;
-        for id in &done {
-            sqlx::query(&format!(
+        let mut done = Vec::with_capacity(candidates.len());
+        for id in candidates {
+            // Conditional, so that of several conductors exactly one completes it (and says so).
+            let changed = sqlx::query(&format!(
                 "UPDATE campaigns SET status = 'completed', completed_ms = $1 WHERE id = $2 AND status = 'running' \
                  AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.campaign_id = $3 AND r.state IN {OPEN_STATES})"
             ))
             .bind(now)
-            .bind(id)
+            .bind(&id)
+            .bind(&id)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            if changed > 0 {
+                done.push(id);
+            }
+        }
+        Ok(done)
+    }
+
+    async fn mark_started(&self, now: Millis) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE campaigns SET started_ms = $1 WHERE started_ms IS NULL \
+             AND EXISTS (SELECT 1 FROM leases l WHERE l.campaign_id = campaigns.id) RETURNING id",
+        )
+        .bind(now)
+        .fetch_all(&self.write)
+        .await?;
+        Ok(ids)
+    }
+
+    async fn bodies_to_purge(&self, ended_before: Millis) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT c.id FROM campaigns c WHERE c.status IN ('completed', 'cancelled') \
+             AND c.bodies_purged_ms IS NULL AND c.completed_ms < $1 \
+             AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.campaign_id = c.id AND r.state = 'leased') \
+             ORDER BY c.completed_ms LIMIT 100",
+        )
+        .bind(ended_before)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    async fn bodies_purged(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaigns SET bodies_purged_ms = $1 WHERE id = $2")
+            .bind(now)
             .bind(id)
             .execute(&self.write)
             .await?;
-        }
-        Ok(done)
+        Ok(())
     }
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {

@@ -130,13 +130,7 @@ async fn the_named_newsletter_template_renders_with_inlined_css() {
 async fn pause_resume_and_cancel() {
     // 120 per minute: slow enough that the campaign is still running when we act on it.
     let app = spawn_app_with(|c| c.governor.per_minute = 120).await;
-    let r = app
-        .post_json("/v1/campaigns", &inline_campaign(recipients(200)))
-        .await;
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.create(&inline_campaign(recipients(200))).await;
     app.wait_for(&id, Duration::from_secs(30), |c| {
         c["counts"]["sent"].as_i64() > Some(0)
     })
@@ -181,13 +175,7 @@ async fn through_mailgun_every_recipient_arrives_once_at_the_sink() {
         c.provider.mailgun.api_key = Some(SINK_KEY.into());
     })
     .await;
-    let r = app
-        .post_json("/v1/campaigns", &inline_campaign(recipients(150)))
-        .await;
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.create(&inline_campaign(recipients(150))).await;
     let c = app
         .wait_for(&id, Duration::from_secs(60), is_completed)
         .await;
@@ -214,13 +202,7 @@ async fn a_restart_mid_campaign_loses_no_one_and_sends_no_one_twice() {
     let mut config = test_config(dir.path());
     config.governor.per_minute = 1_200; // 20/s: a few seconds for 100
     let app = spawn_app_in(dir, config.clone(), None).await;
-    let r = app
-        .post_json("/v1/campaigns", &inline_campaign(recipients(100)))
-        .await;
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.create(&inline_campaign(recipients(100))).await;
     app.wait_for(&id, Duration::from_secs(60), |c| {
         c["counts"]["sent"].as_i64().unwrap() >= 10
     })
@@ -292,14 +274,7 @@ async fn a_campaign_on_postgres_reaches_every_recipient_exactly_once() {
     let schema = PgSchema::create().await;
     let url = schema.url.clone();
     let app = spawn_app_with(|c| c.store.url = url).await;
-    let r = app
-        .post_json("/v1/campaigns", &inline_campaign(recipients(230)))
-        .await;
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.create(&inline_campaign(recipients(230))).await;
     let c = app
         .wait_for(&id, Duration::from_secs(60), is_completed)
         .await;

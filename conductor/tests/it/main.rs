@@ -1,8 +1,10 @@
 //! Black-box tests of the conductor: one test binary, several modules.
 
 mod api;
+mod aws;
 mod distributed;
 mod e2e;
+mod moto;
 mod sink;
 mod store;
 mod support;

@@ -49,6 +49,8 @@ on_every_backend!(
     an_account_stop_pauses_the_campaign_with_its_reason,
     cancel_settles_what_is_waiting_and_refuses_resume,
     render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded,
+    one_renderer_holds_a_batch_until_its_claim_lapses,
+    lifecycle_transitions_are_reported_once_and_bodies_purged_after_retention,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -417,6 +419,7 @@ async fn an_account_stop_pauses_the_campaign_with_its_reason(store: Arc<dyn Stor
             .act(&id, Action::Resume, M)
             .await
             .unwrap()
+            .0
             .status_reason,
         None
     );
@@ -477,7 +480,11 @@ async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded(
             .is_empty(),
         "handed out already"
     );
-    let input = store.render_input(&jobs[2]).await.unwrap().unwrap();
+    let input = store
+        .claim_render(&jobs[2], M, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(input.recipients.len(), 50);
     assert_eq!(input.recipients[0].id, 200);
     store
@@ -486,7 +493,11 @@ async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded(
         .unwrap();
     store.batch_rendered(&jobs[2], "k2", &[], M).await.unwrap(); // twice: harmless
     assert!(
-        store.render_input(&jobs[2]).await.unwrap().is_none(),
+        store
+            .claim_render(&jobs[2], M, 60_000)
+            .await
+            .unwrap()
+            .is_none(),
         "nothing left to render"
     );
     let again = store.batches_to_render(M + 1, M + 2, 100).await.unwrap();
@@ -568,4 +579,113 @@ async fn conductors_sharing_postgres_never_grant_past_the_cap_nor_lease_twice() 
     assert_eq!((m.cap, m.granted, m.used), (700, 700, 700));
     drop(stores);
     schema.drop().await;
+}
+
+async fn one_renderer_holds_a_batch_until_its_claim_lapses(store: Arc<dyn Store>) {
+    let c = store.create_campaign(&campaign(10), 100, M).await.unwrap();
+    let job = store.batches_to_render(M, M, 10).await.unwrap().remove(0);
+    // Two renderers hear the same doorbell: the first claims, the second is told to drop it.
+    let first = store.claim_render(&job, M, 60_000).await.unwrap();
+    assert_eq!(first.unwrap().recipients.len(), 10);
+    assert!(store
+        .claim_render(&job, M + 1_000, 60_000)
+        .await
+        .unwrap()
+        .is_none());
+    // The first one died: after the hold, another may take it.
+    assert!(store
+        .claim_render(&job, M + 61_000, 60_000)
+        .await
+        .unwrap()
+        .is_some());
+    store
+        .batch_rendered(&job, "k", &[], M + 62_000)
+        .await
+        .unwrap();
+    assert!(store
+        .claim_render(&job, M + 200_000, 60_000)
+        .await
+        .unwrap()
+        .is_none());
+    store.act(&c.id, Action::Cancel, M).await.unwrap();
+    let c2 = store.create_campaign(&campaign(5), 100, M).await.unwrap();
+    let job2 = store.batches_to_render(M, M, 10).await.unwrap().remove(0);
+    store.act(&c2.id, Action::Cancel, M).await.unwrap();
+    assert!(
+        store
+            .claim_render(&job2, M, 60_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "a cancelled campaign needs no rendering"
+    );
+}
+
+async fn lifecycle_transitions_are_reported_once_and_bodies_purged_after_retention(
+    store: Arc<dyn Store>,
+) {
+    let id = create(&store, 3, 100, M).await;
+    assert!(
+        store.mark_started(M).await.unwrap().is_empty(),
+        "nothing leased yet"
+    );
+    let l = lease(store.lease(rules(3, M, 100)).await.unwrap());
+    assert_eq!(store.mark_started(M + 1).await.unwrap(), vec![id.clone()]);
+    assert!(store.mark_started(M + 2).await.unwrap().is_empty(), "once");
+    assert!(
+        store
+            .bodies_to_purge(M + 10_000_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "still running"
+    );
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&l.recipients, sent(), M + 1),
+            true,
+            report_rules(M + 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.complete_finished(M + 2).await.unwrap(),
+        vec![id.clone()]
+    );
+    assert!(
+        store.complete_finished(M + 3).await.unwrap().is_empty(),
+        "once"
+    );
+    assert!(
+        store.bodies_to_purge(M + 2).await.unwrap().is_empty(),
+        "within retention"
+    );
+    assert_eq!(
+        store.bodies_to_purge(M + 3).await.unwrap(),
+        vec![id.clone()]
+    );
+    store.bodies_purged(&id, M + 3).await.unwrap();
+    assert!(
+        store
+            .bodies_to_purge(M + 10_000_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "done once"
+    );
+
+    assert!(
+        matches!(
+            store.act(&id, Action::Cancel, M).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a completed campaign stays so"
+    );
+    let other = create(&store, 2, 100, M).await;
+    assert!(store.act(&other, Action::Pause, M).await.unwrap().1);
+    assert!(
+        !store.act(&other, Action::Pause, M).await.unwrap().1,
+        "no change, no event"
+    );
 }

@@ -53,6 +53,16 @@ pub async fn spawn_app_in(
     config: Config,
     config_file: Option<PathBuf>,
 ) -> TestApp {
+    // TEST_LOG=info (any filter) shows the app's logs for a failing test.
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .init();
+        }
+    });
     let app = Application::build(config, config_file, Arc::new(SystemClock))
         .await
         .unwrap();
@@ -84,6 +94,16 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Creates a campaign that must be accepted; returns its id.
+    pub async fn create(&self, body: &Value) -> String {
+        let r = self.post_json("/v1/campaigns", body).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// `POST /v1/campaigns/{id}/{action}`.

@@ -1,68 +1,10 @@
-//! Where rendered batches wait for senders: a local folder here, S3 in distributed mode.
+//! Bodies in a local (or shared) folder: the embedded default.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("no object at {0}")]
-    NotFound(String),
-    #[error("object key {0:?} is not valid")]
-    BadKey(String),
-    #[error("body store I/O on {key}: {source}")]
-    Io {
-        key: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-#[async_trait]
-pub trait BodyStore: Send + Sync + 'static {
-    /// Writing the same key twice with the same bytes is harmless (re-rendered batches do exactly that).
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BodyError>;
-    async fn get(&self, key: &str) -> Result<Vec<u8>, BodyError>;
-    /// Removes every object under `prefix` (a campaign's bodies after it ends).
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), BodyError>;
-}
-
-/// `[bodies]`: where rendered batches are kept.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BodiesConfig {
-    pub url: String,
-}
-
-impl Default for BodiesConfig {
-    fn default() -> Self {
-        Self {
-            url: "file://data/bodies".into(),
-        }
-    }
-}
-
-/// Where bodies are kept, from a URL: `file://PATH` (a local or shared folder).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    Local(PathBuf),
-}
-
-impl Location {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        match url.trim().strip_prefix("file://") {
-            Some(path) if !path.is_empty() => Ok(Location::Local(PathBuf::from(path))),
-            _ => Err(format!("{url:?} is not file://PATH")),
-        }
-    }
-
-    pub fn open(&self) -> Arc<dyn BodyStore> {
-        match self {
-            Location::Local(path) => Arc::new(LocalBodyStore::new(path)),
-        }
-    }
-}
+use super::{BodyError, BodyStore};
 
 #[derive(Debug, Clone)]
 pub struct LocalBodyStore {
@@ -75,14 +17,7 @@ impl LocalBodyStore {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, BodyError> {
-        let ok = !key.is_empty()
-            && !key.starts_with('/')
-            && key
-                .split('/')
-                .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-        if !ok {
-            return Err(BodyError::BadKey(key.to_string()));
-        }
+        super::check_key(key)?;
         Ok(self.root.join(key))
     }
 }

@@ -40,3 +40,18 @@ pub fn run<E: std::fmt::Display>(
         }
     }
 }
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what process managers and container runtimes send).
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

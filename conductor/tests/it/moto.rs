@@ -1,0 +1,164 @@
+//! A moto server (S3 and SNS on loopback) for this test binary: `TEST_MOTO_URL` when set, otherwise
+//! one started here from `infra/.venv` (which `infra/dev-stack.sh install` creates; CI runs it first)
+//! that exits when this process does.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const REGION: &str = "us-east-1";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn moto_binary() -> PathBuf {
+    let venv = workspace().join("infra/.venv/bin/moto_server");
+    if !venv.exists() {
+        let status = std::process::Command::new("bash")
+            .arg(workspace().join("infra/dev-stack.sh"))
+            .arg("install")
+            .status()
+            .expect("bash runs");
+        assert!(status.success(), "infra/dev-stack.sh install failed");
+    }
+    venv
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn up(url: &str) -> bool {
+    let addr = url.trim_start_matches("http://");
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)).is_ok()
+}
+
+/// The moto endpoint, started on first use. Also points the AWS SDK's credential chain at dummy
+/// credentials (moto accepts any), once, before any client reads them.
+pub fn moto_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        if let Ok(url) = std::env::var("TEST_MOTO_URL") {
+            return url.trim_end_matches('/').to_string();
+        }
+        let binary = moto_binary();
+        let port = free_port();
+        // The watcher ends moto when this test process ends, however it ends.
+        let script = format!(
+            "\"$0\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+             while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $m",
+            pid = std::process::id()
+        );
+        let mut watcher = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .arg(&binary)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        std::thread::spawn(move || watcher.wait());
+        let url = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        while !up(&url) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto did not listen on {url} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        url
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn s3() -> aws_sdk_s3::Client {
+    let url = moto_url();
+    let shared = renderer::aws::sdk_config(Some(REGION), Some(url)).await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+pub async fn sns() -> aws_sdk_sns::Client {
+    let url = moto_url();
+    aws_sdk_sns::Client::new(&renderer::aws::sdk_config(Some(REGION), Some(url)).await)
+}
+
+/// A new bucket of its own for one test.
+pub async fn bucket() -> String {
+    let name = unique("bodies");
+    s3().await
+        .create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .unwrap();
+    name
+}
+
+/// A new topic of its own for one test; returns its ARN.
+pub async fn topic(prefix: &str) -> String {
+    sns()
+        .await
+        .create_topic()
+        .name(unique(prefix))
+        .send()
+        .await
+        .unwrap()
+        .topic_arn()
+        .unwrap()
+        .to_string()
+}
+
+/// Every key in `bucket` under `prefix`.
+pub async fn keys(bucket: &str, prefix: &str) -> Vec<String> {
+    let out = s3()
+        .await
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+/// `[bodies]` for `bucket` on moto.
+pub fn bodies_config(bucket: &str) -> renderer::body_store::BodiesConfig {
+    renderer::body_store::BodiesConfig {
+        url: format!("s3://{bucket}/mail"),
+        retention_days: 7,
+        s3: renderer::body_store::S3Settings {
+            endpoint: Some(moto_url().to_string()),
+            region: Some(REGION.into()),
+            force_path_style: true,
+        },
+    }
+}
+
+/// `[dispatch.sns]`-style topic settings on moto.
+pub fn sns_topic(arn: &str) -> renderer::aws::SnsTopic {
+    renderer::aws::SnsTopic {
+        topic_arn: arn.to_string(),
+        region: Some(REGION.into()),
+        endpoint: Some(moto_url().to_string()),
+    }
+}

@@ -1,0 +1,63 @@
+//! `renderer`: receives render jobs from SNS at `POST /sns`, renders each batch, writes it to the
+//! body store and reports to the conductor. Reads `[renderer]`, `[dispatch]`, `[bodies]` and
+//! `[workers]` from the deployment's config file; the workers' secret from `CONDUCTOR__WORKERS__SECRET`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use renderer::aws::DispatchConfig;
+use renderer::body_store::BodiesConfig;
+use renderer::config::WorkerSecret;
+use renderer::remote::HttpRenderSource;
+use renderer::service::{RendererApp, RendererSettings};
+use renderer::sns::HttpsCertFetcher;
+use renderer::Renderer;
+use serde::Deserialize;
+
+#[derive(Parser)]
+#[command(version, about = "Renders campaign batches delivered by SNS")]
+struct Args {
+    /// The conductor's base URL, e.g. http://10.0.0.5:8080
+    #[arg(long)]
+    conductor: String,
+    /// The deployment's conductor.toml (only [renderer], [dispatch], [bodies] and [workers] are read).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The sections of conductor.toml a renderer reads; the others belong to its neighbours.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct FileConfig {
+    renderer: RendererSettings,
+    dispatch: DispatchConfig,
+    bodies: BodiesConfig,
+    workers: WorkerSecret,
+}
+
+/// Render workers allocate and free message-sized strings on many threads; mimalloc returns that
+/// memory where the system allocator keeps an arena per thread.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    renderer::process::run("info", run(Args::parse()))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg: FileConfig = renderer::config::load(args.config.as_deref(), std::env::vars())?;
+    let secret = cfg.workers.require()?;
+    let source = Arc::new(HttpRenderSource::new(&args.conductor, secret)?);
+    let bodies = cfg.bodies.open().await?;
+    let renderer = Arc::new(Renderer::new(source, bodies));
+    let app = RendererApp::build(
+        &cfg.renderer,
+        &cfg.dispatch,
+        renderer,
+        Arc::new(HttpsCertFetcher::new()?),
+    )
+    .await?;
+    app.run_until(renderer::process::shutdown_signal()).await?;
+    Ok(())
+}
