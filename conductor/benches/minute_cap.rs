@@ -11,7 +11,13 @@
 //! ```
 //! With `--senders N` the conductor runs on PostgreSQL (`TEST_POSTGRES_URL`, default the local `test`
 //! database, in a fresh schema) with N `sender` processes from `target/release/sender` (build it first:
-//! `cargo build --release -p sender`).
+//! `cargo build --release -p sender -p renderer`). With `--renderers R` as well, the whole production
+//! topology runs: render jobs go out on SNS to R `renderer` processes, which write the bodies to S3,
+//! all on the moto server `infra/dev-stack.sh` starts (`MOTO_URL`, default http://127.0.0.1:5055).
+//!
+//! ```text
+//! cargo bench -p conductor --bench minute_cap -- 2400 600 --senders 3 --renderers 2
+//! ```
 
 #[path = "../tests/it/sink.rs"]
 #[allow(dead_code)]
@@ -30,16 +36,19 @@ const SECRET: &str = "bench-workers-secret-0123456789";
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let senders: usize = args
-        .iter()
-        .position(|a| a == "--senders")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let flag = |name: &str| -> Option<usize> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|n| n.parse().ok())
+    };
+    let senders = flag("--senders").unwrap_or(0);
+    let renderers = flag("--renderers").unwrap_or(0);
     let numbers: Vec<u64> = args
         .iter()
-        .filter_map(|a| a.parse().ok())
-        .filter(|&n| n as usize != senders || senders == 0)
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !args[i - 1].starts_with("--"))
+        .filter_map(|(_, a)| a.parse().ok())
         .collect();
     let recipients = numbers.first().copied().unwrap_or(1500) as usize;
     let cap = numbers.get(1).copied().unwrap_or(600) as u32;
@@ -65,8 +74,8 @@ async fn main() {
             .expect("demo run");
         summary.print(&config);
     } else {
-        println!("distributed: {recipients} recipients, cap {cap}/min, {senders} sender processes, PostgreSQL");
-        distributed(config, dir.path(), recipients, senders, &base).await;
+        println!("distributed: {recipients} recipients, cap {cap}/min, {senders} sender processes, {renderers} renderer processes, PostgreSQL");
+        distributed(config, dir.path(), recipients, (senders, renderers), &base).await;
     }
     let elapsed = started.elapsed();
     report(&sink, cap, recipients, elapsed);
@@ -76,7 +85,7 @@ async fn distributed(
     mut config: Config,
     dir: &std::path::Path,
     recipients: usize,
-    senders: usize,
+    (senders, renderers): (usize, usize),
     sink_url: &str,
 ) {
     let base = std::env::var("TEST_POSTGRES_URL")
@@ -96,15 +105,16 @@ async fn distributed(
     config.workers.embedded_sender = false;
     config.workers.secret = Some(SECRET.into());
 
+    let mut shared = format!(
+        "[provider]\nkind = \"mailgun\"\n[provider.mailgun]\nbase_url = \"{sink_url}\"\ndomain = \"mg.example.com\"\n"
+    );
+    if renderers == 0 {
+        shared.push_str(&format!("[bodies]\nurl = \"{}\"\n", config.bodies.url));
+    } else {
+        shared.push_str(&on_moto(&mut config).await);
+    }
     let file = dir.join("conductor.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[bodies]\nurl = \"{}\"\n[provider]\nkind = \"mailgun\"\n[provider.mailgun]\nbase_url = \"{sink_url}\"\ndomain = \"mg.example.com\"\n",
-            config.bodies.url
-        ),
-    )
-    .unwrap();
+    std::fs::write(&file, shared).unwrap();
     let app = conductor::startup::Application::build(config, None, Arc::new(SystemClock))
         .await
         .expect("conductor");
@@ -114,24 +124,31 @@ async fn distributed(
     let server = tokio::spawn(app.run_until(async {
         let _ = stop_rx.await;
     }));
-    let binary =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sender");
-    assert!(
-        binary.exists(),
-        "build it first: cargo build --release -p sender"
-    );
-    let mut children: Vec<_> = (0..senders)
-        .map(|_| {
-            tokio::process::Command::new(&binary)
-                .args(["--conductor", &url, "--config", file.to_str().unwrap()])
-                .env("CONDUCTOR__WORKERS__SECRET", SECRET)
-                .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", sink::SINK_KEY)
-                .env("RUST_LOG", "warn")
-                .kill_on_drop(true)
-                .spawn()
-                .expect("sender process")
-        })
+    let spawn = |name: &str| {
+        let binary = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/release")
+            .join(name);
+        assert!(
+            binary.exists(),
+            "build it first: cargo build --release -p sender -p renderer"
+        );
+        tokio::process::Command::new(&binary)
+            .args(["--conductor", &url, "--config", file.to_str().unwrap()])
+            .env("CONDUCTOR__WORKERS__SECRET", SECRET)
+            .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", sink::SINK_KEY)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("worker process")
+    };
+    let mut children: Vec<_> = (0..renderers)
+        .map(|_| spawn("renderer"))
+        .chain((0..senders).map(|_| spawn("sender")))
         .collect();
+    if renderers > 0 {
+        // Let the renderers subscribe before the first doorbell rings.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let created = svc
         .create(
             conductor::demo::request(recipients),
@@ -168,6 +185,46 @@ async fn distributed(
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// Points `config` at a fresh bucket and render topic on moto; returns the workers' config sections.
+async fn on_moto(config: &mut Config) -> String {
+    let moto = std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let region = "us-east-1";
+    let shared = renderer::aws::sdk_config(Some(region), Some(&moto)).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(true)
+            .build(),
+    );
+    let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("moto is not running: start it with infra/dev-stack.sh");
+    let topic = aws_sdk_sns::Client::new(&shared)
+        .create_topic()
+        .name(&name)
+        .send()
+        .await
+        .expect("SNS topic")
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    let sections = format!(
+        "[bodies]\nurl = \"s3://{name}/bodies\"\n\
+         [bodies.s3]\nendpoint = \"{moto}\"\nregion = \"{region}\"\nforce_path_style = true\n\
+         [dispatch]\nmode = \"sns\"\n[dispatch.sns]\ntopic_arn = \"{topic}\"\nendpoint = \"{moto}\"\n\
+         [renderer]\nlisten = \"127.0.0.1:0\"\nverify_signatures = false\n\
+         public_url = \"http://127.0.0.1:{{port}}/sns\"\n"
+    );
+    let parsed: Config = sender::config::from_toml(&sections, []).expect("bench config");
+    config.bodies = parsed.bodies;
+    config.dispatch = parsed.dispatch;
+    sections
 }
 
 fn report(sink: &sink::Sink, cap: u32, recipients: usize, elapsed: Duration) {

@@ -203,7 +203,12 @@ impl Config {
                 "must be under 30000 (half a minute)",
             ));
         }
-        self.provider.validate()?;
+        if self.workers.embedded_sender {
+            self.provider.validate()?;
+        } else {
+            // The senders hold the provider's key; this process never uses it.
+            self.provider.validate_settings()?;
+        }
         self.sender.validate()?;
         if self
             .workers
@@ -271,20 +276,17 @@ mod tests {
         assert_eq!(example, defaults, "the example lists the defaults");
         let distributed = Config::load(
             Some(&root.join("distributed.toml")),
-            env(&[
-                ("CONDUCTOR__WORKERS__SECRET", "0123456789abcdef0123"),
-                ("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", "key-x"),
-            ]),
+            env(&[("CONDUCTOR__WORKERS__SECRET", "0123456789abcdef0123")]),
         )
         .unwrap();
         assert_eq!(distributed.dispatch.mode, renderer::aws::DispatchMode::Sns);
         assert!(distributed.events.sns.is_some());
+        assert_eq!(
+            distributed.provider.mailgun.api_key, None,
+            "a conductor whose senders run elsewhere needs no provider key"
+        );
         // SNS dispatch needs the secret its renderers report with.
-        let err = Config::load(
-            Some(&root.join("distributed.toml")),
-            env(&[("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", "key-x")]),
-        )
-        .unwrap_err();
+        let err = Config::load(Some(&root.join("distributed.toml")), env(&[])).unwrap_err();
         assert!(err.to_string().contains("workers.secret"), "{err}");
     }
 

@@ -116,7 +116,18 @@ impl MailgunConfig {
 }
 
 impl ProviderConfig {
+    /// Everything a sender needs, its secret included.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_settings()?;
+        if self.kind == ProviderKind::Mailgun {
+            self.mailgun.key()?;
+        }
+        Ok(())
+    }
+
+    /// The settings without the secret: what a process that does not send (a conductor whose
+    /// senders run elsewhere) checks, so a bad value is caught wherever the file is read.
+    pub fn validate_settings(&self) -> Result<(), ConfigError> {
         if !(100..=600_000).contains(&self.timeout_ms) {
             return Err(invalid(
                 "provider.timeout_ms",
@@ -143,7 +154,6 @@ impl ProviderConfig {
                     "is required when provider.kind = \"mailgun\"",
                 ));
             }
-            m.key()?;
         }
         Ok(())
     }

@@ -150,29 +150,7 @@ async fn sns_dispatch_feeds_a_running_renderer_and_events_reach_subscribers() {
     })
     .await;
 
-    // A renderer service, as the `renderer` binary builds it, subscribing itself to the topic.
-    let settings = RendererSettings {
-        listen: "127.0.0.1:0".into(),
-        workers: 2,
-        verify_signatures: false, // moto cannot sign
-        public_url: Some("http://127.0.0.1:{port}/sns".into()),
-    };
-    let dispatch = app.config.borrow().dispatch.clone();
-    let bodies = bodies_config(&bucket).open().await.unwrap();
-    let source = Arc::new(HttpRenderSource::new(&app.base, SECRET.into()).unwrap());
-    let renderer = RendererApp::build(
-        &settings,
-        &dispatch,
-        Arc::new(Renderer::new(source, bodies)),
-        Arc::new(HttpsCertFetcher::new().unwrap()),
-    )
-    .await
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let renderer = tokio::spawn(renderer.run_until(async {
-        let _ = stopped.await;
-    }));
-
+    let renderer = RendererTask::start(&app, &bucket).await;
     let id = app.create(&inline_campaign(recipients(250))).await;
     let c = app
         .wait_for(&id, Duration::from_secs(90), |c| c["status"] == "completed")
@@ -211,11 +189,76 @@ async fn sns_dispatch_feeds_a_running_renderer_and_events_reach_subscribers() {
     assert_eq!(completed["schema"], "conductor.campaign-event/1");
     assert_eq!(completed["counts"]["sent"], 250);
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), renderer)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    renderer.stop().await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_doorbell_nobody_heard_is_rung_again() {
+    let bucket = bucket().await;
+    let render_topic = topic("render").await;
+    let app = spawn_app_with(|c| {
+        c.bodies = bodies_config(&bucket);
+        c.dispatch.mode = DispatchMode::Sns;
+        c.dispatch.sns = sns_topic(&render_topic);
+        c.dispatch.redispatch_after_ms = 5_000;
+        c.workers.secret = Some(SECRET.into());
+    })
+    .await;
+    // No renderer is subscribed yet: the first notifications reach no one.
+    let id = app.create(&inline_campaign(recipients(120))).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let c = app.get_json(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(c["batches_rendered"], 0, "{c}");
+    // A renderer arrives; the store still says "not rendered", so the jobs are published again.
+    let renderer = RendererTask::start(&app, &bucket).await;
+    let c = app
+        .wait_for(&id, Duration::from_secs(60), |c| c["status"] == "completed")
+        .await;
+    assert_eq!(c["counts"]["sent"], 120, "{c}");
+    renderer.stop().await;
+    app.stop().await;
+}
+
+/// A renderer service in this process, built as the `renderer` binary builds it, subscribing itself
+/// to the app's render topic.
+struct RendererTask {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), renderer::service::AppError>>,
+}
+
+impl RendererTask {
+    async fn start(app: &TestApp, bucket: &str) -> Self {
+        let settings = RendererSettings {
+            listen: "127.0.0.1:0".into(),
+            workers: 2,
+            verify_signatures: false, // moto cannot sign
+            public_url: Some("http://127.0.0.1:{port}/sns".into()),
+        };
+        let dispatch = app.config.borrow().dispatch.clone();
+        let bodies = bodies_config(bucket).open().await.unwrap();
+        let source = Arc::new(HttpRenderSource::new(&app.base, SECRET.into()).unwrap());
+        let service = RendererApp::build(
+            &settings,
+            &dispatch,
+            Arc::new(Renderer::new(source, bodies)),
+            Arc::new(HttpsCertFetcher::new().unwrap()),
+        )
+        .await
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(service.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -1,23 +1,24 @@
-//! One conductor and three `sender` processes on PostgreSQL, sending to a Mailgun-compatible sink and
-//! sharing one cap; then the same with one sender killed mid-lease.
+//! The production topology in processes: one conductor, two `renderer` processes fed by SNS and
+//! writing to S3, three `sender` processes sharing one cap — on PostgreSQL and moto, sending to a
+//! Mailgun-compatible sink; then the same with one sender killed mid-lease.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use sqlx::Connection;
 
+use crate::moto::*;
 use crate::sink::{Sink, SINK_KEY};
 use crate::support::*;
 
 const SECRET: &str = "test-workers-secret-0123456789";
 
-/// `target/<profile>/sender`, built beside this test binary (`target/<profile>/deps/it-…`).
-fn sender_binary() -> PathBuf {
+/// `target/<profile>/NAME`, built beside this test binary (`target/<profile>/deps/it-…`).
+fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("sender");
+    let bin = exe.parent().unwrap().parent().unwrap().join(name);
     assert!(
         bin.exists(),
         "{} is not built (cargo test --workspace builds it)",
@@ -28,22 +29,36 @@ fn sender_binary() -> PathBuf {
 
 struct Fleet {
     senders: Vec<tokio::process::Child>,
+    renderers: Vec<tokio::process::Child>,
     app: TestApp,
     sink: std::sync::Arc<Sink>,
     schema: PgSchema,
+    bucket: String,
 }
 
+const RENDERERS: usize = 2;
+
+/// One conductor (in this process, SNS dispatch), two `renderer` processes subscribed to the render
+/// topic and writing to S3, and `senders` sender processes reading from S3: all on PostgreSQL and moto.
 async fn fleet(per_minute: u32, senders: usize) -> Fleet {
     let schema = PgSchema::create().await;
     let (sink, sink_url) = Sink::start().await;
+    let moto = moto_url();
+    let bucket = bucket().await;
+    let render_topic = topic("render").await;
     let dir = tempfile::tempdir().unwrap();
-    let bodies = format!("file://{}", dir.path().join("bodies").display());
-    // The deployment's one config file; the senders read their sections of it.
+    // The deployment's one config file; each worker reads its own sections of it.
     let file = dir.path().join("conductor.toml");
     std::fs::write(
         &file,
         format!(
-            "[bodies]\nurl = \"{bodies}\"\n[provider]\nkind = \"mailgun\"\ntimeout_ms = 2000\n\
+            "[bodies]\nurl = \"s3://{bucket}/bodies\"\n\
+             [bodies.s3]\nendpoint = \"{moto}\"\nregion = \"{REGION}\"\nforce_path_style = true\n\
+             [dispatch]\nmode = \"sns\"\n\
+             [dispatch.sns]\ntopic_arn = \"{render_topic}\"\nendpoint = \"{moto}\"\n\
+             [renderer]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nverify_signatures = false\n\
+             public_url = \"http://127.0.0.1:{{port}}/sns\"\n\
+             [provider]\nkind = \"mailgun\"\ntimeout_ms = 2000\n\
              [provider.mailgun]\nbase_url = \"{sink_url}\"\ndomain = \"mg.example.com\"\n\
              [sender]\nlease_size = 50\nlanes = 2\n"
         ),
@@ -51,31 +66,57 @@ async fn fleet(per_minute: u32, senders: usize) -> Fleet {
     .unwrap();
     let mut config = test_config(dir.path());
     config.store.url = schema.url.clone();
-    config.bodies.url = bodies;
+    config.bodies = bodies_config(&bucket);
+    config.bodies.url = format!("s3://{bucket}/bodies");
+    config.dispatch.mode = renderer::aws::DispatchMode::Sns;
+    config.dispatch.sns = sns_topic(&render_topic);
+    config.dispatch.redispatch_after_ms = 10_000;
     config.governor.per_minute = per_minute;
     config.workers.embedded_sender = false;
     config.workers.secret = Some(SECRET.into());
     config.workers.lease_grace_ms = 1_000;
     config.provider.timeout_ms = 2_000;
     let app = spawn_app_in(dir, config, None).await;
-    let senders = (0..senders)
-        .map(|_| {
-            tokio::process::Command::new(sender_binary())
-                .args(["--conductor", &app.base, "--config", file.to_str().unwrap()])
-                .env("CONDUCTOR__WORKERS__SECRET", SECRET)
-                .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", SINK_KEY)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let spawn = |name: &str| {
+        tokio::process::Command::new(binary(name))
+            .args(["--conductor", &app.base, "--config", file.to_str().unwrap()])
+            .env("CONDUCTOR__WORKERS__SECRET", SECRET)
+            .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", SINK_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let renderers = (0..RENDERERS).map(|_| spawn("renderer")).collect();
+    let senders = (0..senders).map(|_| spawn("sender")).collect();
+    // Campaigns are created once both renderers hear the topic (else the first doorbells ring for
+    // no one and wait for redispatch).
+    let start = Instant::now();
+    loop {
+        let subs = sns()
+            .await
+            .list_subscriptions_by_topic()
+            .topic_arn(&render_topic)
+            .send()
+            .await
+            .unwrap();
+        if subs.subscriptions().len() == RENDERERS {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "renderers did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Fleet {
         senders,
+        renderers,
         app,
         sink,
         schema,
+        bucket,
     }
 }
 
@@ -84,6 +125,20 @@ impl Fleet {
         for s in &mut self.senders {
             let _ = s.start_kill();
             let _ = s.wait().await;
+        }
+        // SIGTERM, so that each renderer leaves the topic as it would in production.
+        for r in &mut self.renderers {
+            if let Some(pid) = r.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(30), r.wait())
+                .await
+                .is_err()
+            {
+                let _ = r.start_kill();
+            }
         }
         self.app.stop().await;
         self.schema.drop().await;
@@ -121,20 +176,19 @@ impl Fleet {
 #[tokio::test]
 async fn three_sender_processes_deliver_every_recipient_exactly_once() {
     let f = fleet(6_000, 3).await;
-    let r = f
-        .app
-        .post_json("/v1/campaigns", &inline_campaign(recipients(400)))
-        .await;
-    assert_eq!(r.status(), 201);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = f.app.create(&inline_campaign(recipients(400))).await;
     let c = f
         .app
         .wait_for(&id, Duration::from_secs(90), |c| c["status"] == "completed")
         .await;
     assert_eq!(c["counts"]["sent"], 400, "{c}");
+    assert_eq!(
+        keys(&f.bucket, &format!("bodies/campaigns/{id}/batches/"))
+            .await
+            .len(),
+        4,
+        "each batch rendered by a renderer process into S3, once"
+    );
     let mut got = f.received();
     got.sort();
     assert_eq!(
@@ -157,14 +211,7 @@ async fn a_sender_killed_mid_lease_loses_no_one_and_only_unknowns_may_be_doubled
     f.sink
         .answer_after_ms
         .store(300, std::sync::atomic::Ordering::Relaxed);
-    let r = f
-        .app
-        .post_json("/v1/campaigns", &inline_campaign(recipients(300)))
-        .await;
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = f.app.create(&inline_campaign(recipients(300))).await;
     let start = Instant::now();
     while f.received().len() < 60 {
         assert!(
