@@ -310,8 +310,11 @@ impl RendererApp {
         tracing::info!(%addr, topic = %self.dispatch.sns.topic_arn, workers = workers.len(), "renderer started");
         shutdown.await;
         if let Some((client, arn)) = subscription {
-            if let Err(e) = client.unsubscribe().subscription_arn(&arn).send().await {
-                tracing::warn!(subscription = %arn, error = %crate::aws::describe(&e), "could not unsubscribe");
+            match client.unsubscribe().subscription_arn(&arn).send().await {
+                Ok(_) => tracing::info!(subscription = %arn, "left the render topic"),
+                Err(e) => {
+                    tracing::warn!(subscription = %arn, error = %crate::aws::describe(&e), "could not unsubscribe")
+                }
             }
         }
         let _ = stop_tx.send(());

@@ -144,6 +144,18 @@ impl Fleet {
         self.schema.drop().await;
     }
 
+    /// Leases closed by expiry rather than by their sender's last report (a report after expiry is
+    /// refused, so a lease closed past its expiry was expired by the conductor).
+    async fn expired_leases(&self) -> i64 {
+        let mut db = sqlx::AnyConnection::connect(&self.schema.url)
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM leases WHERE closed_ms > expires_ms")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    }
+
     /// Recipient states straight from the database.
     async fn states(&self, campaign: &str) -> HashMap<String, Vec<i64>> {
         let mut db = sqlx::AnyConnection::connect(&self.schema.url)
@@ -230,6 +242,10 @@ async fn a_sender_killed_mid_lease_loses_no_one_and_only_unknowns_may_be_doubled
             c["counts"]["pending"] == 0
         })
         .await;
+    assert!(
+        f.expired_leases().await >= 1,
+        "the killed sender held a lease, which the conductor expired"
+    );
     let states = f.states(&id).await;
     let sent = states.get("sent").cloned().unwrap_or_default();
     let unknown = states.get("unknown").cloned().unwrap_or_default();
