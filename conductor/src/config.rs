@@ -352,6 +352,26 @@ mod tests {
                 "provider.mailgun.api_key",
             ),
             ("[governor\nper_minute = 5", "line 1"),
+            (
+                "[provider]\nkind = \"sendgrid\"",
+                "CONDUCTOR__PROVIDER__SENDGRID__API_KEY",
+            ),
+            (
+                "[provider]\nkind = \"postmark\"",
+                "provider.postmark.server_token",
+            ),
+            (
+                "[provider]\nkind = \"resend\"\n[provider.resend]\napi_key_file = \"/nonexistent/key\"",
+                "provider.resend.api_key_file",
+            ),
+            (
+                "[provider.postmark]\nserver_token = \"in-the-file\"",
+                "provider.postmark.server_token",
+            ),
+            (
+                "[provider]\nkind = \"postmark\"\n[provider.postmark]\nmessage_stream = \" \"",
+                "provider.postmark.message_stream",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, env(&[])).unwrap_err().to_string();

@@ -324,10 +324,7 @@ impl Summary {
                 "  messages: {}/ (one .eml per recipient; open any in a mail client)",
                 config.provider.outbox.dir.join(&c.id).display()
             ),
-            ProviderKind::Mailgun => println!(
-                "  messages: sent through {}",
-                config.provider.mailgun.base_url
-            ),
+            _ => println!("  messages: sent through {}", config.provider.describe()),
         }
     }
 }

@@ -10,7 +10,13 @@ use serde::de::DeserializeOwned;
 pub const ENV_PREFIX: &str = "CONDUCTOR__";
 
 /// Keys that hold secrets: accepted from the environment only.
-const SECRETS: &[&[&str]] = &[&["provider", "mailgun", "api_key"], &["workers", "secret"]];
+const SECRETS: &[&[&str]] = &[
+    &["provider", "mailgun", "api_key"],
+    &["provider", "sendgrid", "api_key"],
+    &["provider", "postmark", "server_token"],
+    &["provider", "resend", "api_key"],
+    &["workers", "secret"],
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

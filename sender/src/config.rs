@@ -10,7 +10,7 @@ use serde::Deserialize;
 pub use renderer::config::{from_toml, invalid, load, ConfigError, ENV_PREFIX};
 
 use crate::clock::Clock;
-use crate::provider::{Mailgun, Outbox, Provider};
+use crate::provider::{Mailgun, Outbox, Postmark, Provider, Resend, SendGrid};
 use crate::worker::SenderConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -18,6 +18,9 @@ use crate::worker::SenderConfig;
 pub enum ProviderKind {
     Outbox,
     Mailgun,
+    Sendgrid,
+    Postmark,
+    Resend,
 }
 
 /// `[provider]`
@@ -31,6 +34,9 @@ pub struct ProviderConfig {
     pub per_second: Option<u32>,
     pub outbox: OutboxConfig,
     pub mailgun: MailgunConfig,
+    pub sendgrid: ApiConfig,
+    pub postmark: PostmarkConfig,
+    pub resend: ApiConfig,
 }
 
 impl Default for ProviderConfig {
@@ -41,6 +47,9 @@ impl Default for ProviderConfig {
             per_second: None,
             outbox: OutboxConfig::default(),
             mailgun: MailgunConfig::default(),
+            sendgrid: ApiConfig::default(),
+            postmark: PostmarkConfig::default(),
+            resend: ApiConfig::default(),
         }
     }
 }
@@ -94,24 +103,115 @@ impl std::fmt::Debug for MailgunConfig {
 
 impl MailgunConfig {
     pub fn key(&self) -> Result<String, ConfigError> {
-        if let Some(k) = self.api_key.as_ref().filter(|k| !k.trim().is_empty()) {
-            return Ok(k.trim().to_string());
-        }
-        if let Some(path) = &self.api_key_file {
-            let key = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "provider.mailgun.api_key_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            if !key.trim().is_empty() {
-                return Ok(key.trim().to_string());
-            }
-        }
-        Err(invalid(
+        secret(
+            &self.api_key,
+            &self.api_key_file,
             "provider.mailgun.api_key",
-            "missing: set CONDUCTOR__PROVIDER__MAILGUN__API_KEY or provider.mailgun.api_key_file",
-        ))
+        )
+    }
+}
+
+/// A secret from the environment (`value`, set from `CONDUCTOR__…`) or from a file named in the
+/// config; `key` is its config path, for messages.
+fn secret(
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    key: &str,
+) -> Result<String, ConfigError> {
+    if let Some(k) = value.as_ref().filter(|k| !k.trim().is_empty()) {
+        return Ok(k.trim().to_string());
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                &format!("{key}_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        if !text.trim().is_empty() {
+            return Ok(text.trim().to_string());
+        }
+    }
+    let var = format!("CONDUCTOR__{}", key.replace('.', "__").to_ascii_uppercase());
+    Err(invalid(key, format!("missing: set {var} or {key}_file")))
+}
+
+/// `[provider.sendgrid]`, `[provider.resend]`: an HTTP API with a bearer key.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Empty: the provider's own API host.
+    pub base_url: String,
+    /// Only from the environment (`CONDUCTOR__PROVIDER__SENDGRID__API_KEY`, `…__RESEND__API_KEY`).
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key_file", &self.api_key_file)
+            .finish()
+    }
+}
+
+impl ApiConfig {
+    fn base(&self, default: &str) -> String {
+        if self.base_url.trim().is_empty() {
+            default.to_string()
+        } else {
+            self.base_url.trim().to_string()
+        }
+    }
+}
+
+/// `[provider.postmark]`
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostmarkConfig {
+    pub base_url: String,
+    /// Only from `CONDUCTOR__PROVIDER__POSTMARK__SERVER_TOKEN`.
+    pub server_token: Option<String>,
+    pub server_token_file: Option<PathBuf>,
+    /// Marketing mail must go through a broadcast stream.
+    pub message_stream: String,
+}
+
+impl Default for PostmarkConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.postmarkapp.com".into(),
+            server_token: None,
+            server_token_file: None,
+            message_stream: "broadcast".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for PostmarkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostmarkConfig")
+            .field("base_url", &self.base_url)
+            .field(
+                "server_token",
+                &self.server_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("server_token_file", &self.server_token_file)
+            .field("message_stream", &self.message_stream)
+            .finish()
+    }
+}
+
+const SENDGRID_API: &str = "https://api.sendgrid.com";
+const RESEND_API: &str = "https://api.resend.com";
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be an http(s) URL"))
     }
 }
 
@@ -119,10 +219,30 @@ impl ProviderConfig {
     /// Everything a sender needs, its secret included.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_settings()?;
-        if self.kind == ProviderKind::Mailgun {
-            self.mailgun.key()?;
+        self.key().map(|_| ())
+    }
+
+    /// The secret of the configured provider (none for the outbox).
+    fn key(&self) -> Result<String, ConfigError> {
+        match self.kind {
+            ProviderKind::Outbox => Ok(String::new()),
+            ProviderKind::Mailgun => self.mailgun.key(),
+            ProviderKind::Sendgrid => secret(
+                &self.sendgrid.api_key,
+                &self.sendgrid.api_key_file,
+                "provider.sendgrid.api_key",
+            ),
+            ProviderKind::Postmark => secret(
+                &self.postmark.server_token,
+                &self.postmark.server_token_file,
+                "provider.postmark.server_token",
+            ),
+            ProviderKind::Resend => secret(
+                &self.resend.api_key,
+                &self.resend.api_key_file,
+                "provider.resend.api_key",
+            ),
         }
-        Ok(())
     }
 
     /// The settings without the secret: what a process that does not send (a conductor whose
@@ -155,6 +275,25 @@ impl ProviderConfig {
                 ));
             }
         }
+        match self.kind {
+            ProviderKind::Sendgrid => check_url(
+                "provider.sendgrid.base_url",
+                &self.sendgrid.base(SENDGRID_API),
+            )?,
+            ProviderKind::Resend => {
+                check_url("provider.resend.base_url", &self.resend.base(RESEND_API))?
+            }
+            ProviderKind::Postmark => {
+                check_url("provider.postmark.base_url", &self.postmark.base_url)?;
+                if self.postmark.message_stream.trim().is_empty() {
+                    return Err(invalid(
+                        "provider.postmark.message_stream",
+                        "must name a message stream (a broadcast stream for marketing mail)",
+                    ));
+                }
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -163,10 +302,17 @@ impl ProviderConfig {
         match self.kind {
             ProviderKind::Outbox => format!("outbox ({})", self.outbox.dir.display()),
             ProviderKind::Mailgun => format!("Mailgun at {}", self.mailgun.base_url),
+            ProviderKind::Sendgrid => format!("SendGrid at {}", self.sendgrid.base(SENDGRID_API)),
+            ProviderKind::Postmark => format!(
+                "Postmark at {} (stream {})",
+                self.postmark.base_url, self.postmark.message_stream
+            ),
+            ProviderKind::Resend => format!("Resend at {}", self.resend.base(RESEND_API)),
         }
     }
 
     pub fn build(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Provider>, ConfigError> {
+        let timeout = Duration::from_millis(self.timeout_ms);
         Ok(match self.kind {
             ProviderKind::Outbox => Arc::new(Outbox::new(self.outbox.dir.clone(), clock)),
             ProviderKind::Mailgun => {
@@ -182,6 +328,29 @@ impl ProviderConfig {
                     .map_err(|e| invalid("provider.mailgun", e.to_string()))?,
                 )
             }
+            ProviderKind::Sendgrid => Arc::new(
+                SendGrid::new(
+                    &self.sendgrid.base(SENDGRID_API),
+                    self.key()?,
+                    timeout,
+                    clock,
+                )
+                .map_err(|e| invalid("provider.sendgrid", e.to_string()))?,
+            ),
+            ProviderKind::Postmark => Arc::new(
+                Postmark::new(
+                    &self.postmark.base_url,
+                    self.key()?,
+                    &self.postmark.message_stream,
+                    timeout,
+                    clock,
+                )
+                .map_err(|e| invalid("provider.postmark", e.to_string()))?,
+            ),
+            ProviderKind::Resend => Arc::new(
+                Resend::new(&self.resend.base(RESEND_API), self.key()?, timeout, clock)
+                    .map_err(|e| invalid("provider.resend", e.to_string()))?,
+            ),
         })
     }
 }

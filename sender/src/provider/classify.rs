@@ -27,6 +27,126 @@ pub fn retry_after(value: Option<&str>, now: Millis) -> Option<i64> {
     Some((at.timestamp_millis() - now).clamp(0, 86_400_000))
 }
 
+/// `X-RateLimit-Reset` as epoch seconds (SendGrid), in milliseconds from `now`.
+pub fn rate_limit_reset(value: Option<&str>, now: Millis) -> Option<i64> {
+    let at = value?.trim().parse::<i64>().ok()?;
+    Some((at * 1000 - now).clamp(0, 86_400_000))
+}
+
+/// The first 200 characters of a body that is not the JSON we expected.
+fn excerpt(body: &str) -> String {
+    body.chars().take(200).collect()
+}
+
+/// SendGrid v3 `POST /v3/mail/send`: 202 with the id in `X-Message-Id`; errors as
+/// `{"errors":[{"message","field"}]}`.
+pub fn sendgrid(
+    status: u16,
+    retry_after_ms: Option<i64>,
+    message_id: Option<String>,
+    body: &str,
+) -> Outcome {
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|j| {
+            let errors = j.get("errors")?.as_array()?;
+            Some(
+                errors
+                    .iter()
+                    .filter_map(|e| e.get("message").and_then(|m| m.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| excerpt(body));
+    let reason = format!("SendGrid {status}: {message}");
+    match status {
+        200..=299 => Outcome::Sent {
+            provider_id: message_id,
+        },
+        // 401 bad key; 403 unverified sender identity, suspended or restricted account.
+        401 | 403 => Outcome::AccountStop { reason },
+        429 | 500..=599 => Outcome::Deferred {
+            reason,
+            retry_after_ms,
+        },
+        _ => Outcome::Failed { reason },
+    }
+}
+
+/// Postmark `POST /email`: `{"ErrorCode", "Message", "MessageID"}`; the ErrorCode decides, whatever
+/// the status says.
+pub fn postmark(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome {
+    let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let code = json
+        .as_ref()
+        .and_then(|j| j.get("ErrorCode"))
+        .and_then(|c| c.as_i64());
+    let message = json
+        .as_ref()
+        .and_then(|j| j.get("Message"))
+        .and_then(|m| m.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| excerpt(body));
+    let reason = format!("Postmark {status}/{}: {message}", code.unwrap_or(-1));
+    match (status, code) {
+        (200..=299, Some(0) | None) => Outcome::Sent {
+            provider_id: json
+                .as_ref()
+                .and_then(|j| j.get("MessageID"))
+                .and_then(|i| i.as_str())
+                .map(str::to_string),
+        },
+        // 10 bad token; 400/401 sender signature missing or unconfirmed; 405 out of credits;
+        // 412 account pending approval; 413 account suspended or inactive.
+        (_, Some(10 | 400 | 401 | 405 | 412 | 413)) | (401 | 403, _) => {
+            Outcome::AccountStop { reason }
+        }
+        (429 | 500..=599, _) => Outcome::Deferred {
+            reason,
+            retry_after_ms,
+        },
+        // 300 invalid request, 406 inactive (suppressed) recipient, and every other refusal.
+        _ => Outcome::Failed { reason },
+    }
+}
+
+/// Resend `POST /emails`: `{"id"}`; errors `{"statusCode","name","message"}`. The request carries an
+/// `Idempotency-Key`, so a request that may have reached Resend is safely retried, not held.
+pub fn resend(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome {
+    let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let field = |k: &str| {
+        json.as_ref()
+            .and_then(|j| j.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let name = field("name").unwrap_or_default();
+    let reason = format!(
+        "Resend {status} {name}: {}",
+        field("message").unwrap_or_else(|| excerpt(body))
+    );
+    match status {
+        200..=299 => Outcome::Sent {
+            provider_id: field("id"),
+        },
+        // Bad or missing key, restricted key, unverified domain.
+        401 | 403 => Outcome::AccountStop { reason },
+        // The same key is still in flight at Resend: try again shortly.
+        409 if name == "concurrent_idempotent_requests" => Outcome::Deferred {
+            reason,
+            retry_after_ms: retry_after_ms.or(Some(1_000)),
+        },
+        429 if name == "daily_quota_exceeded" => Outcome::AccountStop { reason },
+        429 | 500..=599 => Outcome::Deferred {
+            reason,
+            retry_after_ms,
+        },
+        _ => Outcome::Failed { reason },
+    }
+}
+
 /// Mailgun `POST /v3/{domain}/messages`.
 pub fn mailgun(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome {
     let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
@@ -92,6 +212,175 @@ mod tests {
             mailgun(503, None, "<html>"),
             Outcome::Deferred { .. }
         ));
+    }
+
+    #[test]
+    fn sendgrid_classes() {
+        assert_eq!(
+            sendgrid(202, None, Some("abc123".into()), ""),
+            Outcome::Sent {
+                provider_id: Some("abc123".into())
+            }
+        );
+        assert!(matches!(
+            sendgrid(400, None, None, r#"{"errors":[{"message":"Does not contain a valid address.","field":"personalizations.0.to.0.email"}]}"#),
+            Outcome::Failed { reason } if reason.contains("Does not contain a valid address")
+        ));
+        assert!(matches!(
+            sendgrid(403, None, None, r#"{"errors":[{"message":"The from address does not match a verified Sender Identity."}]}"#),
+            Outcome::AccountStop { reason } if reason.contains("verified Sender Identity")
+        ));
+        assert_eq!(
+            sendgrid(
+                429,
+                Some(4_000),
+                None,
+                r#"{"errors":[{"message":"too many requests"}]}"#
+            ),
+            Outcome::Deferred {
+                reason: "SendGrid 429: too many requests".into(),
+                retry_after_ms: Some(4_000)
+            }
+        );
+        assert!(matches!(
+            sendgrid(502, None, None, "<html>"),
+            Outcome::Deferred { .. }
+        ));
+    }
+
+    #[test]
+    fn postmark_classes() {
+        assert_eq!(
+            postmark(
+                200,
+                None,
+                r#"{"To":"a@example.com","MessageID":"b7bc2f4a-e38e","ErrorCode":0,"Message":"OK"}"#
+            ),
+            Outcome::Sent {
+                provider_id: Some("b7bc2f4a-e38e".into())
+            }
+        );
+        assert!(matches!(
+            postmark(422, None, r#"{"ErrorCode":406,"Message":"You tried to send to a recipient that has been marked as inactive."}"#),
+            Outcome::Failed { reason } if reason.contains("/406:")
+        ));
+        assert!(matches!(
+            postmark(
+                422,
+                None,
+                r#"{"ErrorCode":300,"Message":"Invalid 'To' address"}"#
+            ),
+            Outcome::Failed { .. }
+        ));
+        for code in [10, 400, 401, 405, 412, 413] {
+            assert!(
+                matches!(
+                    postmark(
+                        422,
+                        None,
+                        &format!(r#"{{"ErrorCode":{code},"Message":"x"}}"#)
+                    ),
+                    Outcome::AccountStop { .. }
+                ),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            postmark(
+                401,
+                None,
+                r#"{"ErrorCode":10,"Message":"Bad or missing Server API token"}"#
+            ),
+            Outcome::AccountStop { .. }
+        ));
+        assert!(matches!(
+            postmark(429, Some(2_000), ""),
+            Outcome::Deferred {
+                retry_after_ms: Some(2_000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            postmark(503, None, "down"),
+            Outcome::Deferred { .. }
+        ));
+    }
+
+    #[test]
+    fn resend_classes() {
+        assert_eq!(
+            resend(
+                200,
+                None,
+                r#"{"id":"49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}"#
+            ),
+            Outcome::Sent {
+                provider_id: Some("49a3999c-0ce1-4ea6-ab68-afcd6dc2e794".into())
+            }
+        );
+        assert!(matches!(
+            resend(
+                422,
+                None,
+                r#"{"statusCode":422,"name":"validation_error","message":"Invalid `to` field."}"#
+            ),
+            Outcome::Failed { .. }
+        ));
+        assert!(matches!(
+            resend(403, None, r#"{"statusCode":403,"name":"validation_error","message":"The example.com domain is not verified."}"#),
+            Outcome::AccountStop { reason } if reason.contains("not verified")
+        ));
+        assert!(matches!(
+            resend(
+                429,
+                Some(1_000),
+                r#"{"statusCode":429,"name":"rate_limit_exceeded","message":"Too many requests."}"#
+            ),
+            Outcome::Deferred {
+                retry_after_ms: Some(1_000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            resend(
+                429,
+                None,
+                r#"{"statusCode":429,"name":"daily_quota_exceeded","message":"quota"}"#
+            ),
+            Outcome::AccountStop { .. }
+        ));
+        assert!(matches!(
+            resend(
+                409,
+                None,
+                r#"{"statusCode":409,"name":"concurrent_idempotent_requests","message":"x"}"#
+            ),
+            Outcome::Deferred {
+                retry_after_ms: Some(1_000),
+                ..
+            }
+        ));
+        assert!(matches!(
+            resend(
+                409,
+                None,
+                r#"{"statusCode":409,"name":"invalid_idempotent_request","message":"x"}"#
+            ),
+            Outcome::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn rate_limit_reset_is_epoch_seconds() {
+        assert_eq!(
+            rate_limit_reset(Some("1700000010"), 1_700_000_000_000),
+            Some(10_000)
+        );
+        assert_eq!(
+            rate_limit_reset(Some("1600000000"), 1_700_000_000_000),
+            Some(0)
+        );
+        assert_eq!(rate_limit_reset(Some("soon"), 0), None);
     }
 
     #[test]

@@ -34,13 +34,8 @@ impl Mailgun {
         timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(64)
-            .build()?;
         Ok(Self {
-            client,
+            client: super::http_client(timeout)?,
             endpoint: format!("{}/v3/{domain}/messages", base_url.trim_end_matches('/')),
             api_key,
             clock,

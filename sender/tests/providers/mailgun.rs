@@ -1,38 +1,14 @@
-//! The Mailgun adapter against wiremock, with Mailgun's documented request and response shapes.
+//! Mailgun, with its documented request and response shapes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use renderer::{Mailbox, RenderedBatch, RenderedMessage};
 use sender::provider::Mailgun;
 use sender::{Outcome, OutgoingMessage, Provider, SystemClock};
 use wiremock::matchers::{basic_auth, body_string_contains, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn batch() -> RenderedBatch {
-    RenderedBatch {
-        version: renderer::batch::FORMAT_VERSION,
-        campaign_id: "cmp1".into(),
-        batch: 0,
-        from: Mailbox {
-            name: Some("Acme News".into()),
-            email: "news@mg.example.com".into(),
-        },
-        reply_to: Some(Mailbox {
-            name: None,
-            email: "help@example.com".into(),
-        }),
-        headers: Default::default(),
-        messages: vec![RenderedMessage {
-            recipient_id: 17,
-            to: "zoe@example.org".into(),
-            to_name: Some("Zoë".into()),
-            subject: "Grüße & more".into(),
-            html: "<p>Hi</p>".into(),
-            text: "Hi".into(),
-        }],
-    }
-}
+use crate::batch;
 
 async fn send(server: &MockServer, timeout: Duration) -> Outcome {
     let mg = Mailgun::new(
