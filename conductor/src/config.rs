@@ -28,6 +28,7 @@ pub struct Config {
     pub workers: Workers,
     pub dispatch: renderer::aws::DispatchConfig,
     pub events: Events,
+    pub safety: sender::safety::Safety,
     /// Read by `renderer` processes; the conductor only checks that it parses.
     pub renderer: renderer::service::RendererSettings,
 }
@@ -169,6 +170,7 @@ impl Config {
         }
         self.store_url()?;
         self.bodies.location()?;
+        self.safety.check()?;
         self.dispatch.check()?;
         if let Some(topic) = &self.events.sns {
             topic.check("events.sns")?;

@@ -35,9 +35,10 @@ pub fn reload(path: &Path, tx: &watch::Sender<Arc<Config>>) -> bool {
                 || old.bodies != new.bodies
                 || old.server != new.server
                 || old.provider != new.provider
+                || old.safety != new.safety
             {
                 tracing::warn!(
-                    "changes to [server], [store], [bodies] or [provider] take effect on restart"
+                    "changes to [server], [store], [bodies], [provider] or [safety] take effect on restart"
                 );
             }
             tx.send_replace(Arc::new(new));

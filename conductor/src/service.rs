@@ -16,19 +16,23 @@ pub struct Service {
     pub max_body_bytes: usize,
     /// What remote workers must present; `None` closes the worker API.
     pub worker_secret: Option<String>,
+    /// Sandbox mode: who may be mailed at all (checked again at send time).
+    pub safety: sender::safety::Safety,
 }
 
 impl Service {
     /// Validates everything, then stores the campaign in one transaction; nothing is stored otherwise.
     pub async fn create(&self, req: CampaignRequest, rows: Vec<Row>) -> Result<Campaign, Problem> {
         let templates = self.templates_dir.clone();
+        let safety = self.safety.clone();
         // Compiling and trial-rendering a large list is CPU work: keep it off the async threads.
-        let valid = tokio::task::spawn_blocking(move || validate::validate(req, rows, &templates))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "validation task failed");
-                Problem::internal()
-            })??;
+        let valid =
+            tokio::task::spawn_blocking(move || validate::validate(req, rows, &templates, &safety))
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "validation task failed");
+                    Problem::internal()
+                })??;
         if !valid.css_inlined {
             tracing::debug!("template CSS kept in <style>: it could not be inlined safely");
         }

@@ -99,7 +99,7 @@ impl Runtime {
             let sender = Arc::new(Sender::new(
                 work.clone(),
                 bodies,
-                config.provider.build(clock.clone())?,
+                config.safety.guard(config.provider.build(clock.clone())?),
                 clock,
                 config.sender.sender_config(&config.provider),
                 stop.clone(),
@@ -121,6 +121,7 @@ impl Runtime {
             templates_dir: config.campaigns.templates_dir.clone(),
             max_body_bytes: config.server.max_body_bytes,
             worker_secret: config.workers.secret.clone(),
+            safety: config.safety.clone(),
         });
         Ok(Self {
             service,

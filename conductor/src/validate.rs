@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use renderer::{context, CompiledTemplate, Mailbox, RecipientData, TemplateError, TemplateSource};
+use sender::safety::Safety;
 use serde::Deserialize;
 
 /// How many problems one answer lists; the first is in `detail`.
@@ -264,6 +265,7 @@ pub fn validate(
     req: CampaignRequest,
     rows: Vec<Row>,
     templates: &Path,
+    safety: &Safety,
 ) -> Result<ValidCampaign, Invalid> {
     let mut errors = Vec::new();
     let name = req.name.trim().to_string();
@@ -332,6 +334,13 @@ pub fn validate(
             errors.push(field(
                 format!("{}.email", row.at),
                 format!("{email:?} is not a valid address: it {why}"),
+            ));
+            continue;
+        }
+        if !safety.allows(&email) {
+            errors.push(field(
+                format!("{}.email", row.at),
+                format!("{email} may not be mailed: sandbox mode allows only [safety] allow_domains and allow_addresses"),
             ));
             continue;
         }
@@ -515,6 +524,7 @@ mod tests {
             req("<p>{{name}}</p>"),
             rows(&["a@example.com", "A@Example.com", "b@example.com"]),
             Path::new("/nonexistent"),
+            &Safety::default(),
         )
         .unwrap();
         assert_eq!(v.recipients.len(), 2);
@@ -532,7 +542,13 @@ mod tests {
                 .unwrap()
                 .clone(),
         );
-        let err = validate(req("<p>{{city}}</p>"), rs, Path::new("/nonexistent")).unwrap_err();
+        let err = validate(
+            req("<p>{{city}}</p>"),
+            rs,
+            Path::new("/nonexistent"),
+            &Safety::default(),
+        )
+        .unwrap_err();
         match err {
             Invalid::Fields(errs) => {
                 assert_eq!(errs.len(), 1);
@@ -559,7 +575,7 @@ mod tests {
                 .unwrap()
                 .clone(),
         );
-        match validate(r, rs, Path::new("/nonexistent")).unwrap_err() {
+        match validate(r, rs, Path::new("/nonexistent"), &Safety::default()).unwrap_err() {
             Invalid::Fields(errs) => assert!(errs[0].message.contains("header injection")),
             other => panic!("{other:?}"),
         }
@@ -568,17 +584,42 @@ mod tests {
     #[test]
     fn empty_and_invalid_recipients() {
         assert_eq!(
-            validate(req("<p>x</p>"), vec![], Path::new("/x")).unwrap_err(),
+            validate(req("<p>x</p>"), vec![], Path::new("/x"), &Safety::default()).unwrap_err(),
             Invalid::NoRecipients
         );
         match validate(
             req("<p>x</p>"),
             rows(&["ok@example.com", "not-an-address"]),
             Path::new("/x"),
+            &Safety::default(),
         )
         .unwrap_err()
         {
             Invalid::Fields(errs) => assert_eq!(errs[0].field, "recipients[1].email"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_sandbox_refuses_strangers_by_row() {
+        let sandbox = Safety {
+            sandbox: true,
+            allow_domains: vec!["example.com".into()],
+            allow_addresses: vec![],
+        };
+        match validate(
+            req("<p>x</p>"),
+            rows(&["ok@example.com", "real.person@gmail.com"]),
+            Path::new("/x"),
+            &sandbox,
+        )
+        .unwrap_err()
+        {
+            Invalid::Fields(errs) => {
+                assert_eq!(errs.len(), 1);
+                assert_eq!(errs[0].field, "recipients[1].email");
+                assert!(errs[0].message.contains("sandbox"), "{}", errs[0].message);
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -9,6 +9,7 @@ pub mod lease;
 pub mod pacing;
 pub mod provider;
 pub mod remote;
+pub mod safety;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};

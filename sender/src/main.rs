@@ -24,7 +24,7 @@ struct Args {
     /// The conductor's base URL, e.g. http://10.0.0.5:8080
     #[arg(long)]
     conductor: String,
-    /// The deployment's conductor.toml (only [provider], [sender], [bodies] and [workers] are read).
+    /// The deployment's conductor.toml (only [provider], [sender], [bodies], [safety] and [workers] are read).
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -37,6 +37,7 @@ struct FileConfig {
     sender: SenderSettings,
     bodies: BodiesConfig,
     workers: WorkerSecret,
+    safety: sender::safety::Safety,
 }
 
 /// Many threads allocate and free message-sized buffers; the system allocator keeps an arena per
@@ -52,6 +53,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cfg: FileConfig = sender::config::load(args.config.as_deref(), std::env::vars())?;
     cfg.provider.validate()?;
     cfg.sender.validate()?;
+    cfg.safety.check()?;
     let secret = cfg.workers.require()?;
     let bodies = cfg.bodies.open().await?;
     let clock = Arc::new(SystemClock);
@@ -60,7 +62,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let sender = Arc::new(Sender::new(
         source,
         bodies,
-        cfg.provider.build(clock.clone())?,
+        cfg.safety.guard(cfg.provider.build(clock.clone())?),
         clock,
         cfg.sender.sender_config(&cfg.provider),
         stop.clone(),

@@ -351,3 +351,38 @@ async fn duplicates_are_dropped_and_counted_not_refused() {
     assert_eq!(c["duplicates_removed"], 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_sandbox_refuses_any_recipient_it_does_not_list() {
+    let app = spawn_app_with(|c| {
+        c.safety.sandbox = true;
+        c.safety.allow_domains = vec!["example.com".into()];
+    })
+    .await;
+    let mut rs = recipients(3);
+    rs[2]["email"] = json!("real.person@gmail.com");
+    let p = expect_problem(
+        app.post_json("/v1/campaigns", &inline_campaign(rs)).await,
+        422,
+        "/problems/validation",
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "recipients[2].email", "{p}");
+    assert!(
+        p["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sandbox"),
+        "{p}"
+    );
+    assert_nothing_stored(&app).await;
+    // The allowed ones go through.
+    let id = app.create(&inline_campaign(recipients(3))).await;
+    let c = app
+        .wait_for(&id, std::time::Duration::from_secs(30), |c| {
+            c["status"] == "completed"
+        })
+        .await;
+    assert_eq!(c["counts"]["sent"], 3, "{c}");
+    app.stop().await;
+}

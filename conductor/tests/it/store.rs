@@ -71,7 +71,13 @@ fn campaign(n: usize) -> ValidCampaign {
             data: None,
         })
         .collect();
-    validate::validate(req, validate::json_rows(rows), Path::new("/nonexistent")).unwrap()
+    validate::validate(
+        req,
+        validate::json_rows(rows),
+        Path::new("/nonexistent"),
+        &Default::default(),
+    )
+    .unwrap()
 }
 
 async fn create(store: &Arc<dyn Store>, n: usize, batch_size: u32, now: Millis) -> String {

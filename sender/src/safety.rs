@@ -1,0 +1,230 @@
+//! `[safety]`: sandbox mode. With `sandbox = true` only listed domains and addresses can be mailed;
+//! every other recipient is refused when a campaign is created and again just before each send, so
+//! a staging system pointed at a copy of the production list cannot reach real people.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::config::{invalid, ConfigError};
+use crate::lease::Outcome;
+use crate::provider::{OutgoingMessage, Provider};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Safety {
+    pub sandbox: bool,
+    /// Domains whose addresses (and whose subdomains' addresses) may be mailed in sandbox mode.
+    pub allow_domains: Vec<String>,
+    /// Single addresses that may be mailed in sandbox mode.
+    pub allow_addresses: Vec<String>,
+}
+
+impl Safety {
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(d) = self
+            .allow_domains
+            .iter()
+            .find(|d| d.trim().is_empty() || d.contains('@'))
+        {
+            return Err(invalid(
+                "safety.allow_domains",
+                format!("{d:?} is not a domain"),
+            ));
+        }
+        if let Some(a) = self.allow_addresses.iter().find(|a| !a.contains('@')) {
+            return Err(invalid(
+                "safety.allow_addresses",
+                format!("{a:?} is not an address"),
+            ));
+        }
+        if self.sandbox && self.allow_domains.is_empty() && self.allow_addresses.is_empty() {
+            return Err(invalid(
+                "safety.sandbox",
+                "sandbox mode with nothing allowed would refuse every recipient: list allow_domains or allow_addresses",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `email` may be mailed. Case-insensitive; always true outside sandbox mode.
+    pub fn allows(&self, email: &str) -> bool {
+        if !self.sandbox {
+            return true;
+        }
+        let email = email.trim().to_ascii_lowercase();
+        if self
+            .allow_addresses
+            .iter()
+            .any(|a| a.trim().eq_ignore_ascii_case(&email))
+        {
+            return true;
+        }
+        let Some((_, domain)) = email.rsplit_once('@') else {
+            return false;
+        };
+        self.allow_domains.iter().any(|d| {
+            let d = d.trim().trim_start_matches('.').to_ascii_lowercase();
+            domain == d || domain.ends_with(&format!(".{d}"))
+        })
+    }
+
+    /// The provider, behind the send-time check when sandboxed.
+    pub fn guard(&self, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
+        if self.sandbox {
+            Arc::new(Sandboxed {
+                inner: provider,
+                safety: self.clone(),
+            })
+        } else {
+            provider
+        }
+    }
+}
+
+/// Refuses, without a request, any recipient the sandbox does not allow.
+struct Sandboxed {
+    inner: Arc<dyn Provider>,
+    safety: Safety,
+}
+
+#[async_trait]
+impl Provider for Sandboxed {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn send(&self, msg: OutgoingMessage<'_>) -> Outcome {
+        if self.safety.allows(&msg.message.to) {
+            self.inner.send(msg).await
+        } else {
+            Outcome::Failed {
+                reason: format!(
+                    "sandbox: {} is not in [safety] allow_domains or allow_addresses",
+                    msg.message.to
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use renderer::{Mailbox, RenderedBatch, RenderedMessage};
+
+    use super::*;
+
+    fn sandbox() -> Safety {
+        Safety {
+            sandbox: true,
+            allow_domains: vec!["example.com".into()],
+            allow_addresses: vec!["QA@Partner.org".into()],
+        }
+    }
+
+    #[test]
+    fn only_listed_domains_and_addresses_pass() {
+        let s = sandbox();
+        for ok in [
+            "a@example.com",
+            "A@EXAMPLE.COM",
+            "b@mail.example.com",
+            "qa@partner.org",
+        ] {
+            assert!(s.allows(ok), "{ok}");
+        }
+        for no in [
+            "a@notexample.com",
+            "a@example.com.evil.org",
+            "other@partner.org",
+            "nobody",
+        ] {
+            assert!(!s.allows(no), "{no}");
+        }
+        assert!(Safety::default().allows("anyone@anywhere.org"));
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(sandbox().check().is_ok());
+        let empty = Safety {
+            sandbox: true,
+            ..Default::default()
+        };
+        assert!(empty
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("safety.sandbox"));
+        let bad = Safety {
+            allow_domains: vec!["a@b.com".into()],
+            ..Default::default()
+        };
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("allow_domains"));
+    }
+
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl Provider for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        async fn send(&self, _: OutgoingMessage<'_>) -> Outcome {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Outcome::Sent { provider_id: None }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sandboxed_provider_never_sees_a_stranger() {
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let guarded = sandbox().guard(inner.clone());
+        let batch = RenderedBatch {
+            version: renderer::batch::FORMAT_VERSION,
+            campaign_id: "c".into(),
+            batch: 0,
+            from: Mailbox {
+                name: None,
+                email: "news@example.com".into(),
+            },
+            reply_to: None,
+            headers: Default::default(),
+            messages: ["ok@example.com", "real.person@gmail.com"]
+                .iter()
+                .enumerate()
+                .map(|(i, to)| RenderedMessage {
+                    recipient_id: i as i64,
+                    to: to.to_string(),
+                    to_name: None,
+                    subject: "s".into(),
+                    html: "h".into(),
+                    text: "t".into(),
+                })
+                .collect(),
+        };
+        let outcomes: Vec<Outcome> = futures::future::join_all(batch.messages.iter().map(|m| {
+            guarded.send(OutgoingMessage {
+                batch: &batch,
+                message: m,
+            })
+        }))
+        .await;
+        assert_eq!(outcomes[0], Outcome::Sent { provider_id: None });
+        assert!(
+            matches!(&outcomes[1], Outcome::Failed { reason } if reason.starts_with("sandbox:"))
+        );
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            1,
+            "the stranger was never sent"
+        );
+    }
+}
