@@ -29,6 +29,7 @@ pub struct Config {
     pub dispatch: renderer::aws::DispatchConfig,
     pub events: Events,
     pub safety: sender::safety::Safety,
+    pub feedback: crate::feedback::FeedbackConfig,
     /// Read by `renderer` processes; the conductor only checks that it parses.
     pub renderer: renderer::service::RendererSettings,
 }

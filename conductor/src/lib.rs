@@ -6,6 +6,8 @@ pub mod config_watch;
 pub mod demo;
 pub mod dispatch;
 pub mod events;
+pub mod feedback;
+pub mod feedback_api;
 pub mod ledger;
 pub mod planner;
 pub mod problem;

@@ -18,6 +18,8 @@ pub struct Service {
     pub worker_secret: Option<String>,
     /// Sandbox mode: who may be mailed at all (checked again at send time).
     pub safety: sender::safety::Safety,
+    /// Webhook secrets for delivery feedback.
+    pub feedback: crate::feedback::FeedbackConfig,
 }
 
 impl Service {

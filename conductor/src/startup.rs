@@ -122,6 +122,7 @@ impl Runtime {
             max_body_bytes: config.server.max_body_bytes,
             worker_secret: config.workers.secret.clone(),
             safety: config.safety.clone(),
+            feedback: config.feedback.clone(),
         });
         Ok(Self {
             service,

@@ -16,6 +16,7 @@ const SECRETS: &[&[&str]] = &[
     &["provider", "postmark", "server_token"],
     &["provider", "resend", "api_key"],
     &["workers", "secret"],
+    &["feedback", "mailgun", "signing_key"],
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -194,6 +194,15 @@ pub trait Store: Send + Sync + 'static {
     async fn bodies_to_purge(&self, ended_before: Millis) -> Result<Vec<String>, StoreError>;
     async fn bodies_purged(&self, id: &str, now: Millis) -> Result<(), StoreError>;
 
+    /// Records a provider's delivery event once (by its key); a hard bounce, complaint or
+    /// unsubscribe also suppresses the address, here and in every campaign still waiting to mail it.
+    /// Returns false when the event was already recorded.
+    async fn record_feedback(
+        &self,
+        event: &crate::feedback::Event,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
 }
 

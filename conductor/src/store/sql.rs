@@ -22,6 +22,7 @@ use super::{
     rfc3339, Action, Campaign, Counts, LeaseRules, MinuteStats, ReportRules, Status, Store,
     StoreError,
 };
+use crate::feedback;
 use crate::ledger::{self, MinuteRow};
 use crate::planner;
 use crate::retry::retry_delay_ms;
@@ -362,6 +363,14 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Addresses that bounced hard, complained or unsubscribed are kept, counted, never mailed.
+        sqlx::query(
+            "UPDATE recipients SET state = 'suppressed', reason = 'on the suppression list' \
+             WHERE campaign_id = $1 AND lower(email) IN (SELECT email FROM suppressions)",
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.campaign(&id).await
     }
@@ -951,6 +960,51 @@ impl Store for SqlStore {
             .execute(&self.write)
             .await?;
         Ok(())
+    }
+
+    async fn record_feedback(&self, e: &feedback::Event, now: Millis) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let new = sqlx::query(
+            "INSERT INTO feedback (event_key, provider, event, email, campaign_id, recipient_id, detail, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_key) DO NOTHING",
+        )
+        .bind(&e.key)
+        .bind(e.provider)
+        .bind(e.kind.as_str())
+        .bind(&e.email)
+        .bind(&e.campaign_id)
+        .bind(e.recipient_id)
+        .bind(&e.detail)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if new && e.kind.suppresses() {
+            let reason = format!("{} ({})", e.kind.as_str(), e.provider);
+            sqlx::query(
+                "INSERT INTO suppressions (email, reason, source, created_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (email) DO NOTHING",
+            )
+            .bind(e.email.to_lowercase())
+            .bind(&reason)
+            .bind(e.campaign_id.as_deref().unwrap_or(""))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            // Whoever is still waiting to be mailed at this address, in any campaign, is not.
+            sqlx::query(
+                "UPDATE recipients SET state = 'suppressed', reason = $1, updated_ms = $2 \
+                 WHERE lower(email) = $3 AND state IN ('pending', 'rendered', 'deferred')",
+            )
+            .bind(format!("suppressed: {reason}"))
+            .bind(now)
+            .bind(e.email.to_lowercase())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(new)
     }
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {

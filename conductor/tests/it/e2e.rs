@@ -8,10 +8,6 @@ use serde_json::{json, Value};
 use crate::sink::{Sink, SINK_KEY};
 use crate::support::*;
 
-fn is_completed(c: &Value) -> bool {
-    c["status"] == "completed"
-}
-
 /// Every `.eml` in a campaign's outbox folder, by recipient address.
 fn outbox(app: &TestApp, id: &str) -> HashMap<String, String> {
     let dir = app.dir.path().join("outbox").join(id);

@@ -51,6 +51,7 @@ on_every_backend!(
     render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded,
     one_renderer_holds_a_batch_until_its_claim_lapses,
     lifecycle_transitions_are_reported_once_and_bodies_purged_after_retention,
+    a_complaint_suppresses_the_address_before_its_next_send_and_in_new_campaigns,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -693,5 +694,42 @@ async fn lifecycle_transitions_are_reported_once_and_bodies_purged_after_retenti
     assert!(
         !store.act(&other, Action::Pause, M).await.unwrap().1,
         "no change, no event"
+    );
+}
+
+async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_campaigns(
+    store: Arc<dyn Store>,
+) {
+    let id = create(&store, 3, 100, M).await; // rendered, nothing leased yet
+    let complaint = conductor::feedback::Event {
+        key: "mailgun:tok-1".into(),
+        provider: "mailgun",
+        kind: conductor::feedback::Kind::Complaint,
+        email: "r1@example.com".into(),
+        campaign_id: Some(id.clone()),
+        recipient_id: Some(1),
+        detail: None,
+    };
+    assert!(store.record_feedback(&complaint, M).await.unwrap());
+    assert!(
+        !store.record_feedback(&complaint, M).await.unwrap(),
+        "recorded once"
+    );
+    let l = lease(store.lease(rules(3, M, 100)).await.unwrap());
+    assert_eq!(l.recipients, vec![0, 2], "the complainer is not leased");
+    let c = store.campaign(&id).await.unwrap();
+    assert_eq!(c.counts.suppressed, 1);
+    // A delivered event records, suppresses nothing.
+    let delivered = conductor::feedback::Event {
+        key: "mailgun:tok-2".into(),
+        kind: conductor::feedback::Kind::Delivered,
+        email: "r2@example.com".into(),
+        ..complaint.clone()
+    };
+    assert!(store.record_feedback(&delivered, M).await.unwrap());
+    let again = store.create_campaign(&campaign(3), 100, M).await.unwrap();
+    assert_eq!(
+        again.counts.suppressed, 1,
+        "the list carries the complainer into new campaigns as suppressed"
     );
 }

@@ -236,3 +236,7 @@ impl PgSchema {
             .unwrap();
     }
 }
+
+pub fn is_completed(c: &Value) -> bool {
+    c["status"] == "completed"
+}
