@@ -20,6 +20,8 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
         .route("/v1/campaigns/{id}", get(get_campaign))
+        .route("/v1/campaigns/{id}/recipients", get(list_recipients))
+        .route("/v1/campaigns/{id}/retry", post(retry))
         .route("/v1/campaigns/{id}/{action}", post(act))
         .route("/v1/minutes", get(minutes))
         .merge(crate::workers_api::router())
@@ -173,6 +175,94 @@ async fn act(
         }
     };
     Ok(Json(svc.act(&id, action).await?).into_response())
+}
+
+const STATES: &[&str] = &[
+    "pending",
+    "rendered",
+    "leased",
+    "sent",
+    "failed",
+    "deferred",
+    "unknown",
+    "suppressed",
+    "cancelled",
+];
+
+#[derive(Deserialize)]
+struct RecipientsQuery {
+    state: Option<String>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/campaigns/{id}/recipients?state=unknown&after=ID&limit=N`: a page in id order; the next
+/// page starts after the last id.
+async fn list_recipients(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<RecipientsQuery>,
+) -> Result<Response, Problem> {
+    if let Some(s) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
+        return Err(Problem::bad_query(format!(
+            "`state` {s:?} is not one of {}",
+            STATES.join(", ")
+        )));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::bad_query("`limit` must be between 1 and 1000"));
+    }
+    let page = svc
+        .store
+        .recipients(&id, q.state.as_deref(), q.after.unwrap_or(-1), limit)
+        .await?;
+    let next = (page.len() == limit as usize)
+        .then(|| page.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(serde_json::json!({ "recipients": page, "next_after": next })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    states: Vec<String>,
+}
+
+/// `POST /v1/campaigns/{id}/retry` with `{"states": ["unknown"]}`: sends those recipients again.
+/// For `unknown` this may mail someone twice; that is why it is only ever done on request.
+async fn retry(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: RetryRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    if req.states.is_empty()
+        || req
+            .states
+            .iter()
+            .any(|s| !crate::store::RETRYABLE.contains(&s.as_str()))
+    {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "Invalid retry request",
+            format!(
+                "`states` must list some of {}",
+                crate::store::RETRYABLE.join(", ")
+            ),
+        ));
+    }
+    let moved = svc
+        .store
+        .retry(&id, &req.states, svc.work.clock.now_ms())
+        .await?;
+    svc.work.wake.notify_one();
+    tracing::info!(campaign = %id, recipients = moved, states = ?req.states, "recipients queued again on request");
+    Ok(
+        Json(serde_json::json!({ "requeued": moved, "campaign": svc.store.campaign(&id).await? }))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]

@@ -100,6 +100,23 @@ pub struct Campaign {
     pub counts: Counts,
 }
 
+/// One recipient as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientRow {
+    pub id: i64,
+    pub email: String,
+    pub name: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    pub provider_id: Option<String>,
+    pub updated_at: String,
+}
+
+/// Recipient states an operator may send again: a permanent failure, or a send whose fate is unknown
+/// (which may then arrive twice — the operator's call, never the system's).
+pub const RETRYABLE: &[&str] = &["failed", "unknown"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MinuteStats {
     pub minute_ms: Millis,
@@ -202,6 +219,18 @@ pub trait Store: Send + Sync + 'static {
         event: &crate::feedback::Event,
         now: Millis,
     ) -> Result<bool, StoreError>;
+
+    /// A page of a campaign's recipients in id order, after `after`, optionally in one state.
+    async fn recipients(
+        &self,
+        id: &str,
+        state: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<RecipientRow>, StoreError>;
+    /// Puts a campaign's recipients in `states` (a subset of [`RETRYABLE`]) back in the queue and the
+    /// campaign back to running; returns how many.
+    async fn retry(&self, id: &str, states: &[String], now: Millis) -> Result<u64, StoreError>;
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
 }

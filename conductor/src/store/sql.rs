@@ -19,8 +19,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use super::{
-    rfc3339, Action, Campaign, Counts, LeaseRules, MinuteStats, ReportRules, Status, Store,
-    StoreError,
+    rfc3339, Action, Campaign, Counts, LeaseRules, MinuteStats, RecipientRow, ReportRules, Status,
+    Store, StoreError, RETRYABLE,
 };
 use crate::feedback;
 use crate::ledger::{self, MinuteRow};
@@ -1005,6 +1005,84 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(new)
+    }
+
+    async fn recipients(
+        &self,
+        id: &str,
+        state: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<RecipientRow>, StoreError> {
+        self.campaign(id).await?; // 404 for an unknown campaign, not an empty page
+        let rows = sqlx::query(
+            "SELECT id, email, name, state, reason, attempts, provider_id, updated_ms FROM recipients \
+             WHERE campaign_id = $1 AND ($2 = '' OR state = $3) AND id > $4 ORDER BY id LIMIT $5",
+        )
+        .bind(id)
+        .bind(state.unwrap_or(""))
+        .bind(state.unwrap_or(""))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RecipientRow {
+                id: r.get("id"),
+                email: r.get("email"),
+                name: r.get("name"),
+                state: r.get("state"),
+                reason: r.get("reason"),
+                attempts: r.get("attempts"),
+                provider_id: r.get("provider_id"),
+                updated_at: rfc3339(r.get("updated_ms")),
+            })
+            .collect())
+    }
+
+    async fn retry(&self, id: &str, states: &[String], now: Millis) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query("SELECT status, bodies_purged_ms FROM campaigns WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let status = Status::parse(row.get("status"))?;
+        if status == Status::Cancelled {
+            return Err(StoreError::Conflict(format!(
+                "campaign {id} is cancelled and cannot be retried"
+            )));
+        }
+        if row.get::<Option<i64>, _>("bodies_purged_ms").is_some() {
+            return Err(StoreError::Conflict(format!(
+                "campaign {id}'s rendered bodies were deleted after its retention period"
+            )));
+        }
+        let mut moved = 0;
+        for state in states.iter().filter(|s| RETRYABLE.contains(&s.as_str())) {
+            moved += sqlx::query(
+                "UPDATE recipients SET state = CASE WHEN EXISTS (SELECT 1 FROM batches b WHERE b.campaign_id = recipients.campaign_id \
+                 AND b.n = recipients.batch AND b.rendered_ms IS NOT NULL) THEN 'rendered' ELSE 'pending' END, \
+                 attempts = 0, reason = NULL, retry_at_ms = NULL, updated_ms = $1 WHERE campaign_id = $2 AND state = $3",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(state)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        if moved > 0 {
+            sqlx::query(
+                "UPDATE campaigns SET status = 'running', status_reason = NULL, completed_ms = NULL WHERE id = $1 AND status = 'completed'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {

@@ -386,3 +386,85 @@ async fn a_sandbox_refuses_any_recipient_it_does_not_list() {
     assert_eq!(c["counts"]["sent"], 3, "{c}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn recipients_are_listed_by_state_in_pages_and_retry_requests_are_checked() {
+    let app = spawn_app().await;
+    let id = app.create(&inline_campaign(recipients(5))).await;
+    app.wait_for(&id, std::time::Duration::from_secs(30), is_completed)
+        .await;
+    let page = app
+        .get_json(&format!("/v1/campaigns/{id}/recipients?state=sent&limit=2"))
+        .await;
+    assert_eq!(page["recipients"].as_array().unwrap().len(), 2, "{page}");
+    assert_eq!(page["recipients"][0]["email"], "r0@example.com");
+    assert_eq!(page["recipients"][0]["state"], "sent");
+    let after = page["next_after"].as_i64().unwrap();
+    let rest = app
+        .get_json(&format!(
+            "/v1/campaigns/{id}/recipients?state=sent&after={after}&limit=10"
+        ))
+        .await;
+    assert_eq!(rest["recipients"].as_array().unwrap().len(), 3, "{rest}");
+    assert!(rest["next_after"].is_null());
+    let none = app
+        .get_json(&format!("/v1/campaigns/{id}/recipients?state=unknown"))
+        .await;
+    assert!(none["recipients"].as_array().unwrap().is_empty());
+
+    let get = |path: String| {
+        let app = &app;
+        async move { app.client.get(app.url(&path)).send().await.unwrap() }
+    };
+    expect_problem(
+        get(format!("/v1/campaigns/{id}/recipients?state=lost")).await,
+        400,
+        "/problems/invalid-query",
+    )
+    .await;
+    expect_problem(
+        get(format!("/v1/campaigns/{id}/recipients?limit=0")).await,
+        400,
+        "/problems/invalid-query",
+    )
+    .await;
+    expect_problem(
+        get("/v1/campaigns/nope/recipients".to_string()).await,
+        404,
+        "/problems/not-found",
+    )
+    .await;
+
+    let retry = |body: Value| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.post_json(&format!("/v1/campaigns/{id}/retry"), &body)
+                .await
+        }
+    };
+    expect_problem(
+        retry(json!({"states": ["sent"]})).await,
+        422,
+        "/problems/validation",
+    )
+    .await;
+    expect_problem(
+        retry(json!({"states": []})).await,
+        422,
+        "/problems/validation",
+    )
+    .await;
+    expect_problem(
+        retry(json!({"state": "unknown"})).await,
+        422,
+        "/problems/validation",
+    )
+    .await;
+    let r = retry(json!({"states": ["unknown", "failed"]})).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["requeued"], 0, "{body}");
+    assert_eq!(body["campaign"]["status"], "completed", "nothing to retry");
+    app.stop().await;
+}

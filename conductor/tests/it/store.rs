@@ -52,6 +52,7 @@ on_every_backend!(
     one_renderer_holds_a_batch_until_its_claim_lapses,
     lifecycle_transitions_are_reported_once_and_bodies_purged_after_retention,
     a_complaint_suppresses_the_address_before_its_next_send_and_in_new_campaigns,
+    unknown_recipients_are_listed_and_sent_again_only_on_request,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -732,4 +733,59 @@ async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_camp
         again.counts.suppressed, 1,
         "the list carries the complainer into new campaigns as suppressed"
     );
+}
+
+async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc<dyn Store>) {
+    let id = create(&store, 5, 100, M).await;
+    let l = lease(store.lease(rules(5, M, 6_000)).await.unwrap());
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&[0], sent(), M),
+            false,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    store.expire_leases(l.deadline + 60_000).await.unwrap();
+    assert_eq!(
+        store.complete_finished(M + 120_000).await.unwrap(),
+        vec![id.clone()]
+    );
+    let unknown = store
+        .recipients(&id, Some("unknown"), -1, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        unknown.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(unknown[0].reason.is_some(), "{:?}", unknown[0]);
+    let page = store.recipients(&id, None, 1, 2).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(matches!(
+        store.recipients("nope", None, -1, 10).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // On request: back in the queue, the campaign running again; the sent one stays sent.
+    assert_eq!(
+        store
+            .retry(&id, &["unknown".to_string()], M + 130_000)
+            .await
+            .unwrap(),
+        4
+    );
+    let c = store.campaign(&id).await.unwrap();
+    assert_eq!(c.status, Status::Running);
+    assert_eq!((c.counts.sent, c.counts.unknown), (1, 0));
+    let again = lease(store.lease(rules(5, M + 180_000, 6_000)).await.unwrap());
+    assert_eq!(again.recipients, vec![1, 2, 3, 4]);
+    // Nothing else is retryable, and a cancelled campaign is not retried at all.
+    assert_eq!(store.retry(&id, &["sent".to_string()], M).await.unwrap(), 0);
+    store.act(&id, Action::Cancel, M).await.unwrap();
+    assert!(matches!(
+        store.retry(&id, &["unknown".to_string()], M).await,
+        Err(StoreError::Conflict(_))
+    ));
 }
