@@ -26,7 +26,7 @@ mod sink;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use conductor::config::{Config, ProviderKind};
+use conductor::config::Config;
 use conductor::store::Status;
 use sender::SystemClock;
 use sqlx::Connection;
@@ -61,10 +61,7 @@ async fn main() {
     config.campaigns.templates_dir =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../templates");
     config.governor.per_minute = cap;
-    config.provider.kind = ProviderKind::Mailgun;
-    config.provider.mailgun.base_url = base.clone();
-    config.provider.mailgun.domain = "mg.example.com".into();
-    config.provider.mailgun.api_key = Some(sink::SINK_KEY.into());
+    sink::send_to(&mut config, &base);
 
     let started = Instant::now();
     if senders == 0 {

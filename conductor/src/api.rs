@@ -201,8 +201,10 @@ struct RecipientsQuery {
 async fn list_recipients(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
-    Query(q): Query<RecipientsQuery>,
+    query: Result<Query<RecipientsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
+    // Numbers that are not numbers get a problem document, not axum's plain-text rejection.
+    let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
     if let Some(s) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
         return Err(Problem::bad_query(format!(
             "`state` {s:?} is not one of {}",

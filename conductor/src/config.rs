@@ -172,6 +172,7 @@ impl Config {
         self.store_url()?;
         self.bodies.location()?;
         self.safety.check()?;
+        self.feedback.check()?;
         self.dispatch.check()?;
         if let Some(topic) = &self.events.sns {
             topic.check("events.sns")?;
@@ -384,5 +385,14 @@ mod tests {
         let err =
             Config::from_toml("", env(&[("CONDUCTOR__GOVERNOR__PER_MINUTE", "-5")])).unwrap_err();
         assert!(err.to_string().contains("per_minute"), "{err}");
+        let err = Config::from_toml(
+            "",
+            env(&[("CONDUCTOR__FEEDBACK__MAILGUN__SIGNING_KEY", " ")]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("feedback.mailgun.signing_key"),
+            "{err}"
+        );
     }
 }

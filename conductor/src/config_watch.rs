@@ -36,9 +36,12 @@ pub fn reload(path: &Path, tx: &watch::Sender<Arc<Config>>) -> bool {
                 || old.server != new.server
                 || old.provider != new.provider
                 || old.safety != new.safety
+                || old.dispatch.mode != new.dispatch.mode
+                || old.dispatch.sns != new.dispatch.sns
+                || old.events != new.events
             {
                 tracing::warn!(
-                    "changes to [server], [store], [bodies], [provider] or [safety] take effect on restart"
+                    "changes to [server], [store], [bodies], [provider], [safety], [dispatch] mode and topic, or [events] take effect on restart"
                 );
             }
             tx.send_replace(Arc::new(new));

@@ -22,8 +22,6 @@ pub enum DispatchError {
 #[async_trait]
 pub trait Dispatch: Send + Sync + 'static {
     async fn send(&self, jobs: Vec<RenderJob>) -> Result<(), DispatchError>;
-    /// True when jobs handed out die with this process (so they are handed out again on start).
-    fn is_local(&self) -> bool;
 }
 
 pub struct LocalDispatch(pub mpsc::UnboundedSender<RenderJob>);
@@ -35,10 +33,6 @@ impl Dispatch for LocalDispatch {
             self.0.send(job).map_err(|_| DispatchError::Closed)?;
         }
         Ok(())
-    }
-
-    fn is_local(&self) -> bool {
-        true
     }
 }
 
@@ -119,9 +113,5 @@ impl Dispatch for SnsDispatch {
                 reason,
             }),
         }
-    }
-
-    fn is_local(&self) -> bool {
-        false
     }
 }

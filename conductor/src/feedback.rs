@@ -34,6 +34,19 @@ pub struct FeedbackConfig {
     pub mailgun: MailgunFeedback,
 }
 
+impl FeedbackConfig {
+    /// An empty key would "verify" anything signed with an empty key: refuse it.
+    pub fn check(&self) -> Result<(), sender::config::ConfigError> {
+        match &self.mailgun.signing_key {
+            Some(k) if k.trim().is_empty() => Err(sender::config::invalid(
+                "feedback.mailgun.signing_key",
+                "is empty: unset it to close the endpoint",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What a feedback event means for the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -117,13 +130,7 @@ pub fn mailgun(raw: &[u8], signing_key: &str, now: i64) -> Result<Event, Feedbac
     mac.update(s.token.as_bytes());
     let expected = hex(&mac.finalize().into_bytes());
     let given = s.signature.trim().to_ascii_lowercase();
-    let same = expected.len() == given.len()
-        && expected
-            .bytes()
-            .zip(given.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !crate::secret::same(expected.as_bytes(), given.as_bytes()) {
         return Err(FeedbackError::BadSignature);
     }
     let signed_ms = s

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod planner;
 pub mod problem;
 pub mod retry;
+pub mod secret;
 pub mod service;
 pub mod startup;
 pub mod store;

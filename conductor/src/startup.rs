@@ -77,7 +77,7 @@ impl Runtime {
             wake: Notify::new(),
         });
 
-        if dispatch.is_local() {
+        if config.dispatch.mode == DispatchMode::Local {
             let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
             let renderer = Arc::new(Renderer::new(work.clone(), bodies.clone()));
             let render_workers = std::thread::available_parallelism().map_or(2, |n| n.get());

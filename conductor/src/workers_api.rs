@@ -25,11 +25,6 @@ pub fn router() -> Router<Arc<Service>> {
         .route(RENDERED_PATH, post(rendered))
 }
 
-/// Compares in time that does not depend on where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(secret) = svc.worker_secret.as_deref() else {
         return Err(Problem::new(
@@ -44,7 +39,7 @@ fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if same(token.as_bytes(), secret.as_bytes()) => Ok(()),
+        Some(token) if crate::secret::same(token.as_bytes(), secret.as_bytes()) => Ok(()),
         _ => Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "/problems/unauthorized",
@@ -164,14 +159,4 @@ async fn rendered(
         .await
         .map_err(source_problem)?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(super::same(b"0123456789abcdef", b"0123456789abcdef"));
-        assert!(!super::same(b"0123456789abcdef", b"0123456789abcdeX"));
-        assert!(!super::same(b"short", b"shorter"));
-    }
 }

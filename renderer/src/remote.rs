@@ -24,22 +24,24 @@ pub struct RenderedReport {
     pub failed: Vec<(i64, String)>,
 }
 
-/// A conductor reached over HTTP.
-pub struct HttpRenderSource {
+/// A conductor's worker API: its base URL, the workers' bearer secret, one HTTP client. Remote
+/// renderers and senders (`sender::remote`) both reach the conductor through it.
+pub struct ConductorClient {
     client: reqwest::Client,
     base: String,
     secret: String,
 }
 
-impl std::fmt::Debug for HttpRenderSource {
+impl std::fmt::Debug for ConductorClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpRenderSource")
+        // Never the secret.
+        f.debug_struct("ConductorClient")
             .field("base", &self.base)
             .finish()
     }
 }
 
-impl HttpRenderSource {
+impl ConductorClient {
     pub fn new(base: &str, secret: String) -> Result<Self, reqwest::Error> {
         Ok(Self {
             client: reqwest::Client::builder()
@@ -50,25 +52,51 @@ impl HttpRenderSource {
         })
     }
 
-    async fn post<T: Serialize + ?Sized>(
+    /// POSTs `body` as JSON to `path` with the secret.
+    pub async fn post<T: Serialize + ?Sized>(
         &self,
         path: &str,
         body: &T,
-    ) -> Result<reqwest::Response, SourceError> {
+    ) -> Result<reqwest::Response, reqwest::Error> {
         self.client
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.secret)
             .json(body)
             .send()
             .await
-            .map_err(|e| SourceError::Unavailable(e.to_string()))
     }
 }
 
-async fn refused(response: reqwest::Response) -> SourceError {
+/// A refusal's status and body, for the worker's log.
+pub async fn refusal(response: reqwest::Response) -> String {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
-    SourceError::Unavailable(format!("conductor answered {status}: {body}"))
+    format!("conductor answered {status}: {body}")
+}
+
+/// A conductor reached over HTTP, as a render source.
+#[derive(Debug)]
+pub struct HttpRenderSource {
+    conductor: ConductorClient,
+}
+
+impl HttpRenderSource {
+    pub fn new(base: &str, secret: String) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            conductor: ConductorClient::new(base, secret)?,
+        })
+    }
+
+    async fn post<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, SourceError> {
+        self.conductor
+            .post(path, body)
+            .await
+            .map_err(|e| SourceError::Unavailable(e.to_string()))
+    }
 }
 
 #[async_trait]
@@ -84,7 +112,7 @@ impl RenderSource for HttpRenderSource {
                 "{}/{} needs no rendering",
                 job.campaign_id, job.batch
             ))),
-            _ => Err(refused(response).await),
+            _ => Err(SourceError::Unavailable(refusal(response).await)),
         }
     }
 
@@ -103,7 +131,7 @@ impl RenderSource for HttpRenderSource {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(refused(response).await)
+            Err(SourceError::Unavailable(refusal(response).await))
         }
     }
 }

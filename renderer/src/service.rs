@@ -86,17 +86,15 @@ impl RendererSettings {
 
 pub struct SnsEndpoint {
     verifier: Verifier,
-    verify: bool,
     seen: Mutex<SeenIds>,
     jobs: mpsc::UnboundedSender<RenderJob>,
     http: reqwest::Client,
 }
 
 impl SnsEndpoint {
-    pub fn new(verifier: Verifier, verify: bool, jobs: mpsc::UnboundedSender<RenderJob>) -> Self {
+    pub fn new(verifier: Verifier, jobs: mpsc::UnboundedSender<RenderJob>) -> Self {
         Self {
             verifier,
-            verify,
             seen: Mutex::new(SeenIds::new(SEEN_IDS)),
             jobs,
             http: reqwest::Client::builder()
@@ -115,7 +113,7 @@ impl SnsEndpoint {
     }
 
     async fn confirm(&self, url: &str) -> Result<(), String> {
-        if self.verify {
+        if self.verifier.verifies_signatures() {
             // The signature covers SubscribeURL, but confirm only towards SNS itself all the same.
             let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
             if parsed.scheme() != "https" || !parsed.host_str().is_some_and(is_sns_host) {
@@ -259,7 +257,7 @@ impl RendererApp {
         let (tx, jobs) = mpsc::unbounded_channel();
         Ok(Self {
             listener,
-            endpoint: Arc::new(SnsEndpoint::new(verifier, settings.verify_signatures, tx)),
+            endpoint: Arc::new(SnsEndpoint::new(verifier, tx)),
             renderer,
             jobs,
             workers: settings.worker_count(),

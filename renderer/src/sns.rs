@@ -259,6 +259,11 @@ impl Verifier {
         }
     }
 
+    /// False only for emulators that cannot sign.
+    pub fn verifies_signatures(&self) -> bool {
+        self.verify
+    }
+
     pub async fn check(&self, raw: &[u8]) -> Result<SnsMessage, SnsError> {
         let msg = SnsMessage::parse(raw)?;
         msg.message_type()?;

@@ -4,9 +4,9 @@
 //! Every call carries the workers' shared secret as a bearer token.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
+use renderer::remote::{refusal, ConductorClient};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};
@@ -38,30 +38,22 @@ pub struct ReportRequest {
     pub last: bool,
 }
 
-/// A conductor reached over HTTP.
+/// A conductor reached over HTTP, as a work source.
 pub struct HttpWorkSource {
-    client: reqwest::Client,
-    base: String,
-    secret: String,
+    conductor: ConductorClient,
     clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for HttpWorkSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpWorkSource")
-            .field("base", &self.base)
-            .finish()
+        self.conductor.fmt(f)
     }
 }
 
 impl HttpWorkSource {
     pub fn new(base: &str, secret: String, clock: Arc<dyn Clock>) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            base: base.trim_end_matches('/').to_string(),
-            secret,
+            conductor: ConductorClient::new(base, secret)?,
             clock,
         })
     }
@@ -92,19 +84,12 @@ impl WorkSource for HttpWorkSource {
     async fn lease(&self, want: usize) -> Result<LeaseReply, WorkError> {
         let sent_at = self.clock.now_ms();
         let response = self
-            .client
-            .post(format!("{}{LEASES_PATH}", self.base))
-            .bearer_auth(&self.secret)
-            .json(&LeaseRequest { want })
-            .send()
+            .conductor
+            .post(LEASES_PATH, &LeaseRequest { want })
             .await
             .map_err(Self::unavailable)?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            return Err(Self::unavailable(format!(
-                "conductor answered {status}: {body}"
-            )));
+        if !response.status().is_success() {
+            return Err(Self::unavailable(refusal(response).await));
         }
         let answer: LeaseResponse = response.json().await.map_err(Self::unavailable)?;
         let midpoint = (sent_at + self.clock.now_ms()) / 2;
@@ -118,22 +103,14 @@ impl WorkSource for HttpWorkSource {
         last: bool,
     ) -> Result<(), WorkError> {
         let response = self
-            .client
-            .post(format!("{}{}", self.base, outcomes_path(lease_id)))
-            .bearer_auth(&self.secret)
-            .json(&ReportRequest { outcomes, last })
-            .send()
+            .conductor
+            .post(&outcomes_path(lease_id), &ReportRequest { outcomes, last })
             .await
             .map_err(Self::unavailable)?;
         match response.status().as_u16() {
             200..=299 => Ok(()),
             409 => Err(WorkError::LeaseLost(lease_id.to_string())),
-            status => {
-                let body = response.text().await.unwrap_or_default();
-                Err(Self::unavailable(format!(
-                    "conductor answered {status}: {body}"
-                )))
-            }
+            _ => Err(Self::unavailable(refusal(response).await)),
         }
     }
 }

@@ -429,6 +429,12 @@ async fn recipients_are_listed_by_state_in_pages_and_retry_requests_are_checked(
     )
     .await;
     expect_problem(
+        get(format!("/v1/campaigns/{id}/recipients?after=abc")).await,
+        400,
+        "/problems/invalid-query",
+    )
+    .await;
+    expect_problem(
         get("/v1/campaigns/nope/recipients".to_string()).await,
         404,
         "/problems/not-found",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::sink::{Sink, SINK_KEY};
+use crate::sink::{send_to, Sink};
 use crate::support::*;
 
 /// Every `.eml` in a campaign's outbox folder, by recipient address.
@@ -165,10 +165,7 @@ async fn pause_resume_and_cancel() {
 async fn through_mailgun_every_recipient_arrives_once_at_the_sink() {
     let (sink, base) = Sink::start().await;
     let app = spawn_app_with(|c| {
-        c.provider.kind = conductor::config::ProviderKind::Mailgun;
-        c.provider.mailgun.base_url = base.clone();
-        c.provider.mailgun.domain = "mg.example.com".into();
-        c.provider.mailgun.api_key = Some(SINK_KEY.into());
+        send_to(c, &base);
     })
     .await;
     let id = app.create(&inline_campaign(recipients(150))).await;

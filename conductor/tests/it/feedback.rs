@@ -7,7 +7,7 @@ use std::time::Duration;
 use conductor::feedback::mailgun_signature;
 use serde_json::{json, Value};
 
-use crate::sink::{Sink, SINK_KEY};
+use crate::sink::{send_to, Sink};
 use crate::support::*;
 
 const SIGNING_KEY: &str = "mailgun-signing-key-for-tests";
@@ -39,10 +39,7 @@ fn now_s() -> i64 {
 async fn hard_bounces_from_the_webhook_are_skipped_by_the_next_campaign() {
     let (sink, base) = Sink::start().await;
     let app = spawn_app_with(|c| {
-        c.provider.kind = conductor::config::ProviderKind::Mailgun;
-        c.provider.mailgun.base_url = base.clone();
-        c.provider.mailgun.domain = "mg.example.com".into();
-        c.provider.mailgun.api_key = Some(SINK_KEY.into());
+        send_to(c, &base);
         c.feedback.mailgun.signing_key = Some(SIGNING_KEY.into());
     })
     .await;

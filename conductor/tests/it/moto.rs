@@ -95,8 +95,7 @@ pub async fn s3() -> aws_sdk_s3::Client {
 }
 
 pub async fn sns() -> aws_sdk_sns::Client {
-    let url = moto_url();
-    aws_sdk_sns::Client::new(&renderer::aws::sdk_config(Some(REGION), Some(url)).await)
+    sns_topic("").client().await
 }
 
 /// A new bucket of its own for one test.

@@ -114,3 +114,11 @@ fn base64(s: &str) -> String {
     }
     out
 }
+
+/// Points `config`'s provider at a sink started with [`Sink::start`].
+pub fn send_to(config: &mut conductor::config::Config, base: &str) {
+    config.provider.kind = conductor::config::ProviderKind::Mailgun;
+    config.provider.mailgun.base_url = base.to_string();
+    config.provider.mailgun.domain = "mg.example.com".into();
+    config.provider.mailgun.api_key = Some(SINK_KEY.into());
+}

@@ -334,8 +334,9 @@ async fn a_silent_lease_holds_what_may_have_started_and_requeues_the_rest(store:
     assert_eq!(again.recipients, vec![3, 4]);
 }
 
-async fn an_expired_lease_makes_its_recipients_unknown_never_resent(store: Arc<dyn Store>) {
-    let id = create(&store, 5, 100, M).await;
+/// Five recipients in one lease, the first reported sent, the lease left open.
+async fn five_leased_first_sent(store: &Arc<dyn Store>) -> (String, SendLease) {
+    let id = create(store, 5, 100, M).await;
     let l = lease(store.lease(rules(5, M, 6_000)).await.unwrap());
     store
         .report(
@@ -346,6 +347,11 @@ async fn an_expired_lease_makes_its_recipients_unknown_never_resent(store: Arc<d
         )
         .await
         .unwrap();
+    (id, l)
+}
+
+async fn an_expired_lease_makes_its_recipients_unknown_never_resent(store: Arc<dyn Store>) {
+    let (id, l) = five_leased_first_sent(&store).await;
     assert_eq!(store.expire_leases(l.deadline + 29_999).await.unwrap(), 0);
     assert_eq!(store.expire_leases(l.deadline + 30_001).await.unwrap(), 4);
     let k = store.campaign(&id).await.unwrap().counts;
@@ -736,17 +742,7 @@ async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_camp
 }
 
 async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc<dyn Store>) {
-    let id = create(&store, 5, 100, M).await;
-    let l = lease(store.lease(rules(5, M, 6_000)).await.unwrap());
-    store
-        .report(
-            &l.lease_id,
-            &outcomes(&[0], sent(), M),
-            false,
-            report_rules(M),
-        )
-        .await
-        .unwrap();
+    let (id, l) = five_leased_first_sent(&store).await;
     store.expire_leases(l.deadline + 60_000).await.unwrap();
     assert_eq!(
         store.complete_finished(M + 120_000).await.unwrap(),

@@ -45,10 +45,6 @@ impl S3BodyStore {
         }
     }
 
-    pub fn client(&self) -> &aws_sdk_s3::Client {
-        &self.client
-    }
-
     fn object(&self, key: &str) -> Result<String, BodyError> {
         check_key(key.trim_end_matches('/'))?;
         Ok(if self.prefix.is_empty() {

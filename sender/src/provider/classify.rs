@@ -155,7 +155,7 @@ pub fn mailgun(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome 
         .and_then(|j| j.get("message"))
         .and_then(|m| m.as_str())
         .map(str::to_string)
-        .unwrap_or_else(|| body.chars().take(200).collect());
+        .unwrap_or_else(|| excerpt(body));
     match status {
         200..=299 => Outcome::Sent {
             provider_id: json

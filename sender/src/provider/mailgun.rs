@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{classify, OutgoingMessage, Provider};
+use super::{classify, exchange, OutgoingMessage, Provider};
 use crate::clock::Clock;
 use crate::lease::Outcome;
 
@@ -43,30 +43,21 @@ impl Mailgun {
     }
 
     fn form(msg: OutgoingMessage<'_>) -> Vec<(String, String)> {
-        let b = msg.batch;
-        let m = msg.message;
-        let to = renderer::Mailbox {
-            name: m.to_name.clone(),
-            email: m.to.clone(),
-        };
+        let (b, m) = (msg.batch, msg.message);
         let mut form = vec![
             ("from".to_string(), b.from.to_string()),
-            ("to".to_string(), to.to_string()),
+            ("to".to_string(), msg.to().to_string()),
             ("subject".to_string(), m.subject.clone()),
             ("html".to_string(), m.html.clone()),
             ("text".to_string(), m.text.clone()),
             ("v:campaign_id".to_string(), b.campaign_id.clone()),
             ("v:recipient_id".to_string(), m.recipient_id.to_string()),
-            (
-                "h:Message-Id".to_string(),
-                format!("<{}>", msg.message_id()),
-            ),
         ];
         if let Some(r) = &b.reply_to {
             form.push(("h:Reply-To".to_string(), r.to_string()));
         }
-        for (name, value) in &b.headers {
-            form.push((format!("h:{name}"), value.clone()));
+        for (name, value) in msg.headers() {
+            form.push((format!("h:{name}"), value));
         }
         form
     }
@@ -84,26 +75,9 @@ impl Provider for Mailgun {
             .post(&self.endpoint)
             .basic_auth("api", Some(&self.api_key))
             .form(&Self::form(msg));
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return classify::transport_error(e.is_connect(), &e.to_string()),
-        };
-        let status = response.status().as_u16();
-        let retry_after = classify::retry_after(
-            response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()),
-            self.clock.now_ms(),
-        );
-        match response.text().await {
-            Ok(body) => classify::mailgun(status, retry_after, &body),
-            // The status line arrived; a 2xx is accepted even if the body was cut.
-            Err(e) if (200..300).contains(&status) => {
-                tracing::debug!(error = %e, "Mailgun body unreadable after 2xx");
-                Outcome::Sent { provider_id: None }
-            }
-            Err(e) => classify::mailgun(status, retry_after, &e.to_string()),
+        match exchange(request, &self.clock).await {
+            Ok(a) => classify::mailgun(a.status, a.retry_after_ms, &a.body),
+            Err(outcome) => outcome,
         }
     }
 }
