@@ -18,6 +18,15 @@
 //! ```text
 //! cargo bench -p conductor --bench minute_cap -- 2400 600 --senders 3 --renderers 2
 //! ```
+//!
+//! With `--faults` the sink misbehaves like a provider on a bad day: 30 % of requests are answered
+//! 503, 10 % 429 with `Retry-After: 5`, 5 % only after 4 s. Every request counts against the cap
+//! at the sink, refused or not; the campaign must still end with every recipient in a terminal state
+//! and nobody accepted twice.
+//!
+//! ```text
+//! cargo bench -p conductor --bench minute_cap -- 20000 6000 --faults
+//! ```
 
 #[path = "../tests/it/sink.rs"]
 #[allow(dead_code)]
@@ -53,7 +62,17 @@ async fn main() {
     let recipients = numbers.first().copied().unwrap_or(1500) as usize;
     let cap = numbers.get(1).copied().unwrap_or(600) as u32;
 
+    let faults = args.iter().any(|a| a == "--faults");
     let (sink, base) = sink::Sink::start().await;
+    if faults {
+        *sink.faults.lock().unwrap() = Some(sink::Faults {
+            server_error: 0.30,
+            throttled: 0.10,
+            retry_after_s: 5,
+            slow: 0.05,
+            slow_ms: 4_000,
+        });
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::default();
     config.store.url = format!("sqlite://{}", dir.path().join("bench.db").display());
@@ -70,6 +89,12 @@ async fn main() {
             .await
             .expect("demo run");
         summary.print(&config);
+        let k = &summary.campaign.counts;
+        let waiting = k.pending + k.rendered + k.in_flight + k.deferred;
+        println!(
+            "terminal: sent {} failed {} unknown {} suppressed {} cancelled {}; not terminal: {waiting}",
+            k.sent, k.failed, k.unknown, k.suppressed, k.cancelled
+        );
     } else {
         println!("distributed: {recipients} recipients, cap {cap}/min, {senders} sender processes, {renderers} renderer processes, PostgreSQL");
         distributed(config, dir.path(), recipients, (senders, renderers), &base).await;
@@ -258,6 +283,24 @@ fn report(sink: &sink::Sink, cap: u32, recipients: usize, elapsed: Duration) {
         .collect();
     ids.sort();
     ids.dedup();
+    let (accepted_n, accepted) = sink.accepted();
+    let mut refused = std::collections::BTreeMap::<u16, usize>::new();
+    for r in sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.status != 200)
+    {
+        *refused.entry(r.status).or_default() += 1;
+    }
+    if !refused.is_empty() {
+        println!(
+            "sink accepted {accepted_n} messages for {} distinct recipients (accepted twice: {}); refused by status: {refused:?}",
+            accepted.len(),
+            accepted_n - accepted.len()
+        );
+    }
     let (first, last) = {
         let r = sink.received.lock().unwrap();
         (

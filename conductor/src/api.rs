@@ -26,6 +26,7 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
         .route("/v1/minutes", get(minutes))
         .merge(crate::workers_api::router())
         .merge(crate::feedback_api::router())
+        .merge(crate::unsubscribe_api::router())
         .fallback(|| async { Problem::not_found("no such resource") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

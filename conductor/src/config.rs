@@ -30,6 +30,7 @@ pub struct Config {
     pub events: Events,
     pub safety: sender::safety::Safety,
     pub feedback: crate::feedback::FeedbackConfig,
+    pub unsubscribe: crate::unsubscribe::UnsubscribeConfig,
     /// Read by `renderer` processes; the conductor only checks that it parses.
     pub renderer: renderer::service::RendererSettings,
 }
@@ -80,6 +81,18 @@ pub struct Campaigns {
     pub templates_dir: PathBuf,
     /// Provider requests per recipient before a deferred recipient is given up as failed.
     pub max_attempts: u32,
+    /// What happens to a send that may or may not have reached the provider (no answer, a sender
+    /// that died mid-request): `hold` it as `unknown` for an operator to retry, or `resend` it and
+    /// accept that some recipients may get the message twice.
+    pub on_ambiguous: OnAmbiguous,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnAmbiguous {
+    #[default]
+    Hold,
+    Resend,
 }
 
 impl Default for Campaigns {
@@ -88,6 +101,7 @@ impl Default for Campaigns {
             batch_size: 1000,
             templates_dir: "templates".into(),
             max_attempts: 8,
+            on_ambiguous: OnAmbiguous::Hold,
         }
     }
 }
@@ -99,6 +113,8 @@ pub struct Governor {
     pub per_minute: u32,
     /// No send is started this close to the end of a minute, so that it lands inside it.
     pub safety_margin_ms: u32,
+    /// Backing off below the cap when the provider throttles.
+    pub throttle: crate::throttle::ThrottleConfig,
 }
 
 impl Default for Governor {
@@ -106,6 +122,7 @@ impl Default for Governor {
         Self {
             per_minute: 6000,
             safety_margin_ms: 2000,
+            throttle: Default::default(),
         }
     }
 }
@@ -173,6 +190,8 @@ impl Config {
         self.bodies.location()?;
         self.safety.check()?;
         self.feedback.check()?;
+        self.unsubscribe.check()?;
+        self.governor.throttle.check()?;
         self.dispatch.check()?;
         if let Some(topic) = &self.events.sns {
             topic.check("events.sns")?;

@@ -2,6 +2,7 @@
 //! what it says into one event per recipient. Pure: the endpoint (`api.rs`) does the I/O.
 
 use hmac::{Hmac, Mac};
+use p256::ecdsa::VerifyingKey;
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -27,23 +28,90 @@ impl std::fmt::Debug for MailgunFeedback {
     }
 }
 
+/// `[feedback.sendgrid]`: the Signed Event Webhook's public key, as SendGrid shows it (base64 DER).
+/// Not a secret; without it the endpoint is closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendgridFeedback {
+    pub public_key: Option<String>,
+}
+
+/// `[feedback.postmark]`: Postmark signs nothing; its webhook URL carries basic-auth credentials.
+/// The password only from `CONDUCTOR__FEEDBACK__POSTMARK__PASSWORD`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostmarkFeedback {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for PostmarkFeedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostmarkFeedback")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// `[feedback]`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeedbackConfig {
     pub mailgun: MailgunFeedback,
+    pub sendgrid: SendgridFeedback,
+    pub postmark: PostmarkFeedback,
 }
 
 impl FeedbackConfig {
     /// An empty key would "verify" anything signed with an empty key: refuse it.
     pub fn check(&self) -> Result<(), sender::config::ConfigError> {
-        match &self.mailgun.signing_key {
-            Some(k) if k.trim().is_empty() => Err(sender::config::invalid(
+        use sender::config::invalid;
+        if self
+            .mailgun
+            .signing_key
+            .as_ref()
+            .is_some_and(|k| k.trim().is_empty())
+        {
+            return Err(invalid(
                 "feedback.mailgun.signing_key",
                 "is empty: unset it to close the endpoint",
-            )),
-            _ => Ok(()),
+            ));
         }
+        if let Some(k) = &self.sendgrid.public_key {
+            sendgrid_key(k).map_err(|e| invalid("feedback.sendgrid.public_key", e))?;
+        }
+        let p = &self.postmark;
+        match (&p.username, &p.password) {
+            (None, None) => {}
+            (Some(u), Some(pw)) => {
+                if u.is_empty() || u.contains(':') {
+                    return Err(invalid(
+                        "feedback.postmark.username",
+                        "must be non-empty and without ':'",
+                    ));
+                }
+                if pw.trim().len() < 16 {
+                    return Err(invalid(
+                        "feedback.postmark.password",
+                        "must be at least 16 characters",
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "feedback.postmark.password",
+                    "is required with feedback.postmark.username: set CONDUCTOR__FEEDBACK__POSTMARK__PASSWORD",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "feedback.postmark.username",
+                    "is required with the password",
+                ))
+            }
+        }
+        Ok(())
     }
 }
 
@@ -189,6 +257,183 @@ pub fn mailgun(raw: &[u8], signing_key: &str, now: i64) -> Result<Event, Feedbac
     })
 }
 
+/// Reads SendGrid's verification key: base64 of a DER SubjectPublicKeyInfo for P-256.
+pub fn sendgrid_key(b64: &str) -> Result<VerifyingKey, String> {
+    use base64::Engine;
+    use p256::pkcs8::DecodePublicKey;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| format!("is not base64: {e}"))?;
+    VerifyingKey::from_public_key_der(&der)
+        .map_err(|e| format!("is not a P-256 public key (base64 DER, as SendGrid shows it): {e}"))
+}
+
+/// Verifies a SendGrid Signed Event Webhook (ECDSA P-256 over SHA-256 of the timestamp header
+/// followed by the raw body) and reads its events.
+///
+/// No freshness window: SendGrid retries a failed post for hours with the original signature. A
+/// replay can only carry the very events that were signed, and each is recorded once
+/// (`sg_event_id`), so replaying changes nothing.
+pub fn sendgrid(
+    raw: &[u8],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    key: &VerifyingKey,
+) -> Result<Vec<Event>, FeedbackError> {
+    use base64::Engine;
+    use p256::ecdsa::signature::Verifier;
+    let (Some(ts), Some(sig)) = (timestamp, signature) else {
+        return Err(FeedbackError::BadSignature);
+    };
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(sig.trim())
+        .map_err(|_| FeedbackError::BadSignature)?;
+    let sig = p256::ecdsa::DerSignature::try_from(der.as_slice())
+        .map_err(|_| FeedbackError::BadSignature)?;
+    let mut signed = Vec::with_capacity(ts.len() + raw.len());
+    signed.extend_from_slice(ts.as_bytes());
+    signed.extend_from_slice(raw);
+    key.verify(&signed, &sig)
+        .map_err(|_| FeedbackError::BadSignature)?;
+    let events: Vec<serde_json::Value> =
+        serde_json::from_slice(raw).map_err(|e| FeedbackError::Malformed(e.to_string()))?;
+    let mut out = Vec::new();
+    for e in &events {
+        let text = |k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let number_or_text = |k: &str| {
+            e.get(k).and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+        };
+        let (Some(id), Some(event), Some(email)) =
+            (text("sg_event_id"), text("event"), text("email"))
+        else {
+            return Err(FeedbackError::Malformed(
+                "an event lacks sg_event_id, event or email".into(),
+            ));
+        };
+        let reason = text("reason").unwrap_or_default();
+        let kind = match event.as_str() {
+            "delivered" => Kind::Delivered,
+            "deferred" => Kind::Deferred,
+            // `type` is "bounce" for a permanent failure, "blocked" for a temporary one.
+            "bounce" if text("type").as_deref() == Some("blocked") => Kind::Deferred,
+            "bounce" => Kind::HardBounce,
+            "spamreport" => Kind::Complaint,
+            "unsubscribe" | "group_unsubscribe" => Kind::Unsubscribe,
+            // SendGrid did not send because the address is on one of its own lists.
+            "dropped" if reason.contains("Bounced Address") || reason.contains("Invalid") => {
+                Kind::HardBounce
+            }
+            "dropped" if reason.contains("Spam Report") => Kind::Complaint,
+            "dropped" if reason.contains("Unsubscribed") => Kind::Unsubscribe,
+            _ => continue,
+        };
+        out.push(Event {
+            key: format!("sendgrid:{id}"),
+            provider: "sendgrid",
+            kind,
+            email: email.trim().to_ascii_lowercase(),
+            campaign_id: number_or_text("campaign_id"),
+            recipient_id: number_or_text("recipient_id").and_then(|r| r.parse().ok()),
+            detail: Some(reason).filter(|r| !r.is_empty()),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether an `Authorization` header carries exactly these basic-auth credentials (constant time).
+pub fn basic_auth_matches(header: Option<&str>, username: &str, password: &str) -> bool {
+    use base64::Engine;
+    let Some(given) = header.and_then(|h| h.strip_prefix("Basic ")) else {
+        return false;
+    };
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    crate::secret::same(given.trim().as_bytes(), expected.as_bytes())
+}
+
+/// Reads a Postmark webhook (one record per post; authenticated by the endpoint, not signed).
+pub fn postmark(raw: &[u8]) -> Result<Event, FeedbackError> {
+    let e: serde_json::Value =
+        serde_json::from_slice(raw).map_err(|e| FeedbackError::Malformed(e.to_string()))?;
+    let text = |k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let record =
+        text("RecordType").ok_or_else(|| FeedbackError::Malformed("no RecordType".into()))?;
+    let bounce_type = text("Type").unwrap_or_default();
+    let kind = match record.as_str() {
+        "Delivery" => Kind::Delivered,
+        "Bounce" if matches!(bounce_type.as_str(), "HardBounce" | "BadEmailAddress") => {
+            Kind::HardBounce
+        }
+        "Bounce" if bounce_type == "SpamNotification" => Kind::Complaint,
+        "Bounce" => Kind::Deferred,
+        "SpamComplaint" => Kind::Complaint,
+        "SubscriptionChange"
+            if e.get("SuppressSending").and_then(|v| v.as_bool()) == Some(true) =>
+        {
+            match text("SuppressionReason").as_deref() {
+                Some("HardBounce") => Kind::HardBounce,
+                Some("SpamComplaint") => Kind::Complaint,
+                _ => Kind::Unsubscribe,
+            }
+        }
+        other => return Err(FeedbackError::Ignored(other.to_string())),
+    };
+    let email = text("Email")
+        .or_else(|| text("Recipient"))
+        .ok_or_else(|| FeedbackError::Malformed("no Email or Recipient".into()))?;
+    // Bounces carry a numeric ID; other records are one per message and change.
+    let id = e
+        .get("ID")
+        .map(|v| v.to_string())
+        .or_else(|| {
+            text("MessageID").map(|m| format!("{m}:{}", text("ChangedAt").unwrap_or_default()))
+        })
+        .ok_or_else(|| FeedbackError::Malformed("no ID or MessageID".into()))?;
+    let meta = |k: &str| {
+        e.get("Metadata")
+            .and_then(|m| m.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    Ok(Event {
+        key: format!("postmark:{record}:{id}"),
+        provider: "postmark",
+        kind,
+        email: email.trim().to_ascii_lowercase(),
+        campaign_id: meta("campaign_id"),
+        recipient_id: meta("recipient_id").and_then(|r| r.parse().ok()),
+        detail: text("Description")
+            .or_else(|| text("Details"))
+            .filter(|d| !d.is_empty()),
+    })
+}
+
+/// The base64 DER form SendGrid shows its key in; for tests and local tooling.
+pub fn sendgrid_public_key(key: &VerifyingKey) -> String {
+    use base64::Engine;
+    // SubjectPublicKeyInfo for id-ecPublicKey / prime256v1, then the uncompressed point.
+    let mut der = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    der.extend_from_slice(key.to_encoded_point(false).as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+/// Signs like SendGrid does; for tests and local tooling.
+pub fn sendgrid_signature(key: &p256::ecdsa::SigningKey, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let mut signed = timestamp.as_bytes().to_vec();
+    signed.extend_from_slice(body);
+    let sig: p256::ecdsa::Signature = key.sign(&signed);
+    base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+}
+
 /// Signs like Mailgun does; for tests and local tooling.
 pub fn mailgun_signature(signing_key: &str, timestamp: &str, token: &str) -> String {
     let mut mac =
@@ -274,5 +519,202 @@ mod tests {
             kind("opened", ""),
             Err(FeedbackError::Ignored("opened".into()))
         );
+    }
+
+    mod sendgrid_webhook {
+        use super::super::*;
+        use p256::ecdsa::SigningKey;
+
+        fn keys(seed: u8) -> (SigningKey, String) {
+            let signing = SigningKey::from_slice(&[seed; 32]).unwrap();
+            let public = sendgrid_public_key(signing.verifying_key());
+            (signing, public)
+        }
+
+        fn sign(key: &SigningKey, ts: &str, body: &[u8]) -> String {
+            sendgrid_signature(key, ts, body)
+        }
+
+        fn body() -> Vec<u8> {
+            serde_json::to_vec(&serde_json::json!([
+                {"email": "Gone@example.org", "event": "bounce", "type": "bounce", "reason": "550 5.1.1 unknown user",
+                 "sg_event_id": "ev-1", "timestamp": 1_700_000_000, "campaign_id": "c01", "recipient_id": "17"},
+                {"email": "busy@example.org", "event": "bounce", "type": "blocked", "sg_event_id": "ev-2"},
+                {"email": "angry@example.org", "event": "spamreport", "sg_event_id": "ev-3"},
+                {"email": "bye@example.org", "event": "group_unsubscribe", "sg_event_id": "ev-4"},
+                {"email": "x@example.org", "event": "dropped", "reason": "Bounced Address", "sg_event_id": "ev-5"},
+                {"email": "y@example.org", "event": "open", "sg_event_id": "ev-6"}
+            ]))
+            .unwrap()
+        }
+
+        #[test]
+        fn a_signed_batch_is_read_event_by_event() {
+            let (signing, public) = keys(7);
+            let key = sendgrid_key(&public).unwrap();
+            let raw = body();
+            let sig = sign(&signing, "1700000000", &raw);
+            let events = sendgrid(&raw, Some("1700000000"), Some(&sig), &key).unwrap();
+            let kinds: Vec<_> = events.iter().map(|e| (e.email.as_str(), e.kind)).collect();
+            assert_eq!(
+                kinds,
+                [
+                    ("gone@example.org", Kind::HardBounce),
+                    ("busy@example.org", Kind::Deferred),
+                    ("angry@example.org", Kind::Complaint),
+                    ("bye@example.org", Kind::Unsubscribe),
+                    ("x@example.org", Kind::HardBounce),
+                ]
+            );
+            assert_eq!(events[0].key, "sendgrid:ev-1");
+            assert_eq!(events[0].campaign_id.as_deref(), Some("c01"));
+            assert_eq!(events[0].recipient_id, Some(17));
+        }
+
+        #[test]
+        fn tampered_forged_and_unsigned_batches_are_refused() {
+            let (signing, public) = keys(7);
+            let key = sendgrid_key(&public).unwrap();
+            let raw = body();
+            let sig = sign(&signing, "1700000000", &raw);
+            let mut tampered = raw.clone();
+            let at = tampered.iter().position(|&b| b == b'G').unwrap();
+            tampered[at] = b'H';
+            let (other, _) = keys(9);
+            for (body, ts, sig) in [
+                (&tampered, Some("1700000000"), Some(sig.clone())),
+                (&raw, Some("1700000001"), Some(sig.clone())),
+                (
+                    &raw,
+                    Some("1700000000"),
+                    Some(sign(&other, "1700000000", &raw)),
+                ),
+                (&raw, None, Some(sig.clone())),
+                (&raw, Some("1700000000"), None),
+                (
+                    &raw,
+                    Some("1700000000"),
+                    Some("bm90IGEgc2lnbmF0dXJl".into()),
+                ),
+                (&raw, Some("1700000000"), Some("%%%".into())),
+            ] {
+                assert_eq!(
+                    sendgrid(body, ts, sig.as_deref(), &key).map(|e| e.len()),
+                    Err(FeedbackError::BadSignature)
+                );
+            }
+        }
+
+        #[test]
+        fn the_key_is_checked_when_configured() {
+            assert!(sendgrid_key("not base64!").unwrap_err().contains("base64"));
+            assert!(sendgrid_key("AAAA").unwrap_err().contains("P-256"));
+            let c = FeedbackConfig {
+                sendgrid: SendgridFeedback {
+                    public_key: Some("AAAA".into()),
+                },
+                ..Default::default()
+            };
+            assert!(c
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("feedback.sendgrid.public_key"));
+        }
+    }
+
+    mod postmark_webhook {
+        use super::super::*;
+
+        fn kind(record: serde_json::Value) -> Result<Kind, FeedbackError> {
+            postmark(&serde_json::to_vec(&record).unwrap()).map(|e| e.kind)
+        }
+
+        #[test]
+        fn records_are_read() {
+            let bounce = serde_json::json!({
+                "RecordType": "Bounce", "ID": 4323372036854775807i64, "Type": "HardBounce", "TypeCode": 1,
+                "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "Email": "Gone@Example.org",
+                "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+                "Metadata": {"campaign_id": "c01", "recipient_id": "17"}
+            });
+            let e = postmark(&serde_json::to_vec(&bounce).unwrap()).unwrap();
+            assert_eq!(e.kind, Kind::HardBounce);
+            assert_eq!(e.email, "gone@example.org");
+            assert_eq!(e.key, "postmark:Bounce:4323372036854775807");
+            assert_eq!(e.campaign_id.as_deref(), Some("c01"));
+            assert_eq!(e.recipient_id, Some(17));
+            let soft = serde_json::json!({"RecordType": "Bounce", "ID": 1, "Type": "SoftBounce", "Email": "a@b.example"});
+            assert_eq!(kind(soft), Ok(Kind::Deferred));
+            let spam = serde_json::json!({"RecordType": "SpamComplaint", "ID": 2, "Type": "SpamComplaint", "Email": "a@b.example"});
+            assert_eq!(kind(spam), Ok(Kind::Complaint));
+            let unsub = serde_json::json!({
+                "RecordType": "SubscriptionChange", "MessageID": "m1", "ChangedAt": "2026-11-22T10:00:00Z",
+                "Recipient": "a@b.example", "SuppressSending": true, "SuppressionReason": "ManualSuppression"
+            });
+            assert_eq!(kind(unsub), Ok(Kind::Unsubscribe));
+            let resub = serde_json::json!({
+                "RecordType": "SubscriptionChange", "MessageID": "m1", "Recipient": "a@b.example", "SuppressSending": false
+            });
+            assert_eq!(
+                kind(resub),
+                Err(FeedbackError::Ignored("SubscriptionChange".into()))
+            );
+            let open = serde_json::json!({"RecordType": "Open", "MessageID": "m1", "Recipient": "a@b.example"});
+            assert_eq!(kind(open), Err(FeedbackError::Ignored("Open".into())));
+            assert!(matches!(
+                kind(serde_json::json!({"ID": 1})),
+                Err(FeedbackError::Malformed(_))
+            ));
+        }
+
+        #[test]
+        fn basic_auth_is_exact() {
+            let ok = "Basic cG9zdG1hcms6cGFzc3dvcmQtcGFzc3dvcmQ="; // postmark:password-password
+            assert!(basic_auth_matches(
+                Some(ok),
+                "postmark",
+                "password-password"
+            ));
+            assert!(!basic_auth_matches(
+                Some(ok),
+                "postmark",
+                "password-passwore"
+            ));
+            assert!(!basic_auth_matches(None, "postmark", "password-password"));
+            assert!(!basic_auth_matches(
+                Some("Bearer x"),
+                "postmark",
+                "password-password"
+            ));
+        }
+
+        #[test]
+        fn credentials_come_in_pairs() {
+            let c = |u: Option<&str>, p: Option<&str>| FeedbackConfig {
+                postmark: PostmarkFeedback {
+                    username: u.map(Into::into),
+                    password: p.map(Into::into),
+                },
+                ..Default::default()
+            };
+            assert!(c(None, None).check().is_ok());
+            assert!(c(Some("postmark"), Some("0123456789abcdef"))
+                .check()
+                .is_ok());
+            for (bad, key) in [
+                (
+                    c(Some("postmark"), None),
+                    "CONDUCTOR__FEEDBACK__POSTMARK__PASSWORD",
+                ),
+                (c(None, Some("0123456789abcdef")), "username"),
+                (c(Some("postmark"), Some("short")), "16"),
+                (c(Some("a:b"), Some("0123456789abcdef")), "':'"),
+            ] {
+                let e = bad.check().unwrap_err().to_string();
+                assert!(e.contains(key), "{e}");
+            }
+            assert!(!format!("{:?}", c(Some("u"), Some("0123456789abcdef"))).contains("0123"));
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -14,7 +14,122 @@ use crate::problem::Problem;
 use crate::service::Service;
 
 pub fn router() -> Router<Arc<Service>> {
-    Router::new().route("/v1/feedback/mailgun", post(mailgun))
+    Router::new()
+        .route("/v1/feedback/mailgun", post(mailgun))
+        .route("/v1/feedback/sendgrid", post(sendgrid))
+        .route("/v1/feedback/postmark", post(postmark))
+}
+
+fn disabled(provider: &'static str, how: &str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "/problems/feedback-disabled",
+        "Feedback from this provider is not enabled",
+        format!("{provider}: {how}"),
+    )
+}
+
+fn unauthorised(e: impl ToString) -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "/problems/bad-signature",
+        "Signature does not verify",
+        e.to_string(),
+    )
+}
+
+fn malformed(provider: &str, e: FeedbackError) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "/problems/validation",
+        "Not a webhook payload",
+        format!("{provider}: {e}"),
+    )
+}
+
+/// Records events; an event seen before changes nothing. Returns how many were new.
+async fn record(svc: &Service, events: &[feedback::Event]) -> Result<usize, Problem> {
+    let now = svc.work.clock.now_ms();
+    let mut new = 0;
+    for event in events {
+        if svc.store.record_feedback(event, now).await? {
+            new += 1;
+            tracing::info!(provider = event.provider, event = event.kind.as_str(), email = %event.email, "feedback recorded");
+        }
+    }
+    Ok(new)
+}
+
+/// SendGrid's Signed Event Webhook: a JSON array, ECDSA-signed; retried on anything but 2xx.
+async fn sendgrid(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let Some(key) = svc.feedback.sendgrid.public_key.as_deref() else {
+        return Err(disabled(
+            "sendgrid",
+            "set [feedback.sendgrid] public_key to the Signed Event Webhook's verification key",
+        ));
+    };
+    // Checked at startup; a key that stopped parsing is a server fault, not the caller's.
+    let key = feedback::sendgrid_key(key).map_err(|e| {
+        tracing::error!(error = %e, "feedback.sendgrid.public_key");
+        Problem::internal()
+    })?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let events = match feedback::sendgrid(
+        &body,
+        header("x-twilio-email-event-webhook-timestamp"),
+        header("x-twilio-email-event-webhook-signature"),
+        &key,
+    ) {
+        Ok(events) => events,
+        Err(e @ FeedbackError::BadSignature) => return Err(unauthorised(e)),
+        Err(e) => return Err(malformed("sendgrid", e)),
+    };
+    record(&svc, &events).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// Postmark signs nothing: the webhook URL carries basic-auth credentials only it knows.
+async fn postmark(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let p = &svc.feedback.postmark;
+    let (Some(user), Some(password)) = (p.username.as_deref(), p.password.as_deref()) else {
+        return Err(disabled(
+            "postmark",
+            "set [feedback.postmark] username and CONDUCTOR__FEEDBACK__POSTMARK__PASSWORD",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !feedback::basic_auth_matches(given, user, password) {
+        let mut response = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "/problems/unauthorised",
+            "Credentials required",
+            "the webhook URL's basic-auth credentials do not match [feedback.postmark]",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"feedback\""),
+        );
+        return Ok(response);
+    }
+    match feedback::postmark(&body) {
+        Ok(event) => {
+            record(&svc, &[event]).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        Err(FeedbackError::Ignored(_)) => Ok(StatusCode::OK.into_response()),
+        Err(e) => Err(malformed("postmark", e)),
+    }
 }
 
 /// Mailgun retries anything but 200 and 406 for hours; 406 tells it to stop (stale or replayed).
@@ -23,23 +138,14 @@ async fn mailgun(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let Some(key) = svc.feedback.mailgun.signing_key.as_deref() else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "/problems/feedback-disabled",
-            "Mailgun feedback is not enabled",
+        return Err(disabled(
+            "mailgun",
             "set CONDUCTOR__FEEDBACK__MAILGUN__SIGNING_KEY to the webhook signing key",
         ));
     };
     let event = match feedback::mailgun(&body, key, svc.work.clock.now_ms()) {
         Ok(e) => e,
-        Err(e @ FeedbackError::BadSignature) => {
-            return Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "/problems/bad-signature",
-                "Signature does not verify",
-                e.to_string(),
-            ))
-        }
+        Err(e @ FeedbackError::BadSignature) => return Err(unauthorised(e)),
         Err(e @ FeedbackError::Stale { .. }) => {
             return Err(Problem::new(
                 StatusCode::NOT_ACCEPTABLE,
@@ -49,21 +155,9 @@ async fn mailgun(
             ))
         }
         Err(FeedbackError::Ignored(_)) => return Ok(StatusCode::OK.into_response()),
-        Err(e @ FeedbackError::Malformed(_)) => {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "/problems/validation",
-                "Not a Mailgun webhook",
-                e.to_string(),
-            ))
-        }
+        Err(e @ FeedbackError::Malformed(_)) => return Err(malformed("mailgun", e)),
     };
-    if svc
-        .store
-        .record_feedback(&event, svc.work.clock.now_ms())
-        .await?
-    {
-        tracing::info!(provider = event.provider, event = event.kind.as_str(), email = %event.email, "feedback recorded");
+    if record(&svc, std::slice::from_ref(&event)).await? == 1 {
         Ok(StatusCode::OK.into_response())
     } else {
         Err(Problem::new(

@@ -75,6 +75,7 @@ impl Runtime {
             bodies: bodies.clone(),
             events: Events::new(sink, store.clone(), clock.clone()),
             wake: Notify::new(),
+            throttle: Default::default(),
         });
 
         if config.dispatch.mode == DispatchMode::Local {

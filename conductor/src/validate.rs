@@ -366,6 +366,7 @@ pub fn validate(
                     .map(|n| n.trim().to_string())
                     .filter(|n| !n.is_empty()),
                 data: serde_json::Value::Object(r.data.unwrap_or_default()),
+                unsubscribe: None,
             },
         ));
         if errors.len() >= MAX_ERRORS {

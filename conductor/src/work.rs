@@ -2,7 +2,7 @@
 //! the Store, and runs the reconcile step that hands out render jobs, expires silent leases, and
 //! announces campaigns that started or finished.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use renderer::{BodyStore, RenderInput, RenderJob, RenderSource, SourceError};
@@ -11,9 +11,11 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::OnAmbiguous;
 use crate::dispatch::Dispatch;
 use crate::events::{Events, Kind};
 use crate::store::{LeaseRules, ReportRules, Store, StoreError};
+use crate::throttle::{Aimd, Change};
 
 pub struct Work {
     pub store: Arc<dyn Store>,
@@ -24,6 +26,8 @@ pub struct Work {
     pub events: Events,
     /// Poked when there is something new to hand out (a campaign created or resumed).
     pub wake: Notify,
+    /// This conductor's view of provider throttling; the minute's cap is fixed by whoever opens it.
+    pub throttle: Mutex<Aimd>,
 }
 
 impl Work {
@@ -51,7 +55,8 @@ impl Work {
                 }
             }
         }
-        let lost = self.store.expire_leases(now).await?;
+        let resend = cfg.campaigns.on_ambiguous == OnAmbiguous::Resend;
+        let lost = self.store.expire_leases(now, resend).await?;
         if lost > 0 {
             tracing::warn!(
                 recipients = lost,
@@ -92,6 +97,47 @@ impl Work {
     }
 }
 
+impl Work {
+    /// Feeds a report to AIMD; a cut also lowers what is left of this minute, because the provider
+    /// is refusing now, not from the next minute on.
+    async fn observe_throttling(&self, cfg: &Config, outcomes: &[RecipientOutcome], now: i64) {
+        let attempted = outcomes.iter().filter(|o| o.outcome.attempted()).count();
+        let throttled = outcomes
+            .iter()
+            .filter(|o| matches!(o.outcome, sender::Outcome::Throttled { .. }))
+            .count();
+        let sent = outcomes
+            .iter()
+            .filter(|o| matches!(o.outcome, sender::Outcome::Sent { .. }))
+            .count();
+        let configured = cfg.governor.per_minute;
+        let change = self.throttle.lock().expect("throttle poisoned").observe(
+            &cfg.governor.throttle,
+            configured,
+            (attempted, throttled, sent),
+            now,
+        );
+        match change {
+            Change::Lowered(cap) => {
+                tracing::warn!(
+                    cap,
+                    configured,
+                    throttled,
+                    "provider is throttling: per-minute rate lowered"
+                );
+                let minute = sender::clock::minute_start(now);
+                if let Err(e) = self.store.lower_cap(minute, cap).await {
+                    tracing::warn!(error = %e, "this minute's cap not lowered");
+                }
+            }
+            Change::Recovered => {
+                tracing::info!(configured, "throttling over: back at the configured rate")
+            }
+            Change::None => {}
+        }
+    }
+}
+
 #[async_trait]
 impl WorkSource for Work {
     async fn lease(&self, want: usize) -> Result<LeaseReply, WorkError> {
@@ -99,7 +145,11 @@ impl WorkSource for Work {
         let rules = LeaseRules {
             want: want.min(u32::MAX as usize) as u32,
             now: self.clock.now_ms(),
-            cap: cfg.governor.per_minute,
+            cap: self
+                .throttle
+                .lock()
+                .expect("throttle poisoned")
+                .cap(cfg.governor.per_minute),
             margin_ms: i64::from(cfg.governor.safety_margin_ms),
             // A request started at the last moment may take the provider timeout to answer, and its
             // report a few retries to arrive.
@@ -117,10 +167,14 @@ impl WorkSource for Work {
         outcomes: Vec<RecipientOutcome>,
         last: bool,
     ) -> Result<(), WorkError> {
+        let cfg = self.config();
+        let now = self.clock.now_ms();
         let rules = ReportRules {
-            now: self.clock.now_ms(),
-            max_attempts: self.config().campaigns.max_attempts,
+            now,
+            max_attempts: cfg.campaigns.max_attempts,
+            resend_ambiguous: cfg.campaigns.on_ambiguous == OnAmbiguous::Resend,
         };
+        self.observe_throttling(&cfg, &outcomes, now).await;
         let stop_reason = outcomes.iter().find_map(|o| match &o.outcome {
             sender::Outcome::AccountStop { reason } => Some(reason.clone()),
             _ => None,
@@ -153,7 +207,15 @@ impl RenderSource for Work {
             .claim_render(job, self.clock.now_ms(), hold)
             .await
         {
-            Ok(Some(input)) => Ok(input),
+            Ok(Some(mut input)) => {
+                // Signed here, not by the renderer: the secret stays with the conductor.
+                if let Some(links) = self.config().unsubscribe.links() {
+                    for r in &mut input.recipients {
+                        r.unsubscribe = Some(links.link(&job.campaign_id, r.id));
+                    }
+                }
+                Ok(input)
+            }
             Ok(None) => Err(SourceError::Gone(format!(
                 "{}/{} needs no rendering or is being rendered",
                 job.campaign_id, job.batch

@@ -30,6 +30,9 @@ pub struct RenderedMessage {
     pub subject: String,
     pub html: String,
     pub text: String,
+    /// This recipient's `List-Unsubscribe` value, when links are signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_unsubscribe: Option<String>,
 }
 
 /// An address with an optional display name, validated by the conductor before it gets here.
@@ -115,6 +118,7 @@ mod tests {
                     subject: "Grüße".into(),
                     html: "<p>same body</p>".repeat(100),
                     text: "same body".into(),
+                    list_unsubscribe: None,
                 })
                 .collect(),
         };

@@ -17,6 +17,8 @@ const SECRETS: &[&[&str]] = &[
     &["provider", "resend", "api_key"],
     &["workers", "secret"],
     &["feedback", "mailgun", "signing_key"],
+    &["unsubscribe", "secret"],
+    &["feedback", "postmark", "password"],
 ];
 
 #[derive(Debug, thiserror::Error)]

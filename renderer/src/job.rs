@@ -21,6 +21,26 @@ pub struct RecipientData {
     pub name: Option<String>,
     /// The recipient's own fields (a JSON object).
     pub data: serde_json::Value,
+    /// One-click unsubscribe for this recipient, when the conductor signs links (`[unsubscribe]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<UnsubscribeLink>,
+}
+
+/// Where this recipient unsubscribes (RFC 8058): a signed HTTPS URL and, optionally, a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsubscribeLink {
+    pub url: String,
+    pub mailto: Option<String>,
+}
+
+impl UnsubscribeLink {
+    /// The `List-Unsubscribe` header value: the URL first, so one-click clients use it.
+    pub fn header(&self) -> String {
+        match &self.mailto {
+            Some(m) => format!("<{}>, <mailto:{m}>", self.url),
+            None => format!("<{}>", self.url),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,9 +85,16 @@ pub fn context(r: &RecipientData) -> serde_json::Value {
     ctx.insert("email".into(), r.email.clone().into());
     ctx.entry("name")
         .or_insert_with(|| r.name.clone().map_or(serde_json::Value::Null, Into::into));
-    // Mailgun substitutes its own unsubscribe link for this tag; other providers show it as written
-    // until the conductor's signed one-click links replace it.
-    ctx.entry("unsubscribe_url")
-        .or_insert_with(|| "%unsubscribe_url%".into());
+    // The conductor's signed one-click link wins; without one (no `[unsubscribe] base_url`), the
+    // recipient's own field or Mailgun's tag, which Mailgun replaces with its own link.
+    match &r.unsubscribe {
+        Some(u) => {
+            ctx.insert("unsubscribe_url".into(), u.url.clone().into());
+        }
+        None => {
+            ctx.entry("unsubscribe_url")
+                .or_insert_with(|| "%unsubscribe_url%".into());
+        }
+    }
     serde_json::Value::Object(ctx)
 }

@@ -18,6 +18,8 @@ pub mod worker;
 
 pub use batch::{BatchCodecError, Mailbox, RenderedBatch, RenderedMessage};
 pub use body_store::{BodyError, BodyStore, LocalBodyStore};
-pub use job::{context, RecipientData, RenderInput, RenderJob, RenderSource, SourceError};
+pub use job::{
+    context, RecipientData, RenderInput, RenderJob, RenderSource, SourceError, UnsubscribeLink,
+};
 pub use template::{CompiledTemplate, RenderError, RenderedParts, TemplateError, TemplateSource};
 pub use worker::{render_batch, Renderer, WorkerError};

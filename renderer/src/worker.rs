@@ -43,6 +43,7 @@ pub fn render_batch(
                 subject: parts.subject,
                 html: parts.html,
                 text: parts.text,
+                list_unsubscribe: r.unsubscribe.as_ref().map(|u| u.header()),
             }),
             Err(e) => failed.push((r.id, e.to_string())),
         }

@@ -326,6 +326,7 @@ impl RenderSource for FakeSource {
                 email: "ann@example.com".into(),
                 name: Some("Ann".into()),
                 data: json!({}),
+                unsubscribe: None,
             }],
         })
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 pub use renderer::config::{from_toml, invalid, load, ConfigError, ENV_PREFIX};
 
 use crate::clock::Clock;
-use crate::provider::{Mailgun, Outbox, Postmark, Provider, Resend, SendGrid};
+use crate::provider::{Mailgun, Outbox, Postmark, Provider, Resend, SendGrid, Ses};
 use crate::worker::SenderConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -21,6 +21,7 @@ pub enum ProviderKind {
     Sendgrid,
     Postmark,
     Resend,
+    Ses,
 }
 
 /// `[provider]`
@@ -37,6 +38,19 @@ pub struct ProviderConfig {
     pub sendgrid: ApiConfig,
     pub postmark: PostmarkConfig,
     pub resend: ApiConfig,
+    pub ses: SesConfig,
+}
+
+/// `[provider.ses]`: Amazon SES v2. Credentials come from the AWS SDK's normal chain, never from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SesConfig {
+    /// Default: the SDK's (AWS_REGION, profile).
+    pub region: Option<String>,
+    /// An SES-compatible endpoint or a local emulator.
+    pub endpoint: Option<String>,
+    /// Needed for SES event publishing (bounces and complaints to SNS) and dedicated IP pools.
+    pub configuration_set: Option<String>,
 }
 
 impl Default for ProviderConfig {
@@ -50,6 +64,7 @@ impl Default for ProviderConfig {
             sendgrid: ApiConfig::default(),
             postmark: PostmarkConfig::default(),
             resend: ApiConfig::default(),
+            ses: SesConfig::default(),
         }
     }
 }
@@ -225,7 +240,8 @@ impl ProviderConfig {
     /// The secret of the configured provider (none for the outbox).
     fn key(&self) -> Result<String, ConfigError> {
         match self.kind {
-            ProviderKind::Outbox => Ok(String::new()),
+            // SES signs with credentials from the SDK's chain.
+            ProviderKind::Outbox | ProviderKind::Ses => Ok(String::new()),
             ProviderKind::Mailgun => self.mailgun.key(),
             ProviderKind::Sendgrid => secret(
                 &self.sendgrid.api_key,
@@ -292,6 +308,10 @@ impl ProviderConfig {
                     ));
                 }
             }
+            ProviderKind::Ses => renderer::aws::check_endpoint(
+                "provider.ses.endpoint",
+                self.ses.endpoint.as_deref(),
+            )?,
             _ => {}
         }
         Ok(())
@@ -308,6 +328,17 @@ impl ProviderConfig {
                 self.postmark.base_url, self.postmark.message_stream
             ),
             ProviderKind::Resend => format!("Resend at {}", self.resend.base(RESEND_API)),
+            ProviderKind::Ses => format!(
+                "Amazon SES{}{}",
+                self.ses
+                    .region
+                    .as_deref()
+                    .map_or(String::new(), |r| format!(" in {r}")),
+                self.ses
+                    .endpoint
+                    .as_deref()
+                    .map_or(String::new(), |e| format!(" at {e}"))
+            ),
         }
     }
 
@@ -351,6 +382,12 @@ impl ProviderConfig {
                 Resend::new(&self.resend.base(RESEND_API), self.key()?, timeout, clock)
                     .map_err(|e| invalid("provider.resend", e.to_string()))?,
             ),
+            ProviderKind::Ses => Arc::new(Ses::new(
+                self.ses.region.clone(),
+                self.ses.endpoint.clone(),
+                self.ses.configuration_set.clone(),
+                timeout,
+            )),
         })
     }
 }

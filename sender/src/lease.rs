@@ -68,6 +68,12 @@ pub enum Outcome {
         reason: String,
         retry_after_ms: Option<i64>,
     },
+    /// Refused for now because we are sending faster than the provider allows (HTTP 429): worth
+    /// another try like [`Outcome::Deferred`], and a signal to send slower.
+    Throttled {
+        reason: String,
+        retry_after_ms: Option<i64>,
+    },
     /// The request may have reached the provider; resending could mail twice.
     Unknown { reason: String },
     /// The provider refused the account or its configuration (bad key, unverified domain): sending

@@ -207,6 +207,7 @@ mod tests {
                     subject: "s".into(),
                     html: "h".into(),
                     text: "t".into(),
+                    list_unsubscribe: None,
                 })
                 .collect(),
         };

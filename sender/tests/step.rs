@@ -97,6 +97,7 @@ async fn setup(
                 subject: "s".into(),
                 html: "<p>h</p>".into(),
                 text: "h".into(),
+                list_unsubscribe: None,
             })
             .collect(),
     };

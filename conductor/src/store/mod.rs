@@ -144,6 +144,8 @@ pub struct LeaseRules {
 pub struct ReportRules {
     pub now: Millis,
     pub max_attempts: u32,
+    /// `[campaigns] on_ambiguous = "resend"`: sends in doubt go back to the queue instead of `unknown`.
+    pub resend_ambiguous: bool,
 }
 
 #[async_trait]
@@ -201,8 +203,9 @@ pub trait Store: Send + Sync + 'static {
         last: bool,
         rules: ReportRules,
     ) -> Result<Option<String>, StoreError>;
-    /// Closes leases past their expiry; returns how many recipients became `unknown`.
-    async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError>;
+    /// Closes leases past their expiry; returns how many recipients were in doubt (`unknown`, or
+    /// queued again when `resend_ambiguous`).
+    async fn expire_leases(&self, now: Millis, resend_ambiguous: bool) -> Result<u64, StoreError>;
     /// Marks running campaigns with nothing left to send as completed; returns their ids.
     async fn complete_finished(&self, now: Millis) -> Result<Vec<String>, StoreError>;
     /// Marks campaigns that have had their first lease as started; returns those newly marked.
@@ -231,6 +234,9 @@ pub trait Store: Send + Sync + 'static {
     /// Puts a campaign's recipients in `states` (a subset of [`RETRYABLE`]) back in the queue and the
     /// campaign back to running; returns how many.
     async fn retry(&self, id: &str, states: &[String], now: Millis) -> Result<u64, StoreError>;
+
+    /// Lowers this minute's global cap (throttling), never below what it has already granted.
+    async fn lower_cap(&self, minute: Millis, cap: u32) -> Result<(), StoreError>;
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
 }

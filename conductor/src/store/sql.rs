@@ -537,6 +537,7 @@ impl Store for SqlStore {
                     email: r.get("email"),
                     name: r.get("name"),
                     data: json(r.get("data"))?,
+                    unsubscribe: None,
                 })
             })
             .collect::<Result<_, StoreError>>()?;
@@ -737,11 +738,27 @@ impl Store for SqlStore {
         for o in outcomes {
             // A token was spent if a request was made; a released recipient spent none.
             let counted = o.outcome.attempted();
-            let (state, reason, provider_id, retry_at) = match &o.outcome {
+            // `on_ambiguous = "resend"`: a send in doubt is tried again like a deferred one.
+            let resent;
+            let outcome = match &o.outcome {
+                Outcome::Unknown { reason } if r.resend_ambiguous => {
+                    resent = Outcome::Deferred {
+                        reason: format!("in doubt, sent again (on_ambiguous = resend): {reason}"),
+                        retry_after_ms: None,
+                    };
+                    &resent
+                }
+                other => other,
+            };
+            let (state, reason, provider_id, retry_at) = match outcome {
                 Outcome::Sent { provider_id } => ("sent", None, provider_id.clone(), None),
                 Outcome::Failed { reason } => ("failed", Some(reason.clone()), None, None),
                 Outcome::Unknown { reason } => ("unknown", Some(reason.clone()), None, None),
                 Outcome::Deferred {
+                    reason,
+                    retry_after_ms,
+                }
+                | Outcome::Throttled {
                     reason,
                     retry_after_ms,
                 } => {
@@ -829,7 +846,7 @@ impl Store for SqlStore {
         Ok(stopped)
     }
 
-    async fn expire_leases(&self, now: Millis) -> Result<u64, StoreError> {
+    async fn expire_leases(&self, now: Millis, resend_ambiguous: bool) -> Result<u64, StoreError> {
         let mut tx = self.write.begin().await?;
         let leases = sqlx::query(
             "SELECT id, campaign_id, heard_ms, first_at_ms, spacing_us, recipients FROM leases \
@@ -865,13 +882,17 @@ impl Store for SqlStore {
                 _ => (unreported, Vec::new()),
             };
             let back = Self::back_state(&mut tx, &campaign).await?;
-            for (ids, state, reason) in [
+            let (doubt_state, doubt_reason) = if resend_ambiguous && back != "cancelled" {
                 (
-                    &in_doubt,
-                    "unknown",
-                    Some("sender fell silent; this send may have started"),
-                ),
-                (&never_started, back, None),
+                    back,
+                    "sender fell silent; this send may have started and is sent again (on_ambiguous = resend)",
+                )
+            } else {
+                ("unknown", "sender fell silent; this send may have started")
+            };
+            for (ids, state, reason, doubt) in [
+                (&in_doubt, doubt_state, Some(doubt_reason), true),
+                (&never_started, back, None, false),
             ] {
                 for chunk in ids.chunks(500) {
                     let sql = format!(
@@ -888,7 +909,7 @@ impl Store for SqlStore {
                         q = q.bind(*rid);
                     }
                     let n = q.execute(&mut *tx).await?.rows_affected();
-                    if state == "unknown" {
+                    if doubt {
                         lost += n;
                     }
                 }
@@ -1083,6 +1104,21 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(moved)
+    }
+
+    async fn lower_cap(&self, minute: Millis, cap: u32) -> Result<(), StoreError> {
+        // Never below what is already granted: those tokens are out and may be spent.
+        sqlx::query(
+            "UPDATE minute_ledger SET cap = CASE WHEN granted > $1 THEN granted ELSE $2 END              WHERE scope = $3 AND minute_ms = $4 AND cap > $5",
+        )
+        .bind(i64::from(cap))
+        .bind(i64::from(cap))
+        .bind(GLOBAL)
+        .bind(minute)
+        .bind(i64::from(cap))
+        .execute(&self.write)
+        .await?;
+        Ok(())
     }
 
     async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {

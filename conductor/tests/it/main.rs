@@ -9,3 +9,4 @@ mod moto;
 mod sink;
 mod store;
 mod support;
+mod throttling;

@@ -111,6 +111,7 @@ fn report_rules(now: Millis) -> ReportRules {
     ReportRules {
         now,
         max_attempts: 3,
+        resend_ambiguous: false,
     }
 }
 
@@ -326,7 +327,13 @@ async fn a_silent_lease_holds_what_may_have_started_and_requeues_the_rest(store:
     let l = lease(store.lease(rules(5, M, 60)).await.unwrap());
     assert_eq!(l.tokens(), 5);
     // Last heard at M (the grant itself). Cut-off M + 2 s: slots 0..2 may have started.
-    assert_eq!(store.expire_leases(l.deadline + 30_001).await.unwrap(), 3);
+    assert_eq!(
+        store
+            .expire_leases(l.deadline + 30_001, false)
+            .await
+            .unwrap(),
+        3
+    );
     let k = store.campaign(&id).await.unwrap().counts;
     assert_eq!((k.unknown, k.pending, k.in_flight), (3, 2, 0));
     // The two never started are leased again (next minute).
@@ -352,8 +359,20 @@ async fn five_leased_first_sent(store: &Arc<dyn Store>) -> (String, SendLease) {
 
 async fn an_expired_lease_makes_its_recipients_unknown_never_resent(store: Arc<dyn Store>) {
     let (id, l) = five_leased_first_sent(&store).await;
-    assert_eq!(store.expire_leases(l.deadline + 29_999).await.unwrap(), 0);
-    assert_eq!(store.expire_leases(l.deadline + 30_001).await.unwrap(), 4);
+    assert_eq!(
+        store
+            .expire_leases(l.deadline + 29_999, false)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .expire_leases(l.deadline + 30_001, false)
+            .await
+            .unwrap(),
+        4
+    );
     let k = store.campaign(&id).await.unwrap().counts;
     assert_eq!((k.sent, k.unknown, k.pending), (1, 4, 0));
     assert_eq!(
@@ -743,7 +762,10 @@ async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_camp
 
 async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc<dyn Store>) {
     let (id, l) = five_leased_first_sent(&store).await;
-    store.expire_leases(l.deadline + 60_000).await.unwrap();
+    store
+        .expire_leases(l.deadline + 60_000, false)
+        .await
+        .unwrap();
     assert_eq!(
         store.complete_finished(M + 120_000).await.unwrap(),
         vec![id.clone()]

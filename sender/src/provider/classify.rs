@@ -67,7 +67,11 @@ pub fn sendgrid(
         },
         // 401 bad key; 403 unverified sender identity, suspended or restricted account.
         401 | 403 => Outcome::AccountStop { reason },
-        429 | 500..=599 => Outcome::Deferred {
+        429 => Outcome::Throttled {
+            reason,
+            retry_after_ms,
+        },
+        500..=599 => Outcome::Deferred {
             reason,
             retry_after_ms,
         },
@@ -103,7 +107,11 @@ pub fn postmark(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome
         (_, Some(10 | 400 | 401 | 405 | 412 | 413)) | (401 | 403, _) => {
             Outcome::AccountStop { reason }
         }
-        (429 | 500..=599, _) => Outcome::Deferred {
+        (429, _) => Outcome::Throttled {
+            reason,
+            retry_after_ms,
+        },
+        (500..=599, _) => Outcome::Deferred {
             reason,
             retry_after_ms,
         },
@@ -139,7 +147,11 @@ pub fn resend(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome {
             retry_after_ms: retry_after_ms.or(Some(1_000)),
         },
         429 if name == "daily_quota_exceeded" => Outcome::AccountStop { reason },
-        429 | 500..=599 => Outcome::Deferred {
+        429 => Outcome::Throttled {
+            reason,
+            retry_after_ms,
+        },
+        500..=599 => Outcome::Deferred {
             reason,
             retry_after_ms,
         },
@@ -167,7 +179,11 @@ pub fn mailgun(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome 
         401 | 403 => Outcome::AccountStop {
             reason: format!("Mailgun {status}: {message}"),
         },
-        429 | 500..=599 => Outcome::Deferred {
+        429 => Outcome::Throttled {
+            reason: format!("Mailgun {status}: {message}"),
+            retry_after_ms,
+        },
+        500..=599 => Outcome::Deferred {
             reason: format!("Mailgun {status}: {message}"),
             retry_after_ms,
         },
@@ -203,7 +219,7 @@ mod tests {
         ));
         assert_eq!(
             mailgun(429, Some(3_000), r#"{"message":"Too many requests"}"#),
-            Outcome::Deferred {
+            Outcome::Throttled {
                 reason: "Mailgun 429: Too many requests".into(),
                 retry_after_ms: Some(3_000)
             }
@@ -237,7 +253,7 @@ mod tests {
                 None,
                 r#"{"errors":[{"message":"too many requests"}]}"#
             ),
-            Outcome::Deferred {
+            Outcome::Throttled {
                 reason: "SendGrid 429: too many requests".into(),
                 retry_after_ms: Some(4_000)
             }
@@ -295,7 +311,7 @@ mod tests {
         ));
         assert!(matches!(
             postmark(429, Some(2_000), ""),
-            Outcome::Deferred {
+            Outcome::Throttled {
                 retry_after_ms: Some(2_000),
                 ..
             }
@@ -336,7 +352,7 @@ mod tests {
                 Some(1_000),
                 r#"{"statusCode":429,"name":"rate_limit_exceeded","message":"Too many requests."}"#
             ),
-            Outcome::Deferred {
+            Outcome::Throttled {
                 retry_after_ms: Some(1_000),
                 ..
             }

@@ -7,6 +7,7 @@ pub mod outbox;
 pub mod postmark;
 pub mod resend;
 pub mod sendgrid;
+pub mod ses;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use outbox::Outbox;
 pub use postmark::Postmark;
 pub use resend::Resend;
 pub use sendgrid::SendGrid;
+pub use ses::Ses;
 
 /// One message to send: the campaign-wide parts from its batch, the personal ones from the message.
 #[derive(Debug, Clone, Copy)]
@@ -40,7 +42,24 @@ impl OutgoingMessage<'_> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers.push(("Message-ID".into(), format!("<{}>", self.message_id())));
+        // RFC 8058: a one-click unsubscribe needs both headers, and the signature (DKIM, by the
+        // provider) must cover them.
+        if let Some(value) = &self.message.list_unsubscribe {
+            headers.push(("List-Unsubscribe".into(), value.clone()));
+            headers.push((
+                "List-Unsubscribe-Post".into(),
+                "List-Unsubscribe=One-Click".into(),
+            ));
+        }
         headers
+    }
+
+    /// [`Self::headers`] as the JSON object SendGrid and Resend take.
+    pub fn header_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.headers()
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect()
     }
 
     pub fn to(&self) -> renderer::Mailbox {

@@ -51,6 +51,14 @@ impl Outbox {
         for (name, value) in &b.headers {
             builder = builder.header(name.as_str(), Text::new(value.as_str()));
         }
+        if let Some(value) = &m.list_unsubscribe {
+            builder = builder
+                .header("List-Unsubscribe", Text::new(value.as_str()))
+                .header(
+                    "List-Unsubscribe-Post",
+                    Text::new("List-Unsubscribe=One-Click"),
+                );
+        }
         builder.write_to_vec().unwrap_or_default()
     }
 }
@@ -122,6 +130,7 @@ mod tests {
                 subject: "Grüße aus Köln ✉".into(),
                 html: "<p>Hallo Zoë</p>".into(),
                 text: "Hallo Zoë".into(),
+                list_unsubscribe: Some("<https://mail.example.com/u/t0k>".into()),
             }],
         }
     }
@@ -149,6 +158,14 @@ mod tests {
         assert!(eml.contains("text/plain; charset=\"utf-8\""), "{eml}");
         assert!(eml.contains("text/html; charset=\"utf-8\""), "{eml}");
         assert!(eml.contains("Reply-To: <help@example.com>"), "{eml}");
+        assert!(
+            eml.contains("List-Unsubscribe: <https://mail.example.com/u/t0k>\r\n"),
+            "{eml}"
+        );
+        assert!(
+            eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
+            "{eml}"
+        );
         // Non-ASCII headers are RFC 2047 encoded words; the raw UTF-8 never appears in a header.
         let headers = eml.split("\r\n\r\n").next().unwrap();
         assert!(headers.is_ascii(), "{headers}");

@@ -37,15 +37,7 @@ impl Resend {
 
     pub fn body(msg: OutgoingMessage<'_>) -> Value {
         let (b, m) = (msg.batch, msg.message);
-        let mut headers: serde_json::Map<String, Value> = b
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-            .collect();
-        headers.insert(
-            "Message-ID".into(),
-            format!("<{}>", msg.message_id()).into(),
-        );
+        let headers = msg.header_map();
         let mut body = json!({
             "from": b.from.to_string(),
             "to": [msg.to().to_string()],

@@ -62,7 +62,11 @@ async fn sendgrid_request_shape_and_auth() {
             "reply_to": {"email": "help@example.com"},
             "subject": "Grüße & more",
             "content": [{"type": "text/plain", "value": "Hi"}, {"type": "text/html", "value": "<p>Hi</p>"}],
-            "headers": {"Message-ID": "<cmp1.17@mg.example.com>"}
+            "headers": {
+                "Message-ID": "<cmp1.17@mg.example.com>",
+                "List-Unsubscribe": "<https://mail.example.com/u/t0k>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"
+            }
         })))
         .respond_with(ResponseTemplate::new(202).insert_header("X-Message-Id", "sg-abc"))
         .expect(1)
@@ -89,7 +93,7 @@ async fn sendgrid_answers() {
     )
     .await
     {
-        Outcome::Deferred {
+        Outcome::Throttled {
             retry_after_ms: Some(ms),
             ..
         } => assert!((25_000..=31_000).contains(&ms), "{ms}"),
@@ -127,7 +131,11 @@ async fn postmark_request_shape_and_auth() {
             "Subject": "Grüße & more",
             "HtmlBody": "<p>Hi</p>",
             "TextBody": "Hi",
-            "Headers": [{"Name": "Message-ID", "Value": "<cmp1.17@mg.example.com>"}],
+            "Headers": [
+                {"Name": "Message-ID", "Value": "<cmp1.17@mg.example.com>"},
+                {"Name": "List-Unsubscribe", "Value": "<https://mail.example.com/u/t0k>"},
+                {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"}
+            ],
             "Metadata": {"campaign_id": "cmp1", "recipient_id": "17"},
             "MessageStream": "broadcast"
         })))
@@ -187,7 +195,7 @@ async fn postmark_answers() {
             ResponseTemplate::new(429).insert_header("Retry-After", "5")
         )
         .await,
-        Outcome::Deferred {
+        Outcome::Throttled {
             retry_after_ms: Some(5_000),
             ..
         }
@@ -212,7 +220,11 @@ async fn resend_request_shape_auth_and_idempotency_key() {
             "subject": "Grüße & more",
             "html": "<p>Hi</p>",
             "text": "Hi",
-            "headers": {"Message-ID": "<cmp1.17@mg.example.com>"},
+            "headers": {
+                "Message-ID": "<cmp1.17@mg.example.com>",
+                "List-Unsubscribe": "<https://mail.example.com/u/t0k>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"
+            },
             "tags": [{"name": "campaign_id", "value": "cmp1"}, {"name": "recipient_id", "value": "17"}]
         })))
         .respond_with(
@@ -265,7 +277,7 @@ async fn resend_answers_and_a_lost_answer_is_retried_under_the_same_key() {
                 .insert_header("Retry-After", "1")
         )
         .await,
-        Outcome::Deferred {
+        Outcome::Throttled {
             retry_after_ms: Some(1_000),
             ..
         }

@@ -46,6 +46,12 @@ async fn request_shape_and_auth() {
         .and(body_string_contains("v%3Acampaign_id=cmp1"))
         .and(body_string_contains("v%3Arecipient_id=17"))
         .and(body_string_contains("h%3AReply-To=help%40example.com"))
+        .and(body_string_contains(
+            "h%3AList-Unsubscribe=%3Chttps%3A%2F%2Fmail.example.com%2Fu%2Ft0k%3E",
+        ))
+        .and(body_string_contains(
+            "h%3AList-Unsubscribe-Post=List-Unsubscribe%3DOne-Click",
+        ))
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "id": "<20240101.1@mg.example.com>", "message": "Queued. Thank you."
         })))
@@ -61,7 +67,7 @@ async fn request_shape_and_auth() {
 }
 
 #[tokio::test]
-async fn throttled_with_retry_after_is_deferred_for_that_long() {
+async fn throttled_with_retry_after_is_retried_after_that_long() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(
@@ -73,7 +79,7 @@ async fn throttled_with_retry_after_is_deferred_for_that_long() {
         .await;
     assert_eq!(
         send(&server, Duration::from_secs(5)).await,
-        Outcome::Deferred {
+        Outcome::Throttled {
             reason: "Mailgun 429: Too many requests".into(),
             retry_after_ms: Some(12_000)
         }

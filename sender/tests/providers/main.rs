@@ -2,6 +2,7 @@
 
 mod http_apis;
 mod mailgun;
+mod ses;
 
 use renderer::{Mailbox, RenderedBatch, RenderedMessage};
 
@@ -27,6 +28,7 @@ pub fn batch() -> RenderedBatch {
             subject: "Grüße & more".into(),
             html: "<p>Hi</p>".into(),
             text: "Hi".into(),
+            list_unsubscribe: Some("<https://mail.example.com/u/t0k>".into()),
         }],
     }
 }
