@@ -157,7 +157,7 @@ pub async fn run(
         "demo: {n} recipients, cap {}/min, provider {provider}, store {}",
         config.governor.per_minute, config.store.url
     );
-    let runtime = Runtime::start(config, config_path, clock.clone()).await?;
+    let runtime = Runtime::start(config, config_path, clock.clone(), Default::default()).await?;
     let svc = runtime.service.clone();
     let started = Instant::now();
     let start_ms = clock.now_ms();

@@ -6,6 +6,8 @@ use p256::ecdsa::VerifyingKey;
 use serde::Deserialize;
 use sha2::Sha256;
 
+pub mod ses;
+
 /// How old a signed webhook may be: Mailgun signs with the time of sending; older posts are replays.
 pub const MAX_AGE_MS: i64 = 5 * 60_000;
 
@@ -54,6 +56,25 @@ impl std::fmt::Debug for PostmarkFeedback {
     }
 }
 
+/// `[feedback.ses]`: SES posts its feedback to SNS topics; the conductor accepts deliveries only from
+/// these, signed by SNS. Without topics the endpoint is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SesFeedback {
+    pub topic_arns: Vec<String>,
+    /// Off only for emulators that cannot sign (moto); never in production.
+    pub verify_signatures: bool,
+}
+
+impl Default for SesFeedback {
+    fn default() -> Self {
+        Self {
+            topic_arns: Vec::new(),
+            verify_signatures: true,
+        }
+    }
+}
+
 /// `[feedback]`
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,6 +82,7 @@ pub struct FeedbackConfig {
     pub mailgun: MailgunFeedback,
     pub sendgrid: SendgridFeedback,
     pub postmark: PostmarkFeedback,
+    pub ses: SesFeedback,
 }
 
 impl FeedbackConfig {
@@ -80,6 +102,15 @@ impl FeedbackConfig {
         }
         if let Some(k) = &self.sendgrid.public_key {
             sendgrid_key(k).map_err(|e| invalid("feedback.sendgrid.public_key", e))?;
+        }
+        for arn in &self.ses.topic_arns {
+            let parts: Vec<&str> = arn.split(':').collect();
+            if parts.len() != 6 || parts[0] != "arn" || parts[2] != "sns" || parts[5].is_empty() {
+                return Err(invalid(
+                    "feedback.ses.topic_arns",
+                    format!("{arn:?} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"),
+                ));
+            }
         }
         let p = &self.postmark;
         match (&p.username, &p.password) {

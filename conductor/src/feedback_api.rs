@@ -18,6 +18,34 @@ pub fn router() -> Router<Arc<Service>> {
         .route("/v1/feedback/mailgun", post(mailgun))
         .route("/v1/feedback/sendgrid", post(sendgrid))
         .route("/v1/feedback/postmark", post(postmark))
+        .route("/v1/feedback/ses", post(ses))
+}
+
+/// The SES feedback endpoint's parts: who may post (SNS, on the configured topics) and the client
+/// that confirms its subscriptions.
+pub struct SesIntake {
+    pub verifier: renderer::sns::Verifier,
+    pub confirm: reqwest::Client,
+}
+
+impl SesIntake {
+    /// `None` when `[feedback.ses] topic_arns` is empty: the endpoint is closed.
+    pub fn new(
+        cfg: &feedback::SesFeedback,
+        certs: Arc<dyn renderer::sns::CertFetcher>,
+    ) -> Option<Self> {
+        if cfg.topic_arns.is_empty() {
+            return None;
+        }
+        Some(Self {
+            verifier: renderer::sns::Verifier::new(
+                cfg.topic_arns.iter().cloned(),
+                cfg.verify_signatures,
+                certs,
+            ),
+            confirm: renderer::sns::confirm_client(),
+        })
+    }
 }
 
 fn disabled(provider: &'static str, how: &str) -> Problem {
@@ -166,5 +194,99 @@ async fn mailgun(
             "Already received",
             format!("event {} was recorded before", event.key),
         ))
+    }
+}
+
+/// SES feedback through SNS: the envelope is verified (topic, certificate host, signature) on the raw
+/// bytes before the SES notification inside is read. SNS retries anything but 2xx, so what can never
+/// succeed (garbage, a stale replay) is answered 4xx once and only a fetch failure asks for a retry.
+async fn ses(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    use renderer::sns::{MessageType, SnsError};
+    let Some(intake) = svc.ses.as_ref() else {
+        return Err(disabled(
+            "ses",
+            "set [feedback.ses] topic_arns to the SNS topics SES publishes feedback to",
+        ));
+    };
+    let msg = match intake.verifier.check(&body).await {
+        Ok(m) => m,
+        Err(e @ (SnsError::Malformed(_) | SnsError::UnknownType(_))) => {
+            return Err(malformed("ses", FeedbackError::Malformed(e.to_string())))
+        }
+        Err(e @ SnsError::CertFetch(_)) => {
+            tracing::warn!(error = %e, "SES feedback not verified yet");
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/unavailable",
+                "Cannot verify the signature now",
+                e.to_string(),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "SES feedback refused");
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "/problems/bad-signature",
+                "Not a genuine SNS delivery",
+                e.to_string(),
+            ));
+        }
+    };
+    let declared = headers
+        .get("x-amz-sns-message-type")
+        .and_then(|v| v.to_str().ok());
+    if declared.is_some_and(|d| d != msg.kind) {
+        return Err(malformed(
+            "ses",
+            FeedbackError::Malformed(
+                "x-amz-sns-message-type disagrees with the message's Type".into(),
+            ),
+        ));
+    }
+    match msg.message_type() {
+        Ok(MessageType::SubscriptionConfirmation) => {
+            let url = msg.subscribe_url.as_deref().unwrap_or_default();
+            match renderer::sns::confirm_subscription(&intake.confirm, &intake.verifier, url).await
+            {
+                Ok(()) => {
+                    tracing::info!(topic = %msg.topic_arn, "SES feedback subscription confirmed");
+                    Ok(StatusCode::OK.into_response())
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %msg.topic_arn, error = %e, "SES feedback subscription not confirmed");
+                    Err(Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        "/problems/unavailable",
+                        "Subscription not confirmed",
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(MessageType::UnsubscribeConfirmation) => {
+            tracing::warn!(topic = %msg.topic_arn, "SES feedback subscription ended");
+            Ok(StatusCode::OK.into_response())
+        }
+        Ok(MessageType::Notification) => {
+            match feedback::ses::events(&msg, svc.work.clock.now_ms()) {
+                Ok(events) => {
+                    record(&svc, &events).await?;
+                    Ok(StatusCode::OK.into_response())
+                }
+                Err(FeedbackError::Ignored(_)) => Ok(StatusCode::OK.into_response()),
+                Err(e @ FeedbackError::Stale { .. }) => Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "/problems/stale-webhook",
+                    "Webhook too old",
+                    e.to_string(),
+                )),
+                Err(e) => Err(malformed("ses", e)),
+            }
+        }
+        Err(e) => Err(malformed("ses", FeedbackError::Malformed(e.to_string()))),
     }
 }

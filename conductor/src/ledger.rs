@@ -37,9 +37,9 @@ pub const MAX_SPAN_MS: Millis = 5_000;
 /// How far behind its slots a sender may fall before the rest of its grant is forfeit.
 pub const SPEND_SLACK_MS: Millis = 2_000;
 
-/// Claims up to `want` tokens at `now`. `row` is this minute's row if it exists (a row of another
-/// minute is ignored: unused tokens are forfeit at the minute's end); `cap_now` is the configured cap,
-/// used only when the minute's row is created.
+/// Claims up to `want` tokens at `now` from one scope. `row` is this minute's row if it exists (a row
+/// of another minute is ignored: unused tokens are forfeit at the minute's end); `cap_now` is the
+/// configured cap, used only when the minute's row is created.
 pub fn claim(
     row: Option<MinuteRow>,
     cap_now: u32,
@@ -47,15 +47,40 @@ pub fn claim(
     now: Millis,
     margin_ms: Millis,
 ) -> (Grant, MinuteRow) {
+    let (grant, mut rows) = claim_all(&[(row, cap_now)], want, now, margin_ms);
+    (grant, rows.remove(0))
+}
+
+/// Claims up to `want` tokens at `now` from every scope that applies (the provider account, the
+/// campaign's own cap, the recipients' domain): the grant is what all of them allow, slotted no
+/// earlier and no closer together than any of their lines. Each scope's line advances at its own
+/// pace, so a slow scope (a campaign capped at 1,000/min) does not hold back the fast one it shares
+/// (the global line other campaigns use too); every scope's `granted` still never passes its cap.
+/// Returns the grant and each scope's new row, in the order given.
+pub fn claim_all(
+    scopes: &[(Option<MinuteRow>, u32)],
+    want: u32,
+    now: Millis,
+    margin_ms: Millis,
+) -> (Grant, Vec<MinuteRow>) {
     let minute = minute_start(now);
     let deadline = minute_end(now) - margin_ms;
-    let row = row.filter(|r| r.minute == minute).unwrap_or(MinuteRow {
-        minute,
-        cap: cap_now,
-        granted: 0,
-        next_slot: minute,
-    });
-    let left = row.cap.saturating_sub(row.granted);
+    let rows: Vec<MinuteRow> = scopes
+        .iter()
+        .map(|&(row, cap_now)| {
+            row.filter(|r| r.minute == minute).unwrap_or(MinuteRow {
+                minute,
+                cap: cap_now,
+                granted: 0,
+                next_slot: minute,
+            })
+        })
+        .collect();
+    let lefts: Vec<u32> = rows
+        .iter()
+        .map(|r| r.cap.saturating_sub(r.granted))
+        .collect();
+    let left = lefts.iter().copied().min().unwrap_or(0);
     let tokens = if now >= deadline { 0 } else { want.min(left) };
     if tokens == 0 {
         let none = Grant {
@@ -66,12 +91,23 @@ pub fn claim(
             deadline,
             spend_by: now,
         };
-        return (none, row);
+        return (none, rows);
     }
-    let start = now.max(row.next_slot).min(deadline - 1);
-    let spacing_us = (deadline - start) * 1000 / i64::from(left);
-    let span_limit = (MAX_SPAN_MS * 1000 / spacing_us.max(1)).max(1);
-    let tokens = tokens.min(span_limit.min(i64::from(u32::MAX)) as u32);
+    // Each scope's own line: where it stands and the pace that spreads its budget over the rest.
+    let lines: Vec<(Millis, i64)> = rows
+        .iter()
+        .zip(&lefts)
+        .map(|(r, &l)| {
+            let start = now.max(r.next_slot).min(deadline - 1);
+            (start, (deadline - start) * 1000 / i64::from(l))
+        })
+        .collect();
+    let start = lines.iter().map(|l| l.0).max().unwrap_or(now);
+    let spacing_us = lines.iter().map(|l| l.1).max().unwrap_or(1).max(1);
+    let span_limit = (MAX_SPAN_MS * 1000 / spacing_us).max(1);
+    // A later start from one line and a slower pace from another may not fit every token.
+    let fits = ((deadline - 1 - start) * 1000 / spacing_us + 1).max(1);
+    let tokens = i64::from(tokens).min(span_limit).min(fits) as u32;
     let last_slot = start + i64::from(tokens - 1) * spacing_us / 1000;
     let grant = Grant {
         tokens,
@@ -81,11 +117,15 @@ pub fn claim(
         deadline,
         spend_by: (last_slot + SPEND_SLACK_MS).min(deadline),
     };
-    let next = MinuteRow {
-        granted: row.granted + tokens,
-        next_slot: start + i64::from(tokens) * spacing_us / 1000,
-        ..row
-    };
+    let next = rows
+        .iter()
+        .zip(&lines)
+        .map(|(r, &(own_start, own_spacing))| MinuteRow {
+            granted: r.granted + tokens,
+            next_slot: own_start + i64::from(tokens) * own_spacing / 1000,
+            ..*r
+        })
+        .collect();
     (grant, next)
 }
 
@@ -293,5 +333,98 @@ mod tests {
         let (g, row) = claim(Some(old), 600, 10, M + 60_000, MARGIN);
         assert_eq!(g.tokens, 10);
         assert_eq!((row.minute, row.cap, row.granted), (M + 60_000, 600, 10));
+    }
+
+    /// Claims against several scopes the way the store does, keeping each scope's rows.
+    struct Scoped {
+        rows: std::collections::HashMap<&'static str, MinuteRow>,
+    }
+
+    impl Scoped {
+        fn new() -> Self {
+            Self {
+                rows: Default::default(),
+            }
+        }
+        fn claim(&mut self, scopes: &[(&'static str, u32)], want: u32, now: Millis) -> Grant {
+            let input: Vec<_> = scopes
+                .iter()
+                .map(|(s, cap)| (self.rows.get(s).copied(), *cap))
+                .collect();
+            let (g, rows) = claim_all(&input, want, now, MARGIN);
+            for ((s, _), row) in scopes.iter().zip(rows) {
+                self.rows.insert(s, row);
+            }
+            g
+        }
+    }
+
+    #[test]
+    fn nested_scopes_grant_what_every_scope_allows() {
+        let mut l = Scoped::new();
+        // Campaign A is capped at 100/min under a global 600; its domain at 300.
+        let a = [
+            ("global", 600),
+            ("campaign:a", 100),
+            ("domain:gmail.com", 300),
+        ];
+        let mut got = 0;
+        let mut now = M;
+        while now < M + 58_000 {
+            got += l.claim(&a, 50, now).tokens;
+            now += 500;
+        }
+        assert_eq!(got, 100, "the campaign's own cap binds");
+        assert_eq!(l.rows["global"].granted, 100);
+        // Campaign B, uncapped itself, shares the global line with A and gets the remaining 500.
+        let b = [("global", 600)];
+        let mut now = M;
+        let mut got_b = 0;
+        while now < M + 58_000 {
+            got_b += l.claim(&b, 50, now).tokens;
+            now += 250;
+        }
+        assert_eq!(got_b, 500);
+        assert_eq!(l.rows["global"].granted, 600);
+        assert_eq!(l.claim(&a, 50, M + 59_000).tokens, 0);
+    }
+
+    #[test]
+    fn a_grant_follows_the_slowest_and_latest_line_and_fits_the_minute() {
+        // The campaign line (100/min) is slower than the global one (6,000/min).
+        let (g, rows) = claim_all(&[(None, 6_000), (None, 100)], 10, M, MARGIN);
+        assert_eq!(g.spacing_us, 58_000 * 1000 / 100);
+        assert!(g.first_at + i64::from(g.tokens - 1) * g.spacing_us / 1000 < g.deadline);
+        // Each line advances at its own pace: the global one by the grant's tokens of its own slots.
+        let t = i64::from(g.tokens);
+        assert_eq!(rows[0].next_slot, M + t * (58_000 * 1000 / 6_000) / 1000);
+        assert_eq!(rows[1].next_slot, M + t * g.spacing_us / 1000);
+        assert_eq!((rows[0].granted, rows[1].granted), (g.tokens, g.tokens));
+        // A line far ahead pushes the start; the slow pace then fits only what is left before the
+        // deadline.
+        let ahead = MinuteRow {
+            minute: M,
+            cap: 6_000,
+            granted: 10,
+            next_slot: M + 50_000,
+        };
+        let (g, _) = claim_all(&[(Some(ahead), 6_000), (None, 100)], 50, M + 1_000, MARGIN);
+        assert_eq!(g.first_at, M + 50_000);
+        assert!(g.tokens >= 1);
+        assert!(g.first_at + i64::from(g.tokens - 1) * g.spacing_us / 1000 < g.deadline);
+    }
+
+    #[test]
+    fn an_exhausted_scope_grants_nothing_and_changes_no_line() {
+        let full = MinuteRow {
+            minute: M,
+            cap: 5,
+            granted: 5,
+            next_slot: M + 20_000,
+        };
+        let (g, rows) = claim_all(&[(None, 600), (Some(full), 5)], 10, M + 1_000, MARGIN);
+        assert_eq!(g.tokens, 0);
+        assert_eq!(rows[0].granted, 0);
+        assert_eq!(rows[1], full);
     }
 }

@@ -20,6 +20,8 @@ pub struct Service {
     pub safety: sender::safety::Safety,
     /// Webhook secrets for delivery feedback.
     pub feedback: crate::feedback::FeedbackConfig,
+    /// SES feedback through SNS, when `[feedback.ses]` names topics.
+    pub ses: Option<crate::feedback_api::SesIntake>,
 }
 
 impl Service {

@@ -34,6 +34,23 @@ pub enum StartupError {
     },
 }
 
+/// What a test may put in place of the real thing.
+#[derive(Clone)]
+pub struct Hooks {
+    /// Where SNS signing certificates come from (HTTPS from SNS itself, by default).
+    pub sns_certs: Arc<dyn renderer::sns::CertFetcher>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            sns_certs: Arc::new(
+                renderer::sns::HttpsCertFetcher::new().expect("a plain HTTP client builds"),
+            ),
+        }
+    }
+}
+
 /// The conductor with its embedded renderer and sender workers.
 pub struct Runtime {
     pub service: Arc<Service>,
@@ -47,6 +64,7 @@ impl Runtime {
         config: Config,
         config_path: Option<PathBuf>,
         clock: Arc<dyn Clock>,
+        hooks: Hooks,
     ) -> Result<Self, StartupError> {
         config.validate()?;
         let store: Arc<dyn Store> = Arc::new(SqlStore::open(&config.store_url()?).await?);
@@ -124,6 +142,7 @@ impl Runtime {
             worker_secret: config.workers.secret.clone(),
             safety: config.safety.clone(),
             feedback: config.feedback.clone(),
+            ses: crate::feedback_api::SesIntake::new(&config.feedback.ses, hooks.sns_certs),
         });
         Ok(Self {
             service,
@@ -159,11 +178,20 @@ impl Application {
         config_path: Option<PathBuf>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartupError> {
+        Self::build_with(config, config_path, clock, Hooks::default()).await
+    }
+
+    pub async fn build_with(
+        config: Config,
+        config_path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+        hooks: Hooks,
+    ) -> Result<Self, StartupError> {
         let addr = config.listen_addr()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let runtime = Runtime::start(config, config_path, clock).await?;
+        let runtime = Runtime::start(config, config_path, clock, hooks).await?;
         Ok(Self { listener, runtime })
     }
 

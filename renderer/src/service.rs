@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::aws::{DispatchConfig, DispatchMode};
 use crate::job::RenderJob;
-use crate::sns::{is_sns_host, MessageType, SeenIds, SnsError, Verifier};
+use crate::sns::{confirm_subscription, MessageType, SeenIds, SnsError, Verifier};
 
 pub const SNS_PATH: &str = "/sns";
 /// Deliveries remembered for de-duplication: far more than SNS's retry window can hold for one host.
@@ -97,11 +97,7 @@ impl SnsEndpoint {
             verifier,
             seen: Mutex::new(SeenIds::new(SEEN_IDS)),
             jobs,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("a plain HTTP client builds"),
+            http: crate::sns::confirm_client(),
         }
     }
 
@@ -113,19 +109,7 @@ impl SnsEndpoint {
     }
 
     async fn confirm(&self, url: &str) -> Result<(), String> {
-        if self.verifier.verifies_signatures() {
-            // The signature covers SubscribeURL, but confirm only towards SNS itself all the same.
-            let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
-            if parsed.scheme() != "https" || !parsed.host_str().is_some_and(is_sns_host) {
-                return Err(format!("SubscribeURL {url:?} is not on an SNS host"));
-            }
-        }
-        let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("confirmation answered {}", response.status()))
-        }
+        confirm_subscription(&self.http, &self.verifier, url).await
     }
 }
 

@@ -233,6 +233,44 @@ impl CertFetcher for HttpsCertFetcher {
     }
 }
 
+/// An HTTP client for confirming subscriptions: short timeout, no redirects (a redirect could lead
+/// off the SNS host the URL was checked against).
+pub fn confirm_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// Confirms a subscription by fetching its `SubscribeURL` — only after the message verified, and,
+/// when signatures are checked, only towards an SNS host over https (the signature covers the URL,
+/// but a confirmation is a request we make on a stranger's say-so).
+pub async fn confirm_subscription(
+    client: &reqwest::Client,
+    verifier: &Verifier,
+    subscribe_url: &str,
+) -> Result<(), String> {
+    if verifier.verifies_signatures() {
+        let parsed = reqwest::Url::parse(subscribe_url).map_err(|e| e.to_string())?;
+        if parsed.scheme() != "https" || !parsed.host_str().is_some_and(is_sns_host) {
+            return Err(format!(
+                "SubscribeURL {subscribe_url:?} is not on an SNS host"
+            ));
+        }
+    }
+    let response = client
+        .get(subscribe_url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("confirmation answered {}", response.status()))
+    }
+}
+
 /// SNS rotates its signing certificate rarely; a handful of cached keys covers every region in use.
 const CERT_CACHE: usize = 32;
 

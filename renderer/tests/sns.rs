@@ -1,96 +1,25 @@
 //! SNS signature verification against messages signed here with generated RSA keys (versions 1 and
 //! 2), and the `/sns` endpoint of a running renderer service.
 
-use std::collections::HashMap;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
 use renderer::aws::{DispatchConfig, DispatchMode};
 use renderer::service::{RendererApp, RendererSettings};
-use renderer::sns::{CertFetcher, SnsError, Verifier};
+use renderer::sns::{SnsError, Verifier};
 use renderer::{
     LocalBodyStore, Mailbox, RecipientData, RenderInput, RenderJob, RenderSource, Renderer,
     SourceError, TemplateSource,
 };
-use rsa::pkcs8::EncodePublicKey;
-use rsa::{Pkcs1v15Sign, RsaPrivateKey};
 use serde_json::{json, Value};
-use sha1::Sha1;
-use sha2::{Digest, Sha256};
+
+#[path = "common/sns_signing.rs"]
+mod sns_signing;
+use sns_signing::{fetcher, keys, sign_with, signed, TableFetcher, CERT_URL};
 
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:render-jobs";
-const CERT_URL: &str = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-test.pem";
-
-struct Keys {
-    signing: RsaPrivateKey,
-    cert_pem: Vec<u8>,
-    other: RsaPrivateKey,
-}
-
-/// One key pair and self-signed certificate per test binary: key generation is the slow part.
-fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        use x509_cert::builder::{Builder, CertificateBuilder, Profile};
-        use x509_cert::der::EncodePem;
-        let mut rng = rsa::rand_core::OsRng;
-        let signing = RsaPrivateKey::new(&mut rng, 2048).unwrap();
-        let other = RsaPrivateKey::new(&mut rng, 2048).unwrap();
-        let spki_der = signing.to_public_key().to_public_key_der().unwrap();
-        let spki =
-            x509_cert::spki::SubjectPublicKeyInfoOwned::try_from(spki_der.as_bytes()).unwrap();
-        let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(signing.clone());
-        let cert = CertificateBuilder::new(
-            Profile::Root,
-            x509_cert::serial_number::SerialNumber::from(7u32),
-            x509_cert::time::Validity::from_now(Duration::from_secs(3600)).unwrap(),
-            x509_cert::name::Name::from_str("CN=sns.amazonaws.com").unwrap(),
-            spki,
-            &signer,
-        )
-        .unwrap()
-        .build::<rsa::pkcs1v15::Signature>()
-        .unwrap();
-        let cert_pem = cert
-            .to_pem(x509_cert::der::pem::LineEnding::LF)
-            .unwrap()
-            .into_bytes();
-        Keys {
-            signing,
-            cert_pem,
-            other,
-        }
-    })
-}
-
-/// Serves certificates from a table and counts fetches.
-#[derive(Default)]
-struct TableFetcher {
-    certs: HashMap<String, Vec<u8>>,
-    fetches: AtomicUsize,
-}
-
-#[async_trait]
-impl CertFetcher for TableFetcher {
-    async fn fetch(&self, url: &reqwest::Url) -> Result<Vec<u8>, String> {
-        self.fetches.fetch_add(1, Ordering::SeqCst);
-        self.certs
-            .get(url.as_str())
-            .cloned()
-            .ok_or_else(|| format!("{url}: 404"))
-    }
-}
-
-fn fetcher() -> Arc<TableFetcher> {
-    Arc::new(TableFetcher {
-        certs: HashMap::from([(CERT_URL.to_string(), keys().cert_pem.clone())]),
-        fetches: AtomicUsize::new(0),
-    })
-}
 
 fn notification(message: &str, id: &str) -> Value {
     json!({
@@ -118,52 +47,6 @@ fn confirmation(subscribe_url: &str) -> Value {
         "SignatureVersion": "2",
         "SigningCertURL": CERT_URL,
     })
-}
-
-/// Signs `msg` as SNS would, with the canonical string built here independently of the crate.
-fn sign_with(msg: &mut Value, key: &RsaPrivateKey) {
-    let fields: &[&str] = if msg["Type"] == "Notification" {
-        &[
-            "Message",
-            "MessageId",
-            "Subject",
-            "Timestamp",
-            "TopicArn",
-            "Type",
-        ]
-    } else {
-        &[
-            "Message",
-            "MessageId",
-            "SubscribeURL",
-            "Timestamp",
-            "Token",
-            "TopicArn",
-            "Type",
-        ]
-    };
-    let mut text = String::new();
-    for f in fields {
-        if let Some(v) = msg[*f].as_str() {
-            text.push_str(&format!("{f}\n{v}\n"));
-        }
-    }
-    let signature = match msg["SignatureVersion"].as_str().unwrap() {
-        "1" => key.sign(Pkcs1v15Sign::new::<Sha1>(), &Sha1::digest(text.as_bytes())),
-        _ => key.sign(
-            Pkcs1v15Sign::new::<Sha256>(),
-            &Sha256::digest(text.as_bytes()),
-        ),
-    }
-    .unwrap();
-    msg["Signature"] = base64::engine::general_purpose::STANDARD
-        .encode(signature)
-        .into();
-}
-
-fn signed(mut msg: Value) -> Value {
-    sign_with(&mut msg, &keys().signing);
-    msg
 }
 
 fn bytes(v: &Value) -> Vec<u8> {

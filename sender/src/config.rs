@@ -192,6 +192,9 @@ pub struct PostmarkConfig {
     pub server_token_file: Option<PathBuf>,
     /// Marketing mail must go through a broadcast stream.
     pub message_stream: String,
+    /// Messages per `/email/batch` request, 1–500; 1 sends each through `/email`. A batch holds the
+    /// messages whose slots fall within a second, so it never sends one before its time.
+    pub batch_size: usize,
 }
 
 impl Default for PostmarkConfig {
@@ -201,6 +204,7 @@ impl Default for PostmarkConfig {
             server_token: None,
             server_token_file: None,
             message_stream: "broadcast".into(),
+            batch_size: crate::provider::postmark::MAX_BATCH,
         }
     }
 }
@@ -215,6 +219,7 @@ impl std::fmt::Debug for PostmarkConfig {
             )
             .field("server_token_file", &self.server_token_file)
             .field("message_stream", &self.message_stream)
+            .field("batch_size", &self.batch_size)
             .finish()
     }
 }
@@ -307,6 +312,16 @@ impl ProviderConfig {
                         "must name a message stream (a broadcast stream for marketing mail)",
                     ));
                 }
+                let max = crate::provider::postmark::MAX_BATCH;
+                if !(1..=max).contains(&self.postmark.batch_size) {
+                    return Err(invalid(
+                        "provider.postmark.batch_size",
+                        format!(
+                            "{} is not 1–{max} (Postmark's /email/batch limit)",
+                            self.postmark.batch_size
+                        ),
+                    ));
+                }
             }
             ProviderKind::Ses => renderer::aws::check_endpoint(
                 "provider.ses.endpoint",
@@ -373,6 +388,7 @@ impl ProviderConfig {
                     &self.postmark.base_url,
                     self.key()?,
                     &self.postmark.message_stream,
+                    self.postmark.batch_size,
                     timeout,
                     clock,
                 )

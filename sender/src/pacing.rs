@@ -25,6 +25,26 @@ pub fn next(lease: &SendLease, k: usize, now: Millis) -> Next {
     }
 }
 
+/// How far apart, at most, the slots of the messages sharing one batched request are. A batch goes
+/// out at its last message's slot, so no message leaves before its time and none waits longer than
+/// this; at 6,000/min it is ~100 messages a request.
+pub const BATCH_WINDOW_MS: Millis = 1_000;
+
+/// The end (exclusive) of the batch that starts at token `k`: at most `limit` tokens, slotted within
+/// [`BATCH_WINDOW_MS`] of the first and before the deadline. With `limit` 1, always `k + 1`.
+pub fn batch_end(lease: &SendLease, k: usize, limit: usize) -> usize {
+    let first = lease.slot(k);
+    let mut end = k + 1;
+    while end < lease.tokens()
+        && end - k < limit
+        && lease.slot(end) < lease.deadline
+        && lease.slot(end) - first <= BATCH_WINDOW_MS
+    {
+        end += 1;
+    }
+    end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +79,18 @@ mod tests {
         let l = lease(57_900, 200_000, 3, 58_000);
         assert_eq!(next(&l, 0, 57_900), Next::Go);
         assert_eq!(next(&l, 1, 57_900), Next::Expired);
+    }
+
+    #[test]
+    fn batches_hold_the_tokens_of_one_window_and_never_cross_the_deadline() {
+        // 10 ms apart: a 1 s window holds 101 slots, the limit cuts first.
+        let l = lease(0, 10_000, 300, 58_000);
+        assert_eq!(batch_end(&l, 0, 1), 1);
+        assert_eq!(batch_end(&l, 0, 500), 101);
+        assert_eq!(batch_end(&l, 0, 50), 50);
+        assert_eq!(batch_end(&l, 290, 500), 300);
+        // Slots past the deadline stay out, so they are released, not sent late.
+        let late = lease(57_500, 100_000, 10, 58_000);
+        assert_eq!(batch_end(&late, 0, 500), 5);
     }
 }

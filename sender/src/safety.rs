@@ -99,13 +99,47 @@ impl Provider for Sandboxed {
         if self.safety.allows(&msg.message.to) {
             self.inner.send(msg).await
         } else {
-            Outcome::Failed {
-                reason: format!(
-                    "sandbox: {} is not in [safety] allow_domains or allow_addresses",
-                    msg.message.to
-                ),
-            }
+            refused(msg)
         }
+    }
+
+    fn batch_limit(&self) -> usize {
+        self.inner.batch_limit()
+    }
+
+    /// Only the allowed messages reach the provider's request; the outcomes keep the input's order.
+    async fn send_batch(&self, msgs: &[OutgoingMessage<'_>]) -> Vec<Outcome> {
+        let allowed: Vec<OutgoingMessage<'_>> = msgs
+            .iter()
+            .copied()
+            .filter(|m| self.safety.allows(&m.message.to))
+            .collect();
+        let mut sent = if allowed.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.send_batch(&allowed).await
+        }
+        .into_iter();
+        msgs.iter()
+            .map(|m| {
+                if self.safety.allows(&m.message.to) {
+                    sent.next().unwrap_or(Outcome::Unknown {
+                        reason: "the provider gave fewer answers than messages".into(),
+                    })
+                } else {
+                    refused(*m)
+                }
+            })
+            .collect()
+    }
+}
+
+fn refused(msg: OutgoingMessage<'_>) -> Outcome {
+    Outcome::Failed {
+        reason: format!(
+            "sandbox: {} is not in [safety] allow_domains or allow_addresses",
+            msg.message.to
+        ),
     }
 }
 
@@ -227,5 +261,21 @@ mod tests {
             1,
             "the stranger was never sent"
         );
+        // Batched, the stranger is taken out of the request and keeps its place in the answers.
+        let msgs: Vec<OutgoingMessage<'_>> = batch
+            .messages
+            .iter()
+            .rev()
+            .map(|m| OutgoingMessage {
+                batch: &batch,
+                message: m,
+            })
+            .collect();
+        let outcomes = guarded.send_batch(&msgs).await;
+        assert!(
+            matches!(&outcomes[0], Outcome::Failed { reason } if reason.contains("real.person@gmail.com"))
+        );
+        assert_eq!(outcomes[1], Outcome::Sent { provider_id: None });
+        assert_eq!(inner.0.load(Ordering::SeqCst), 2);
     }
 }

@@ -64,9 +64,11 @@ pub enum SenderError {
     Batch { key: String, reason: String },
 }
 
-fn collect(o: RecipientOutcome, done: &mut Vec<RecipientOutcome>, halted: &mut bool) {
-    *halted |= matches!(o.outcome, Outcome::AccountStop { .. });
-    done.push(o);
+fn collect(outcomes: Vec<RecipientOutcome>, done: &mut Vec<RecipientOutcome>, halted: &mut bool) {
+    *halted |= outcomes
+        .iter()
+        .any(|o| matches!(o.outcome, Outcome::AccountStop { .. }));
+    done.extend(outcomes);
 }
 
 /// How many decoded batches to keep: consecutive leases usually come from the same batch.
@@ -165,9 +167,11 @@ impl Sender {
         let mut attempted = 0;
         let mut stopped = false;
         let mut halted = false;
+        let limit = self.provider.batch_limit().max(1);
         // Granting the lease is the first time we are heard from.
         let mut heard = self.clock.now_ms();
-        for (k, &rid) in lease.recipients.iter().enumerate() {
+        let mut k = 0;
+        while k < lease.tokens() {
             // Take in whatever has answered, so an account stop halts the lease at once.
             while let Some(Some(o)) = in_flight.next().now_or_never() {
                 collect(o, &mut done, &mut halted);
@@ -175,9 +179,10 @@ impl Sender {
             if stopped || halted || self.stop.is_cancelled() {
                 break;
             }
-            // Wait for this token's slot, collecting answers meanwhile.
+            // Tokens k..end go in one request (one token each) at the slot of the last of them.
+            let end = pacing::batch_end(lease, k, limit);
             loop {
-                match pacing::next(lease, k, self.clock.now_ms()) {
+                match pacing::next(lease, end - 1, self.clock.now_ms()) {
                     Next::Go => break,
                     Next::Expired => {
                         stopped = true;
@@ -201,7 +206,13 @@ impl Sender {
                 }
             }
             if let Some(limiter) = &self.per_second {
-                limiter.until_ready().await;
+                let n = NonZeroU32::new((end - k) as u32).unwrap_or(NonZeroU32::MIN);
+                if limiter.until_n_ready(n).await.is_err() {
+                    // More than the provider allows in a second: one by one, then.
+                    for _ in 0..n.get() {
+                        limiter.until_ready().await;
+                    }
+                }
             }
             // Waiting for room may have carried us past the minute: a token is never spent late.
             let mut now = self.clock.now_ms();
@@ -220,27 +231,45 @@ impl Sender {
                     break;
                 }
             }
-            attempted += 1;
+            attempted += end - k;
+            let rids = &lease.recipients[k..end];
             let provider = &self.provider;
             in_flight.push(async move {
-                let outcome = match batch.message(rid) {
-                    Some(message) => provider.send(OutgoingMessage { batch, message }).await,
-                    None => Outcome::Failed {
-                        reason: format!("recipient {rid} is missing from its rendered batch"),
-                    },
-                };
-                RecipientOutcome {
-                    recipient_id: rid,
-                    outcome,
-                    at: now,
+                let msgs: Vec<_> = rids
+                    .iter()
+                    .filter_map(|&r| batch.message(r))
+                    .map(|message| OutgoingMessage { batch, message })
+                    .collect();
+                let mut sent = if msgs.is_empty() {
+                    Vec::new()
+                } else {
+                    provider.send_batch(&msgs).await
                 }
+                .into_iter();
+                rids.iter()
+                    .map(|&rid| RecipientOutcome {
+                        recipient_id: rid,
+                        outcome: match batch.message(rid) {
+                            Some(_) => sent.next().unwrap_or(Outcome::Unknown {
+                                reason: "the provider gave fewer answers than messages".into(),
+                            }),
+                            None => Outcome::Failed {
+                                reason: format!(
+                                    "recipient {rid} is missing from its rendered batch"
+                                ),
+                            },
+                        },
+                        at: now,
+                    })
+                    .collect::<Vec<_>>()
             });
+            k = end;
             if done.len() >= self.cfg.report_every && self.flush(lease, &mut done, false).await {
                 heard = self.clock.now_ms();
             }
         }
         while let Some(o) = in_flight.next().await {
-            done.push(o);
+            done.extend(o);
         }
         let released = lease.tokens() - attempted;
         let _ = self.flush(lease, &mut done, true).await;

@@ -53,6 +53,9 @@ struct FakeProvider {
     clock: Arc<ManualClock>,
     calls: Mutex<Vec<(i64, i64)>>,
     answer: Box<dyn Fn(i64) -> Outcome + Send + Sync>,
+    /// Messages per request (Postmark's batch); each batched request is logged in `requests`.
+    batch_limit: std::sync::atomic::AtomicUsize,
+    requests: Mutex<Vec<(Vec<i64>, i64)>>,
 }
 
 #[async_trait]
@@ -64,6 +67,21 @@ impl Provider for FakeProvider {
         let id = msg.message.recipient_id;
         self.calls.lock().unwrap().push((id, self.clock.now_ms()));
         (self.answer)(id)
+    }
+    fn batch_limit(&self) -> usize {
+        self.batch_limit.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    async fn send_batch(&self, msgs: &[OutgoingMessage<'_>]) -> Vec<Outcome> {
+        let ids = msgs.iter().map(|m| m.message.recipient_id).collect();
+        self.requests
+            .lock()
+            .unwrap()
+            .push((ids, self.clock.now_ms()));
+        let mut out = Vec::new();
+        for m in msgs {
+            out.push(self.send(*m).await);
+        }
+        out
     }
 }
 
@@ -108,6 +126,8 @@ async fn setup(
         clock: clock.clone(),
         calls: Mutex::new(vec![]),
         answer: Box::new(answer),
+        batch_limit: 1.into(),
+        requests: Mutex::new(vec![]),
     });
     let sender = Arc::new(Sender::new(
         source.clone(),
@@ -208,6 +228,57 @@ async fn sends_on_their_slots_and_reports_every_outcome() {
         reports.last().unwrap().1,
         "the last report closes the lease"
     );
+}
+
+#[tokio::test]
+async fn a_batching_provider_gets_each_second_of_slots_in_one_request_never_early() {
+    let (clock, source, provider, sender, _dir) =
+        setup(10, |_| Outcome::Sent { provider_id: None }).await;
+    provider
+        .batch_limit
+        .store(500, std::sync::atomic::Ordering::SeqCst);
+    // Slots every 300 ms: 0, 300, …, 2700.
+    source.replies.lock().unwrap().push(LeaseReply::Lease(lease(
+        (0..10).collect(),
+        T0,
+        300_000,
+        T0 + 58_000,
+    )));
+    let s = sender.clone();
+    let step = tokio::spawn(async move { s.try_one_lease().await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(
+        provider.requests.lock().unwrap().is_empty(),
+        "the first request waits for the last slot it carries"
+    );
+    for t in [900, 2_100, 2_700] {
+        clock.set(T0 + t);
+        let n = provider.requests.lock().unwrap().len();
+        eventually(|| provider.requests.lock().unwrap().len() == n + 1).await;
+    }
+    assert_eq!(
+        finish(step).await,
+        Step::Worked {
+            attempted: 10,
+            released: 0
+        }
+    );
+    assert_eq!(
+        provider.requests.lock().unwrap().clone(),
+        vec![
+            (vec![0, 1, 2, 3], T0 + 900),
+            (vec![4, 5, 6, 7], T0 + 2_100),
+            (vec![8, 9], T0 + 2_700),
+        ]
+    );
+    let reported: usize = source
+        .reports
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(o, _)| o.len())
+        .sum();
+    assert_eq!(reported, 10, "one outcome per message, not per request");
 }
 
 #[tokio::test]

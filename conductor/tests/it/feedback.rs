@@ -394,6 +394,12 @@ async fn sendgrid_and_postmark_feedback_suppress_addresses_for_the_next_campaign
 
     // r1 (SendGrid hard bounce) and r2 (Postmark complaint) are skipped; r3's unauthenticated
     // unsubscribe and r4's deferral change nothing.
+    next_campaign_skips_r1_and_r2(&app, &sink).await;
+    app.stop().await;
+}
+
+/// A campaign to r0…r4 completes with r1 and r2 suppressed and never mailed.
+pub async fn next_campaign_skips_r1_and_r2(app: &TestApp, sink: &Sink) {
     let id = app.create(&inline_campaign(recipients(5))).await;
     let c = app
         .wait_for(&id, Duration::from_secs(60), is_completed)
@@ -410,13 +416,12 @@ async fn sendgrid_and_postmark_feedback_suppress_addresses_for_the_next_campaign
     for gone in ["<r1@example.com>", "<r2@example.com>"] {
         assert!(!mailed.iter().any(|to| to.contains(gone)), "{mailed:?}");
     }
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn closed_feedback_endpoints_say_how_to_open_them() {
     let app = spawn_app().await;
-    for provider in ["sendgrid", "postmark"] {
+    for provider in ["sendgrid", "postmark", "ses"] {
         let p = expect_problem(
             app.post_json(&format!("/v1/feedback/{provider}"), &json!([]))
                 .await,

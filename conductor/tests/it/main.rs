@@ -6,7 +6,10 @@ mod distributed;
 mod e2e;
 mod feedback;
 mod moto;
+mod ses_feedback;
 mod sink;
+#[path = "../../../renderer/tests/common/sns_signing.rs"]
+mod sns_signing;
 mod store;
 mod support;
 mod throttling;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conductor::config::Config;
-use conductor::startup::Application;
+use conductor::startup::{Application, Hooks};
 use sender::SystemClock;
 use serde_json::Value;
 
@@ -53,6 +53,16 @@ pub async fn spawn_app_in(
     config: Config,
     config_file: Option<PathBuf>,
 ) -> TestApp {
+    spawn_hooked(dir, config, config_file, Hooks::default()).await
+}
+
+/// The app with test doubles in place of some of its outside world.
+pub async fn spawn_hooked(
+    dir: tempfile::TempDir,
+    config: Config,
+    config_file: Option<PathBuf>,
+    hooks: Hooks,
+) -> TestApp {
     // TEST_LOG=info (any filter) shows the app's logs for a failing test.
     static LOGS: std::sync::Once = std::sync::Once::new();
     LOGS.call_once(|| {
@@ -63,7 +73,7 @@ pub async fn spawn_app_in(
                 .init();
         }
     });
-    let app = Application::build(config, config_file, Arc::new(SystemClock))
+    let app = Application::build_with(config, config_file, Arc::new(SystemClock), hooks)
         .await
         .unwrap();
     let base = format!("http://{}", app.local_addr());

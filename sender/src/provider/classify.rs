@@ -120,6 +120,57 @@ pub fn postmark(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome
     }
 }
 
+/// Postmark `POST /email/batch` for `n` messages: 200 with one `{"ErrorCode", "Message", "MessageID"}`
+/// per message, in order, **even when some failed**; a refusal of the whole request (bad token,
+/// 429, 5xx) is one object and applies to every message.
+pub fn postmark_batch(
+    status: u16,
+    retry_after_ms: Option<i64>,
+    body: &str,
+    n: usize,
+) -> Vec<Outcome> {
+    let elements = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|j| j.as_array().cloned());
+    match elements {
+        Some(elements) if (200..=299).contains(&status) => {
+            let mut out: Vec<Outcome> = elements
+                .iter()
+                .take(n)
+                .map(|e| match e.get("ErrorCode").and_then(|c| c.as_i64()) {
+                    Some(_) => postmark(status, None, &e.to_string()),
+                    None => Outcome::Unknown {
+                        reason: format!(
+                            "Postmark batch element without ErrorCode: {}",
+                            excerpt(&e.to_string())
+                        ),
+                    },
+                })
+                .collect();
+            while out.len() < n {
+                out.push(Outcome::Unknown {
+                    reason: format!(
+                        "Postmark answered {} results for {n} messages; this one may have been sent",
+                        elements.len()
+                    ),
+                });
+            }
+            out
+        }
+        // Accepted, but we cannot tell which message became what: each may have been sent.
+        None if (200..=299).contains(&status) => vec![
+            Outcome::Unknown {
+                reason: format!(
+                    "Postmark batch {status} without a result list: {}",
+                    excerpt(body)
+                ),
+            };
+            n
+        ],
+        _ => vec![postmark(status, retry_after_ms, body); n],
+    }
+}
+
 /// Resend `POST /emails`: `{"id"}`; errors `{"statusCode","name","message"}`. The request carries an
 /// `Idempotency-Key`, so a request that may have reached Resend is safely retried, not held.
 pub fn resend(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome {
@@ -196,6 +247,49 @@ pub fn mailgun(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postmark_batches_are_read_element_by_element() {
+        let body = r#"[
+            {"ErrorCode": 0, "Message": "OK", "MessageID": "m-1", "To": "a@x.org"},
+            {"ErrorCode": 406, "Message": "You tried to send to a recipient that has been marked as inactive."},
+            {"ErrorCode": 300, "Message": "Invalid 'To' address."}
+        ]"#;
+        let out = postmark_batch(200, None, body, 4);
+        assert_eq!(
+            out[0],
+            Outcome::Sent {
+                provider_id: Some("m-1".into())
+            }
+        );
+        assert!(matches!(&out[1], Outcome::Failed { reason } if reason.contains("inactive")));
+        assert!(matches!(&out[2], Outcome::Failed { .. }));
+        // Fewer results than messages: the missing one may have been sent.
+        assert!(
+            matches!(&out[3], Outcome::Unknown { reason } if reason.contains("3 results for 4"))
+        );
+        // The whole request refused: every message shares the answer.
+        let all = postmark_batch(
+            401,
+            None,
+            r#"{"ErrorCode": 10, "Message": "Bad or missing Server API token."}"#,
+            2,
+        );
+        assert!(all.iter().all(|o| matches!(o, Outcome::AccountStop { .. })));
+        let all = postmark_batch(429, Some(3_000), "", 2);
+        assert!(all.iter().all(|o| matches!(
+            o,
+            Outcome::Throttled {
+                retry_after_ms: Some(3_000),
+                ..
+            }
+        )));
+        let all = postmark_batch(503, None, "busy", 2);
+        assert!(all.iter().all(|o| matches!(o, Outcome::Deferred { .. })));
+        // A 200 we cannot read could have sent all of them.
+        let all = postmark_batch(200, None, "<html>", 2);
+        assert!(all.iter().all(|o| matches!(o, Outcome::Unknown { .. })));
+    }
 
     #[test]
     fn mailgun_classes() {

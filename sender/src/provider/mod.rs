@@ -89,6 +89,22 @@ impl OutgoingMessage<'_> {
 pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn send(&self, msg: OutgoingMessage<'_>) -> Outcome;
+
+    /// How many distinct messages one request may carry. Most APIs take one personalised message per
+    /// call; Postmark's `/email/batch` takes up to 500.
+    fn batch_limit(&self) -> usize {
+        1
+    }
+
+    /// Sends several messages in one request: one outcome per message, in order. Each message still
+    /// costs its own token.
+    async fn send_batch(&self, msgs: &[OutgoingMessage<'_>]) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            out.push(self.send(*m).await);
+        }
+        out
+    }
 }
 
 /// The HTTP client every API adapter uses: the provider timeout for the whole request, a shorter one

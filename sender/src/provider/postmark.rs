@@ -1,5 +1,7 @@
-//! Postmark: `POST {base}/email`, JSON, `X-Postmark-Server-Token`; the answer's `ErrorCode` decides.
-//! Bulk mail goes through a broadcast message stream (`[provider.postmark] message_stream`).
+//! Postmark: `POST {base}/email`, or `/email/batch` with up to 500 distinct messages, JSON,
+//! `X-Postmark-Server-Token`; each answer's `ErrorCode` decides (a batch answers 200 even when some
+//! of its messages failed). Bulk mail goes through a broadcast message stream
+//! (`[provider.postmark] message_stream`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,24 +13,40 @@ use super::{classify, exchange, JsonApi, OutgoingMessage, Provider};
 use crate::clock::Clock;
 use crate::lease::Outcome;
 
+/// Postmark's limit for `/email/batch`.
+pub const MAX_BATCH: usize = 500;
+
 #[derive(Debug)]
 pub struct Postmark {
     api: JsonApi,
+    batch_url: String,
+    batch_size: usize,
     stream: String,
 }
 
 impl Postmark {
+    /// `batch_size` messages per request at most (1: always `/email`).
     pub fn new(
         base_url: &str,
         token: String,
         stream: &str,
+        batch_size: usize,
         timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, reqwest::Error> {
+        let api = JsonApi::new(base_url, "/email", token, timeout, clock)?;
         Ok(Self {
-            api: JsonApi::new(base_url, "/email", token, timeout, clock)?,
+            batch_url: format!("{}/batch", api.url),
+            api,
+            batch_size: batch_size.clamp(1, MAX_BATCH),
             stream: stream.to_string(),
         })
+    }
+
+    fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request
+            .header("X-Postmark-Server-Token", &self.api.key)
+            .header(reqwest::header::ACCEPT, "application/json")
     }
 
     pub fn body(&self, msg: OutgoingMessage<'_>) -> Value {
@@ -66,14 +84,26 @@ impl Provider for Postmark {
     }
 
     async fn send(&self, msg: OutgoingMessage<'_>) -> Outcome {
-        let request = self
-            .api
-            .post(&self.body(msg))
-            .header("X-Postmark-Server-Token", &self.api.key)
-            .header(reqwest::header::ACCEPT, "application/json");
+        let request = self.authorised(self.api.post(&self.body(msg)));
         match exchange(request, &self.api.clock).await {
             Ok(a) => classify::postmark(a.status, a.retry_after_ms, &a.body),
             Err(outcome) => outcome,
+        }
+    }
+
+    fn batch_limit(&self) -> usize {
+        self.batch_size
+    }
+
+    async fn send_batch(&self, msgs: &[OutgoingMessage<'_>]) -> Vec<Outcome> {
+        if let [one] = msgs {
+            return vec![self.send(*one).await];
+        }
+        let bodies: Vec<Value> = msgs.iter().map(|m| self.body(*m)).collect();
+        let request = self.authorised(self.api.client.post(&self.batch_url).json(&bodies));
+        match exchange(request, &self.api.clock).await {
+            Ok(a) => classify::postmark_batch(a.status, a.retry_after_ms, &a.body, msgs.len()),
+            Err(outcome) => vec![outcome; msgs.len()],
         }
     }
 }

@@ -206,6 +206,122 @@ async fn postmark_answers() {
     ));
 }
 
+/// Three distinct messages of one batch.
+fn three() -> renderer::RenderedBatch {
+    let mut b = batch();
+    let first = b.messages[0].clone();
+    b.messages = (0..3)
+        .map(|i| renderer::RenderedMessage {
+            recipient_id: 17 + i,
+            to: format!("r{i}@example.org"),
+            subject: format!("Hello {i}"),
+            ..first.clone()
+        })
+        .collect();
+    b
+}
+
+async fn send_three(p: &Arc<dyn Provider>, b: &renderer::RenderedBatch) -> Vec<Outcome> {
+    let msgs: Vec<OutgoingMessage<'_>> = b
+        .messages
+        .iter()
+        .map(|m| OutgoingMessage {
+            batch: b,
+            message: m,
+        })
+        .collect();
+    p.send_batch(&msgs).await
+}
+
+#[tokio::test]
+async fn postmark_batches_go_to_email_batch_and_are_read_per_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/email/batch"))
+        .and(header("x-postmark-server-token", "pm-token"))
+        .and(body_partial_json(json!([
+            {"To": "\"Zoë\" <r0@example.org>", "Subject": "Hello 0", "MessageStream": "broadcast",
+             "Metadata": {"campaign_id": "cmp1", "recipient_id": "17"}},
+            {"To": "\"Zoë\" <r1@example.org>", "Subject": "Hello 1",
+             "Headers": [{"Name": "Message-ID", "Value": "<cmp1.18@mg.example.com>"},
+                         {"Name": "List-Unsubscribe", "Value": "<https://mail.example.com/u/t0k>"},
+                         {"Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click"}]},
+            {"To": "\"Zoë\" <r2@example.org>"}
+        ])))
+        // Postmark answers 200 for the batch even when some of its messages were refused.
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            {"ErrorCode": 0, "Message": "OK", "MessageID": "b7bc2f4a-e38e-4336-af7d-e6c392c2f817", "To": "r0@example.org", "SubmittedAt": "2026-11-22T10:00:00Z"},
+            {"ErrorCode": 406, "Message": "You tried to send to a recipient that has been marked as inactive."},
+            {"ErrorCode": 0, "Message": "OK", "MessageID": "e2ecbbfc-fe12-463d-b933-9fe22915106d", "To": "r2@example.org", "SubmittedAt": "2026-11-22T10:00:00Z"}
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let p = provider(ProviderKind::Postmark, &server, Duration::from_secs(5));
+    assert_eq!(p.batch_limit(), 500);
+    let b = three();
+    let out = send_three(&p, &b).await;
+    assert_eq!(
+        out[0],
+        Outcome::Sent {
+            provider_id: Some("b7bc2f4a-e38e-4336-af7d-e6c392c2f817".into())
+        }
+    );
+    assert!(matches!(&out[1], Outcome::Failed { reason } if reason.contains("inactive")));
+    assert!(matches!(&out[2], Outcome::Sent { .. }));
+}
+
+#[tokio::test]
+async fn postmark_batch_refusals_apply_to_every_message() {
+    let kind = ProviderKind::Postmark;
+    type Expect = fn(&Outcome) -> bool;
+    let cases: Vec<(ResponseTemplate, Expect)> = vec![
+        (
+            ResponseTemplate::new(401).set_body_json(
+                json!({"ErrorCode": 10, "Message": "Bad or missing Server API token."}),
+            ),
+            |o| matches!(o, Outcome::AccountStop { .. }),
+        ),
+        (
+            ResponseTemplate::new(429).insert_header("Retry-After", "7"),
+            |o| {
+                matches!(
+                    o,
+                    Outcome::Throttled {
+                        retry_after_ms: Some(7_000),
+                        ..
+                    }
+                )
+            },
+        ),
+        (ResponseTemplate::new(500), |o| {
+            matches!(o, Outcome::Deferred { .. })
+        }),
+        // Accepted, but the answer is cut: any of them may have been sent.
+        (
+            ResponseTemplate::new(200).set_body_string("[{\"ErrorCode\": 0"),
+            |o| matches!(o, Outcome::Unknown { .. }),
+        ),
+        // Timed out after the request was written.
+        (
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(3)),
+            |o| matches!(o, Outcome::Unknown { .. }),
+        ),
+    ];
+    for (response, expected) in cases {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/email/batch"))
+            .respond_with(response)
+            .mount(&server)
+            .await;
+        let p = provider(kind, &server, Duration::from_secs(1));
+        let out = send_three(&p, &three()).await;
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(expected), "{out:?}");
+    }
+}
+
 #[tokio::test]
 async fn resend_request_shape_auth_and_idempotency_key() {
     let server = MockServer::start().await;
