@@ -19,7 +19,9 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
-        .route("/v1/campaigns/{id}", get(get_campaign))
+        .route("/v1/campaigns/{id}", get(get_campaign).put(update_campaign))
+        .route("/v1/campaigns/{id}/plan", get(crate::governor_api::plan))
+        .route("/v1/governor", get(crate::governor_api::governor))
         .route("/v1/campaigns/{id}/recipients", get(list_recipients))
         .route("/v1/campaigns/{id}/retry", post(retry))
         .route("/v1/campaigns/{id}/{action}", post(act))
@@ -56,7 +58,8 @@ async fn create_campaign(
             .await
             .map_err(|_| Problem::too_large(limit))?;
         let mut c: CampaignRequest =
-            serde_json::from_slice(&bytes).map_err(|e| Problem::bad_json(&e))?;
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
+                .map_err(|e| Problem::bad_json_at(&e))?;
         let recipients = c.recipients.take().ok_or_else(|| {
             missing(
                 "recipients",
@@ -123,8 +126,10 @@ async fn read_multipart(
         match name.as_str() {
             "campaign" => {
                 campaign = Some(
-                    serde_json::from_slice::<CampaignRequest>(&bytes)
-                        .map_err(|e| Problem::bad_json(&e))?,
+                    serde_path_to_error::deserialize::<_, CampaignRequest>(
+                        &mut serde_json::Deserializer::from_slice(&bytes),
+                    )
+                    .map_err(|e| Problem::bad_json_at(&e))?,
                 )
             }
             "recipients" => csv = Some(bytes),
@@ -158,7 +163,8 @@ async fn get_campaign(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    Ok(Json(svc.store.campaign(&id).await?).into_response())
+    let c = svc.store.campaign(&id).await?;
+    Ok(Json(crate::governor_api::with_eta(&svc, c).await?).into_response())
 }
 
 async fn act(
@@ -268,9 +274,62 @@ async fn retry(
     )
 }
 
+/// `PUT /v1/campaigns/{id}`: `{"per_minute": 1000 | null, "priority": 3}`; either may be left out.
+/// A cap applies from the next calendar minute, like every cap change.
+async fn update_campaign(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let mut errors = Vec::new();
+    let mut per_minute = None;
+    let mut priority = None;
+    let number = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    for (k, v) in &fields {
+        match k.as_str() {
+            "per_minute" if v.is_null() => per_minute = Some(None),
+            "per_minute" => match number(v) {
+                Some(n) => per_minute = Some(Some(n)),
+                None => errors.push(validate::FieldError {
+                    field: k.clone(),
+                    message: format!("{v} is not a whole number of messages per minute, or null to remove the cap"),
+                }),
+            },
+            "priority" => match number(v) {
+                Some(n) => priority = Some(n),
+                None => errors.push(validate::FieldError {
+                    field: k.clone(),
+                    message: format!("{v} is not a whole number"),
+                }),
+            },
+            other => errors.push(validate::FieldError {
+                field: other.to_string(),
+                message: "is not a field that can be changed (per_minute, priority)".into(),
+            }),
+        }
+    }
+    errors.extend(validate::check_limits(per_minute.flatten(), priority));
+    if !errors.is_empty() {
+        return Err(validate::Invalid::Fields(errors).into());
+    }
+    if per_minute.is_none() && priority.is_none() {
+        return Err(missing("per_minute", "give `per_minute` and/or `priority`"));
+    }
+    let c = svc
+        .store
+        .set_limits(&id, per_minute, priority, svc.work.clock.now_ms())
+        .await?;
+    svc.work.wake.notify_one();
+    Ok(Json(c).into_response())
+}
+
 #[derive(Deserialize)]
 struct MinutesQuery {
     since: Option<String>,
+    /// `global` (default), `domain:gmail.com`, `campaign:{id}`.
+    scope: Option<String>,
 }
 
 async fn minutes(
@@ -289,7 +348,7 @@ async fn minutes(
     };
     let minutes: Vec<_> = svc
         .store
-        .minutes(since)
+        .minutes(q.scope.as_deref().unwrap_or("global"), since)
         .await?
         .into_iter()
         .map(|m| {

@@ -115,6 +115,11 @@ pub struct Governor {
     pub safety_margin_ms: u32,
     /// Backing off below the cap when the provider throttles.
     pub throttle: crate::throttle::ThrottleConfig,
+    /// Per-recipient-domain caps (`"gmail.com" = 2000`): messages per minute to that domain, all
+    /// campaigns together.
+    pub domains: std::collections::BTreeMap<String, u32>,
+    /// Warm-up ramps and quiet hours.
+    pub schedule: crate::schedule::ScheduleConfig,
 }
 
 impl Default for Governor {
@@ -123,7 +128,69 @@ impl Default for Governor {
             per_minute: 6000,
             safety_margin_ms: 2000,
             throttle: Default::default(),
+            domains: Default::default(),
+            schedule: Default::default(),
         }
+    }
+}
+
+impl Governor {
+    /// The schedule, checked at load (so this cannot fail on a loaded config).
+    pub fn schedule(&self) -> crate::schedule::Schedule {
+        self.schedule.check().unwrap_or_default()
+    }
+
+    /// The global cap of the minute `at` is in, before throttling: the configured cap, lowered by the
+    /// warm-up, 0 in quiet hours.
+    pub fn cap_at(&self, at: sender::Millis) -> u32 {
+        self.schedule().cap(self.per_minute, at)
+    }
+
+    /// The cap of `email`'s domain, if it has one.
+    pub fn domain_of<'a>(&'a self, email: &str) -> Option<(&'a str, u32)> {
+        let domain = email.rsplit_once('@')?.1;
+        self.domains
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map(|(d, c)| (d.as_str(), *c))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.per_minute == 0 {
+            return Err(invalid(
+                "governor.per_minute",
+                "must be at least 1 (pause a campaign to stop sending)",
+            ));
+        }
+        if self.safety_margin_ms >= 30_000 {
+            return Err(invalid(
+                "governor.safety_margin_ms",
+                "must be under 30000 (half a minute)",
+            ));
+        }
+        for (domain, cap) in &self.domains {
+            let ok = !domain.is_empty()
+                && domain.contains('.')
+                && domain
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+            if !ok {
+                return Err(invalid(
+                    "governor.domains",
+                    format!("{domain:?} is not a lower-case domain name like \"gmail.com\""),
+                ));
+            }
+            if *cap == 0 {
+                return Err(invalid(
+                    "governor.domains",
+                    format!("{domain:?} has cap 0: remove the recipients instead"),
+                ));
+            }
+        }
+        self.schedule
+            .check()
+            .map(|_| ())
+            .map_err(|(key, e)| invalid(key, e))
     }
 }
 
@@ -214,18 +281,7 @@ impl Config {
                 "must be between 1 and 100",
             ));
         }
-        if self.governor.per_minute == 0 {
-            return Err(invalid(
-                "governor.per_minute",
-                "must be at least 1 (pause a campaign to stop sending)",
-            ));
-        }
-        if self.governor.safety_margin_ms >= 30_000 {
-            return Err(invalid(
-                "governor.safety_margin_ms",
-                "must be under 30000 (half a minute)",
-            ));
-        }
+        self.governor.check()?;
         if self.workers.embedded_sender {
             self.provider.validate()?;
         } else {

@@ -138,10 +138,7 @@ pub fn request(n: usize) -> CampaignRequest {
         from: "\"The Conductor Gazette\" <gazette@example.com>".into(),
         reply_to: Some("Reader desk <readers@example.com>".into()),
         template: Some("newsletter".into()),
-        subject: None,
-        html: None,
-        text: None,
-        recipients: None,
+        ..Default::default()
     }
 }
 
@@ -177,7 +174,12 @@ pub async fn run(
         if render_time.is_none() && c.batches_rendered == c.batches {
             render_time = Some(created_at.elapsed());
         }
-        let minute = svc.store.minutes(clock.now_ms()).await?.last().copied();
+        let minute = svc
+            .store
+            .minutes("global", clock.now_ms())
+            .await?
+            .last()
+            .copied();
         progress.update(&c, minute, started.elapsed());
         if matches!(c.status, Status::Completed | Status::Cancelled) {
             break c;
@@ -198,7 +200,7 @@ pub async fn run(
     };
     progress.finish();
     let elapsed = started.elapsed();
-    let minutes = svc.store.minutes(start_ms).await?;
+    let minutes = svc.store.minutes("global", start_ms).await?;
     runtime.shutdown().await;
     Ok(Summary {
         render_time: render_time.unwrap_or(elapsed),

@@ -57,6 +57,17 @@ impl Problem {
         )
     }
 
+    /// [`Problem::bad_json`] naming where in the document it went wrong (`per_minute`,
+    /// `recipients[3].email`), so a wrong type is as easy to find as a missing field.
+    pub fn bad_json_at(e: &serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let mut p = Self::bad_json(e.inner());
+        let path = e.path().to_string();
+        if e.inner().is_data() && path != "." {
+            p.detail = format!("{path}: {}", p.detail);
+        }
+        p
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -130,7 +130,9 @@ impl Runtime {
             tasks.push(tokio::spawn(crate::config_watch::watch_file(
                 path,
                 config_tx.clone(),
-                Duration::from_secs(1),
+                store.clone(),
+                work.clock.clone(),
+                Duration::from_secs(5),
                 stop.clone(),
             )));
         }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// How many problems one answer lists; the first is in `detail`.
 const MAX_ERRORS: usize = 20;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignRequest {
     pub name: String,
@@ -30,6 +30,74 @@ pub struct CampaignRequest {
     /// Absent when the recipients come as a CSV part.
     #[serde(default)]
     pub recipients: Option<Vec<RecipientIn>>,
+    /// This campaign's own cap, under the global one.
+    #[serde(default)]
+    pub per_minute: Option<u32>,
+    /// Weight in the fair share of the global cap between running campaigns (1–100, default 1).
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// RFC 3339: not before then.
+    #[serde(default)]
+    pub send_at: Option<String>,
+    /// Only within this daily window.
+    #[serde(default)]
+    pub window: Option<crate::schedule::SendWindow>,
+}
+
+/// How a campaign is paced and when it may send, as given at creation (and, for `per_minute` and
+/// `priority`, changed by `PUT /v1/campaigns/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
+pub struct Limits {
+    pub per_minute: Option<u32>,
+    pub priority: u32,
+    pub send_at_ms: Option<i64>,
+    pub window: Option<crate::schedule::SendWindow>,
+}
+
+pub const MAX_PRIORITY: u32 = 100;
+
+/// Checks a campaign's own cap and priority; errors name the field.
+pub fn check_limits(per_minute: Option<u32>, priority: Option<u32>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if per_minute == Some(0) {
+        errors.push(field(
+            "per_minute",
+            "must be at least 1 (pause the campaign to stop it sending)",
+        ));
+    }
+    if let Some(p) = priority.filter(|p| !(1..=MAX_PRIORITY).contains(p)) {
+        errors.push(field(
+            "priority",
+            format!("{p} is not between 1 and {MAX_PRIORITY}"),
+        ));
+    }
+    errors
+}
+
+fn limits(req: &CampaignRequest, errors: &mut Vec<FieldError>) -> Limits {
+    errors.extend(check_limits(req.per_minute, req.priority));
+    let send_at_ms = req.send_at.as_deref().and_then(|t| {
+        chrono::DateTime::parse_from_rfc3339(t.trim())
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| {
+                errors.push(field(
+                    "send_at",
+                    format!("{t:?} is not an RFC 3339 time like 2026-12-24T09:00:00+01:00: {e}"),
+                ))
+            })
+            .ok()
+    });
+    if let Some(w) = &req.window {
+        if let Err((f, e)) = w.check() {
+            errors.push(field(f, e));
+        }
+    }
+    Limits {
+        per_minute: req.per_minute,
+        priority: req.priority.unwrap_or(1),
+        send_at_ms,
+        window: req.window.clone(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +127,7 @@ pub struct ValidCampaign {
     pub css_inlined: bool,
     pub recipients: Vec<RecipientData>,
     pub duplicates: usize,
+    pub limits: Limits,
 }
 
 /// One thing wrong, and where.
@@ -275,6 +344,7 @@ pub fn validate(
     let from = parse_mailbox("from", &req.from)
         .map_err(|e| errors.push(e))
         .ok();
+    let limits = limits(&req, &mut errors);
     let reply_to = match req.reply_to.as_deref().filter(|r| !r.trim().is_empty()) {
         Some(r) => parse_mailbox("reply_to", r)
             .map_err(|e| errors.push(e))
@@ -393,6 +463,7 @@ pub fn validate(
         css_inlined: compiled.css_inlined,
         recipients: kept.into_iter().map(|(_, r)| r).collect(),
         duplicates,
+        limits,
     })
 }
 
@@ -453,8 +524,7 @@ mod tests {
             template: None,
             subject: Some("Hi {{name}}".into()),
             html: Some(html.into()),
-            text: None,
-            recipients: None,
+            ..Default::default()
         }
     }
 

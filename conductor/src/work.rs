@@ -142,14 +142,23 @@ impl Work {
 impl WorkSource for Work {
     async fn lease(&self, want: usize) -> Result<LeaseReply, WorkError> {
         let cfg = self.config();
+        let now = self.clock.now_ms();
+        // Throttling lowers the configured cap; the warm-up lowers it too, and quiet hours stop it.
+        let throttled = self
+            .throttle
+            .lock()
+            .expect("throttle poisoned")
+            .cap(cfg.governor.per_minute);
         let rules = LeaseRules {
             want: want.min(u32::MAX as usize) as u32,
-            now: self.clock.now_ms(),
-            cap: self
-                .throttle
-                .lock()
-                .expect("throttle poisoned")
-                .cap(cfg.governor.per_minute),
+            now,
+            cap: cfg.governor.cap_at(now).min(throttled),
+            domains: cfg
+                .governor
+                .domains
+                .iter()
+                .map(|(d, c)| (d.clone(), *c))
+                .collect(),
             margin_ms: i64::from(cfg.governor.safety_margin_ms),
             // A request started at the last moment may take the provider timeout to answer, and its
             // report a few retries to arrive.

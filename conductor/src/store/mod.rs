@@ -79,6 +79,8 @@ pub struct Counts {
     pub unknown: i64,
     pub suppressed: i64,
     pub cancelled: i64,
+    /// Provider requests made for the campaign so far (deferrals make more than one per recipient).
+    pub requests: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -97,6 +99,14 @@ pub struct Campaign {
     pub duplicates_removed: i64,
     pub created_at: String,
     pub completed_at: Option<String>,
+    /// The campaign's own cap, if it has one.
+    pub per_minute: Option<u32>,
+    /// Its weight in the fair share of the global cap.
+    pub priority: u32,
+    /// Not sent before this.
+    pub send_at: Option<String>,
+    /// Only sent within this daily window.
+    pub window: Option<crate::schedule::SendWindow>,
     pub counts: Counts,
 }
 
@@ -117,6 +127,42 @@ pub struct RecipientRow {
 /// (which may then arrive twice — the operator's call, never the system's).
 pub const RETRYABLE: &[&str] = &["failed", "unknown"];
 
+/// A running campaign as the governor sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    pub id: String,
+    pub priority: u32,
+    pub per_minute: Option<u32>,
+    pub send_at_ms: Option<Millis>,
+    pub window: Option<crate::schedule::SendWindow>,
+}
+
+impl Running {
+    /// Whether it may send at `now`: past its `send_at`, inside its window.
+    pub fn may_send(&self, now: Millis) -> bool {
+        self.send_at_ms.is_none_or(|t| t <= now)
+            && self
+                .window
+                .as_ref()
+                .and_then(|w| w.check().ok())
+                .is_none_or(|w| w.open(now))
+    }
+}
+
+/// One entry of the governor's audit log: a cap that changed, or an edit that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    /// `global`, `domain:gmail.com`, `campaign:{id}`, `schedule`, or `config` for a refused edit.
+    pub scope: String,
+    /// `cap` (changed) or `rejected`.
+    pub kind: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    /// `config file`, `PUT /v1/campaigns/{id}`, …
+    pub source: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MinuteStats {
     pub minute_ms: Millis,
@@ -128,12 +174,15 @@ pub struct MinuteStats {
     pub sent: u32,
 }
 
-/// What a lease request may take: the cap for a minute that has no row yet, and the timing rules.
-#[derive(Debug, Clone, Copy)]
+/// What a lease request may take: the caps for a minute that has no row yet, and the timing rules.
+#[derive(Debug, Clone)]
 pub struct LeaseRules {
     pub want: u32,
     pub now: Millis,
+    /// The global cap (configured, lowered by the warm-up and by throttling; 0 in quiet hours).
     pub cap: u32,
+    /// Per-recipient-domain caps, lower-case domains.
+    pub domains: Vec<(String, u32)>,
     pub margin_ms: i64,
     /// How long after its spend-by moment a lease not closed is expired: its unreported recipients
     /// become `unknown`.
@@ -238,7 +287,27 @@ pub trait Store: Send + Sync + 'static {
     /// Lowers this minute's global cap (throttling), never below what it has already granted.
     async fn lower_cap(&self, minute: Millis, cap: u32) -> Result<(), StoreError>;
 
-    async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
+    /// The ledger of one scope (`global`, `domain:…`, `campaign:…`), minute by minute from `since`.
+    async fn minutes(&self, scope: &str, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
+    /// Every scope's row for one minute.
+    async fn minute_rows(&self, minute: Millis) -> Result<Vec<(String, MinuteStats)>, StoreError>;
+
+    /// Changes a campaign's own cap (`Some(None)` removes it) and priority; applies from the next
+    /// minute (this minute's row keeps its cap), and is written to the audit log.
+    async fn set_limits(
+        &self,
+        id: &str,
+        per_minute: Option<Option<u32>>,
+        priority: Option<u32>,
+        now: Millis,
+    ) -> Result<Campaign, StoreError>;
+    /// Running campaigns, oldest first.
+    async fn running(&self) -> Result<Vec<Running>, StoreError>;
+    /// How many of a campaign's recipients still to be sent are in each of `domains`.
+    async fn open_by_domain(&self, id: &str, domains: &[String]) -> Result<Vec<i64>, StoreError>;
+    async fn record_audit(&self, entries: &[AuditEntry], now: Millis) -> Result<(), StoreError>;
+    /// The newest `limit` audit entries, newest first.
+    async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 pub fn rfc3339(ms: Millis) -> String {

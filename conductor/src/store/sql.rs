@@ -19,9 +19,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use super::{
-    rfc3339, Action, Campaign, Counts, LeaseRules, MinuteStats, RecipientRow, ReportRules, Status,
-    Store, StoreError, RETRYABLE,
+    rfc3339, Action, AuditEntry, Campaign, Counts, LeaseRules, MinuteStats, RecipientRow,
+    ReportRules, Running, Status, Store, StoreError, RETRYABLE,
 };
+use crate::fair::Fair;
 use crate::feedback;
 use crate::ledger::{self, MinuteRow};
 use crate::planner;
@@ -29,6 +30,31 @@ use crate::retry::retry_delay_ms;
 use crate::validate::ValidCampaign;
 
 const GLOBAL: &str = "global";
+
+/// Recipients one lease could take, and the capped domain they are all in (if any).
+struct Pick {
+    batch: i64,
+    ids: Vec<i64>,
+    domain: Option<(String, u32)>,
+}
+
+const RUNNING: &str = "SELECT id, priority, per_minute, send_at_ms, window_json FROM campaigns \
+     WHERE status = 'running' ORDER BY created_ms, id";
+
+fn running_row(row: &AnyRow) -> Result<Running, StoreError> {
+    Ok(Running {
+        id: row.get("id"),
+        priority: row.get::<i64, _>("priority").clamp(1, 1_000) as u32,
+        per_minute: row
+            .get::<Option<i64>, _>("per_minute")
+            .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+        send_at_ms: row.get("send_at_ms"),
+        window: row
+            .get::<Option<String>, _>("window_json")
+            .map(|w| json(&w))
+            .transpose()?,
+    })
+}
 /// States from which a recipient may still be sent.
 const OPEN_STATES: &str = "('pending', 'rendered', 'leased', 'deferred')";
 
@@ -79,8 +105,8 @@ pub struct SqlStore {
     backend: Backend,
     write: AnyPool,
     read: AnyPool,
-    /// The campaign served last; leases go round-robin from the one after it.
-    cursor: Mutex<Option<String>>,
+    /// Whose turn the next lease is (weighted round-robin over running campaigns).
+    fair: Mutex<Fair>,
 }
 
 impl SqlStore {
@@ -127,14 +153,15 @@ impl SqlStore {
             backend,
             write,
             read,
-            cursor: Mutex::new(None),
+            fair: Mutex::new(Fair::default()),
         }
     }
 
     async fn counts(&self, id: &str) -> Result<(Counts, u32, u32), StoreError> {
         let mut c = Counts::default();
         let rows = sqlx::query(
-            "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY state",
+            "SELECT state, count(*) AS n, CAST(coalesce(sum(attempts), 0) AS BIGINT) AS requests \
+             FROM recipients WHERE campaign_id = $1 GROUP BY state",
         )
         .bind(id)
         .fetch_all(&self.read)
@@ -142,6 +169,7 @@ impl SqlStore {
         for row in rows {
             let n: i64 = row.get("n");
             c.total += n;
+            c.requests += row.get::<i64, _>("requests");
             match row.get::<&str, _>("state") {
                 "pending" | "rendered" => c.pending += n,
                 "leased" => {
@@ -198,51 +226,127 @@ impl SqlStore {
             duplicates_removed: row.get("duplicates"),
             created_at: rfc3339(row.get("created_ms")),
             completed_at: row.get::<Option<i64>, _>("completed_ms").map(rfc3339),
+            per_minute: row
+                .get::<Option<i64>, _>("per_minute")
+                .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+            priority: row.get::<i64, _>("priority").clamp(1, 1_000) as u32,
+            send_at: row.get::<Option<i64>, _>("send_at_ms").map(rfc3339),
+            window: row
+                .get::<Option<String>, _>("window_json")
+                .map(|w| json(&w))
+                .transpose()?,
             counts,
         })
     }
 
     /// Up to `want` sendable recipients of one batch of a campaign: the lowest batch with any that no
-    /// other conductor holds right now (on PostgreSQL they are locked until the transaction ends).
+    /// other conductor holds right now (on PostgreSQL they are locked until the transaction ends), all
+    /// in one domain group — one capped domain, or every domain without a cap — so a lease draws on
+    /// one domain scope at most. Recipients of domains whose cap is spent this minute (`full`) are
+    /// passed over, so one throttled domain does not stall the others.
     async fn sendable(
         &self,
         tx: &mut Transaction<'_, Any>,
         campaign_id: &str,
-        now: Millis,
-        want: u32,
-    ) -> Result<Option<(i64, Vec<i64>)>, StoreError> {
+        r: &LeaseRules,
+        full: &[String],
+    ) -> Result<Option<Pick>, StoreError> {
+        let skip: String = (0..full.len())
+            .map(|k| format!(" AND lower(email) NOT LIKE ${}", 4 + k))
+            .collect();
+        let patterns: Vec<String> = full.iter().map(|d| format!("%@{d}")).collect();
         let mut after = -1i64;
         // A handful of batches is plenty: rows are locked only for the instant a lease is granted.
         for _ in 0..8 {
-            let batch: Option<i64> = sqlx::query_scalar(
+            let sql = format!(
                 "SELECT min(batch) FROM recipients WHERE campaign_id = $1 AND batch > $2 \
-                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3))",
-            )
-            .bind(campaign_id)
-            .bind(after)
-            .bind(now)
-            .fetch_one(&mut **tx)
-            .await?;
+                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3)){skip}"
+            );
+            let mut q = sqlx::query_scalar(&sql)
+                .bind(campaign_id)
+                .bind(after)
+                .bind(r.now);
+            for p in &patterns {
+                q = q.bind(p);
+            }
+            let batch: Option<i64> = q.fetch_one(&mut **tx).await?;
             let Some(batch) = batch else {
                 return Ok(None);
             };
-            let ids: Vec<i64> = sqlx::query_scalar(&format!(
-                "SELECT id FROM recipients WHERE campaign_id = $1 AND batch = $2 \
-                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3)) ORDER BY id LIMIT $4{}",
+            let sql = format!(
+                "SELECT id, email FROM recipients WHERE campaign_id = $1 AND batch = $2 \
+                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3)){skip} \
+                 ORDER BY id LIMIT ${}{}",
+                4 + patterns.len(),
                 self.backend.skip_locked("recipients")
-            ))
-            .bind(campaign_id)
-            .bind(batch)
-            .bind(now)
-            .bind(i64::from(want))
-            .fetch_all(&mut **tx)
-            .await?;
+            );
+            let mut q = sqlx::query(&sql).bind(campaign_id).bind(batch).bind(r.now);
+            for p in &patterns {
+                q = q.bind(p);
+            }
+            let rows = q.bind(i64::from(r.want)).fetch_all(&mut **tx).await?;
+            let group_of = |email: &str| {
+                let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+                r.domains
+                    .iter()
+                    .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+                    .cloned()
+            };
+            let mut domain = None;
+            let mut ids = Vec::with_capacity(rows.len());
+            for (k, row) in rows.iter().enumerate() {
+                let group = group_of(row.get::<&str, _>("email"));
+                if k == 0 {
+                    domain = group;
+                } else if group != domain {
+                    continue;
+                }
+                ids.push(row.get::<i64, _>("id"));
+            }
             if !ids.is_empty() {
-                return Ok(Some((batch, ids)));
+                return Ok(Some(Pick { batch, ids, domain }));
             }
             after = batch;
         }
         Ok(None)
+    }
+
+    /// Locks (creating them with `cap` if this minute has none yet) the ledger rows of `scopes`, in
+    /// name order so that conductors claiming several at once cannot deadlock.
+    async fn ledger_rows(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        scopes: &mut [(String, u32)],
+        minute: Millis,
+    ) -> Result<Vec<MinuteRow>, StoreError> {
+        scopes.sort();
+        let mut rows = Vec::with_capacity(scopes.len());
+        for (scope, cap) in scopes.iter() {
+            sqlx::query(
+                "INSERT INTO minute_ledger (scope, minute_ms, cap, granted, next_slot_ms) VALUES ($1, $2, $3, 0, $2) \
+                 ON CONFLICT (scope, minute_ms) DO NOTHING",
+            )
+            .bind(scope)
+            .bind(minute)
+            .bind(i64::from(*cap))
+            .execute(&mut **tx)
+            .await?;
+            let row = sqlx::query(&format!(
+                "SELECT minute_ms, cap, granted, next_slot_ms FROM minute_ledger WHERE scope = $1 AND minute_ms = $2{}",
+                self.backend.for_update()
+            ))
+            .bind(scope)
+            .bind(minute)
+            .fetch_one(&mut **tx)
+            .await?;
+            rows.push(MinuteRow {
+                minute: row.get("minute_ms"),
+                cap: row.get::<i64, _>("cap") as u32,
+                granted: row.get::<i64, _>("granted") as u32,
+                next_slot: row.get("next_slot_ms"),
+            });
+        }
+        Ok(rows)
     }
 
     /// Where a recipient goes when it was not sent and may be again: back to the queue, unless its
@@ -260,6 +364,29 @@ impl SqlStore {
         } else {
             "rendered"
         })
+    }
+}
+
+impl SqlStore {
+    async fn insert_audit(
+        tx: &mut Transaction<'_, Any>,
+        entries: &[AuditEntry],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        for e in entries {
+            sqlx::query(
+                "INSERT INTO governor_audit (at_ms, scope, kind, old, new, source) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(now)
+            .bind(&e.scope)
+            .bind(&e.kind)
+            .bind(&e.old)
+            .bind(&e.new)
+            .bind(&e.source)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -299,6 +426,16 @@ fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+fn minute_stats(r: &AnyRow) -> MinuteStats {
+    MinuteStats {
+        minute_ms: r.get("minute_ms"),
+        cap: r.get::<i64, _>("cap") as u32,
+        granted: r.get::<i64, _>("granted") as u32,
+        used: r.get::<i64, _>("used") as u32,
+        sent: r.get::<i64, _>("sent") as u32,
+    }
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain data serialises")
 }
@@ -316,7 +453,8 @@ impl Store for SqlStore {
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "INSERT INTO campaigns (id, name, from_json, reply_to_json, template_name, template_json, status, \
-             batch_size, total, duplicates, created_ms) VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10)",
+             batch_size, total, duplicates, created_ms, per_minute, priority, send_at_ms, window_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&id)
         .bind(&c.name)
@@ -328,6 +466,10 @@ impl Store for SqlStore {
         .bind(c.recipients.len() as i64)
         .bind(c.duplicates as i64)
         .bind(now)
+        .bind(c.limits.per_minute.map(i64::from))
+        .bind(i64::from(c.limits.priority))
+        .bind(c.limits.send_at_ms)
+        .bind(c.limits.window.as_ref().map(to_json))
         .execute(&mut *tx)
         .await?;
         for chunk in plan.chunks(1000) {
@@ -592,68 +734,81 @@ impl Store for SqlStore {
     }
 
     async fn lease(&self, r: LeaseRules) -> Result<LeaseReply, StoreError> {
+        let minute = sender::clock::minute_start(r.now);
         let mut tx = self.write.begin().await?;
-        let running: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM campaigns WHERE status = 'running' ORDER BY created_ms, id",
+        // Scheduled for later or outside their own window: not this minute's business.
+        let mut runnable = Vec::new();
+        for row in sqlx::query(RUNNING).fetch_all(&mut *tx).await? {
+            let c = running_row(&row)?;
+            if c.may_send(r.now) {
+                runnable.push(c);
+            }
+        }
+        let weights: Vec<(String, u32)> = runnable
+            .iter()
+            .map(|c| (c.id.clone(), c.priority))
+            .collect();
+        let order = self.fair.lock().expect("fair poisoned").order(&weights);
+        // Domains whose budget this minute is spent: their recipients wait, the others go on.
+        let full: Vec<String> = sqlx::query_scalar(
+            "SELECT scope FROM minute_ledger WHERE minute_ms = $1 AND granted >= cap AND scope LIKE 'domain:%'",
         )
+        .bind(minute)
         .fetch_all(&mut *tx)
-        .await?;
-        // Round-robin: start with the campaign after the one served last.
-        let start = {
-            let cursor = self.cursor.lock().expect("cursor poisoned");
-            cursor
-                .as_ref()
-                .and_then(|c| running.iter().position(|id| id == c))
-                .map_or(0, |i| i + 1)
-        };
-        for cid in running.iter().cycle().skip(start).take(running.len()) {
-            let Some((batch, ids)) = self.sendable(&mut tx, cid, r.now, r.want).await? else {
+        .await?
+        .into_iter()
+        .filter_map(|s: String| s.strip_prefix("domain:").map(str::to_string))
+        .collect();
+        let mut blocked = false;
+        for cid in &order {
+            let Some(pick) = self.sendable(&mut tx, cid, &r, &full).await? else {
                 continue;
             };
-
-            // The minute's row is created with the cap in force when the minute is first touched, then
-            // locked for the claim: claims by every conductor on this minute take turns here.
-            let minute = sender::clock::minute_start(r.now);
-            sqlx::query(
-                "INSERT INTO minute_ledger (scope, minute_ms, cap, granted, next_slot_ms) VALUES ($1, $2, $3, 0, $2) \
-                 ON CONFLICT (scope, minute_ms) DO NOTHING",
-            )
-            .bind(GLOBAL)
-            .bind(minute)
-            .bind(i64::from(r.cap))
-            .execute(&mut *tx)
-            .await?;
-            let row = sqlx::query(&format!(
-                "SELECT minute_ms, cap, granted, next_slot_ms FROM minute_ledger WHERE scope = $1 AND minute_ms = $2{}",
-                self.backend.for_update()
-            ))
-            .bind(GLOBAL)
-            .bind(minute)
-            .fetch_one(&mut *tx)
-            .await?;
-            let row = MinuteRow {
-                minute: row.get("minute_ms"),
-                cap: row.get::<i64, _>("cap") as u32,
-                granted: row.get::<i64, _>("granted") as u32,
-                next_slot: row.get("next_slot_ms"),
-            };
-            let (grant, next) =
-                ledger::claim(Some(row), r.cap, ids.len() as u32, r.now, r.margin_ms);
-            if grant.tokens == 0 {
-                tx.commit().await?;
-                return Ok(LeaseReply::NoTokens {
-                    until: sender::clock::minute_end(r.now),
-                });
+            let own = runnable
+                .iter()
+                .find(|c| &c.id == cid)
+                .and_then(|c| c.per_minute);
+            let mut scopes = vec![(GLOBAL.to_string(), r.cap)];
+            if let Some(cap) = own {
+                scopes.push((format!("campaign:{cid}"), cap));
             }
-            sqlx::query("UPDATE minute_ledger SET granted = $1, next_slot_ms = $2 WHERE scope = $3 AND minute_ms = $4")
-                .bind(i64::from(next.granted))
-                .bind(next.next_slot)
-                .bind(GLOBAL)
-                .bind(next.minute)
-                .execute(&mut *tx)
-                .await?;
+            if let Some((d, cap)) = &pick.domain {
+                scopes.push((format!("domain:{d}"), *cap));
+            }
+            // Each minute's rows are created with the caps in force when the minute is first touched,
+            // then locked for the claim: claims by every conductor on this minute take turns here.
+            let rows = self.ledger_rows(&mut tx, &mut scopes, minute).await?;
+            let input: Vec<_> = rows
+                .iter()
+                .zip(&scopes)
+                .map(|(row, (_, cap))| (Some(*row), *cap))
+                .collect();
+            let (grant, next) =
+                ledger::claim_all(&input, pick.ids.len() as u32, r.now, r.margin_ms);
+            if grant.tokens == 0 {
+                let global = rows[scopes.iter().position(|(s, _)| s == GLOBAL).unwrap_or(0)];
+                if global.granted >= global.cap || r.now >= grant.deadline {
+                    // The account's budget is spent: nobody gets anything before the next minute.
+                    tx.commit().await?;
+                    return Ok(LeaseReply::NoTokens {
+                        until: sender::clock::minute_end(r.now),
+                    });
+                }
+                // Only this campaign's own cap is spent (or its domain's): the next campaign's turn.
+                blocked = true;
+                continue;
+            }
+            for ((scope, _), row) in scopes.iter().zip(&next) {
+                sqlx::query("UPDATE minute_ledger SET granted = $1, next_slot_ms = $2 WHERE scope = $3 AND minute_ms = $4")
+                    .bind(i64::from(row.granted))
+                    .bind(row.next_slot)
+                    .bind(scope)
+                    .bind(row.minute)
+                    .execute(&mut *tx)
+                    .await?;
+            }
 
-            let ids = &ids[..grant.tokens as usize];
+            let ids = &pick.ids[..grant.tokens as usize];
             let lease_id = uuid::Uuid::new_v4().simple().to_string();
             let sql = format!(
                 "UPDATE recipients SET state = 'leased', lease_id = $1, updated_ms = $2 \
@@ -665,13 +820,14 @@ impl Store for SqlStore {
                 q = q.bind(*id);
             }
             q.execute(&mut *tx).await?;
+            let scope_names: Vec<&str> = scopes.iter().map(|(s, _)| s.as_str()).collect();
             sqlx::query(
                 "INSERT INTO leases (id, campaign_id, batch, minute_ms, tokens, created_ms, expires_ms, \
-                 heard_ms, first_at_ms, spacing_us, recipients) VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $8, $9, $10)",
+                 heard_ms, first_at_ms, spacing_us, recipients, scopes) VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $8, $9, $10, $11)",
             )
             .bind(&lease_id)
             .bind(cid)
-            .bind(batch)
+            .bind(pick.batch)
             .bind(grant.minute)
             .bind(i64::from(grant.tokens))
             .bind(r.now)
@@ -679,24 +835,29 @@ impl Store for SqlStore {
             .bind(grant.first_at)
             .bind(grant.spacing_us)
             .bind(to_json(&ids))
+            .bind(to_json(&scope_names))
             .execute(&mut *tx)
             .await?;
             let body_key: Option<String> = sqlx::query_scalar(
                 "SELECT body_key FROM batches WHERE campaign_id = $1 AND n = $2",
             )
             .bind(cid)
-            .bind(batch)
+            .bind(pick.batch)
             .fetch_one(&mut *tx)
             .await?;
             tx.commit().await?;
-            *self.cursor.lock().expect("cursor poisoned") = Some(cid.clone());
+            self.fair
+                .lock()
+                .expect("fair poisoned")
+                .served(cid, &weights);
             return Ok(LeaseReply::Lease(SendLease {
                 lease_id,
                 campaign_id: cid.clone(),
-                batch: batch as u32,
+                batch: pick.batch as u32,
                 body_key: body_key.ok_or_else(|| {
                     StoreError::Corrupt(format!(
-                        "rendered recipients in unrendered batch {cid}/{batch}"
+                        "rendered recipients in unrendered batch {cid}/{}",
+                        pick.batch
                     ))
                 })?,
                 recipients: ids.to_vec(),
@@ -706,7 +867,14 @@ impl Store for SqlStore {
                 deadline: grant.spend_by,
             }));
         }
-        Ok(LeaseReply::Idle)
+        tx.commit().await?;
+        Ok(if blocked {
+            LeaseReply::NoTokens {
+                until: sender::clock::minute_end(r.now),
+            }
+        } else {
+            LeaseReply::Idle
+        })
     }
 
     async fn report(
@@ -718,7 +886,7 @@ impl Store for SqlStore {
     ) -> Result<Option<String>, StoreError> {
         let mut tx = self.write.begin().await?;
         let lease = sqlx::query(&format!(
-            "SELECT campaign_id, minute_ms FROM leases WHERE id = $1 AND closed_ms IS NULL{}",
+            "SELECT campaign_id, minute_ms, scopes FROM leases WHERE id = $1 AND closed_ms IS NULL{}",
             self.backend.for_update()
         ))
         .bind(lease_id)
@@ -727,6 +895,11 @@ impl Store for SqlStore {
         .ok_or_else(|| StoreError::LeaseLost(lease_id.to_string()))?;
         let cid: String = lease.get("campaign_id");
         let minute: i64 = lease.get("minute_ms");
+        // Leases from before scopes were recorded drew on the global scope alone.
+        let scopes: Vec<String> = match lease.get::<Option<String>, _>("scopes") {
+            Some(s) => json(&s)?,
+            None => vec![GLOBAL.to_string()],
+        };
         sqlx::query("UPDATE leases SET heard_ms = $1 WHERE id = $2")
             .bind(r.now)
             .bind(lease_id)
@@ -822,13 +995,17 @@ impl Store for SqlStore {
                 sent += i64::from(state == "sent");
             }
         }
-        sqlx::query("UPDATE minute_ledger SET used = used + $1, sent = sent + $2 WHERE scope = $3 AND minute_ms = $4")
-            .bind(used)
-            .bind(sent)
-            .bind(GLOBAL)
-            .bind(minute)
-            .execute(&mut *tx)
-            .await?;
+        if used > 0 {
+            for scope in &scopes {
+                sqlx::query("UPDATE minute_ledger SET used = used + $1, sent = sent + $2 WHERE scope = $3 AND minute_ms = $4")
+                    .bind(used)
+                    .bind(sent)
+                    .bind(scope)
+                    .bind(minute)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         if last {
             sqlx::query("UPDATE recipients SET state = $1, lease_id = NULL, updated_ms = $2 WHERE lease_id = $3 AND state = 'leased'")
                 .bind(back)
@@ -1121,22 +1298,134 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn minutes(&self, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {
+    async fn minutes(&self, scope: &str, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {
         let rows = sqlx::query(
             "SELECT minute_ms, cap, granted, used, sent FROM minute_ledger WHERE scope = $1 AND minute_ms >= $2 ORDER BY minute_ms LIMIT 10080",
         )
-        .bind(GLOBAL)
+        .bind(scope)
         .bind(sender::clock::minute_start(since))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().map(minute_stats).collect())
+    }
+
+    async fn minute_rows(&self, minute: Millis) -> Result<Vec<(String, MinuteStats)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT scope, minute_ms, cap, granted, used, sent FROM minute_ledger WHERE minute_ms = $1 ORDER BY scope LIMIT 10000",
+        )
+        .bind(minute)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>("scope"), minute_stats(r)))
+            .collect())
+    }
+
+    async fn set_limits(
+        &self,
+        id: &str,
+        per_minute: Option<Option<u32>>,
+        priority: Option<u32>,
+        now: Millis,
+    ) -> Result<Campaign, StoreError> {
+        let before = self.campaign(id).await?;
+        if matches!(before.status, Status::Completed | Status::Cancelled) {
+            return Err(StoreError::Conflict(format!(
+                "campaign {id} is {}: its limits no longer matter",
+                before.status.as_str()
+            )));
+        }
+        let mut audit = Vec::new();
+        let mut note = |kind: &str, old: Option<String>, new: Option<String>| {
+            audit.push(AuditEntry {
+                at: rfc3339(now),
+                scope: format!("campaign:{id}"),
+                kind: kind.into(),
+                old,
+                new,
+                source: format!("PUT /v1/campaigns/{id}"),
+            })
+        };
+        let mut tx = self.write.begin().await?;
+        if let Some(cap) = per_minute {
+            sqlx::query("UPDATE campaigns SET per_minute = $1 WHERE id = $2")
+                .bind(cap.map(i64::from))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if cap != before.per_minute {
+                let show = |c: Option<u32>| c.map(|c| c.to_string());
+                note("cap", show(before.per_minute), show(cap));
+            }
+        }
+        if let Some(p) = priority {
+            sqlx::query("UPDATE campaigns SET priority = $1 WHERE id = $2")
+                .bind(i64::from(p))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            if p != before.priority {
+                note(
+                    "priority",
+                    Some(before.priority.to_string()),
+                    Some(p.to_string()),
+                );
+            }
+        }
+        Self::insert_audit(&mut tx, &audit, now).await?;
+        tx.commit().await?;
+        self.campaign(id).await
+    }
+
+    async fn running(&self) -> Result<Vec<Running>, StoreError> {
+        sqlx::query(RUNNING)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(running_row)
+            .collect()
+    }
+
+    async fn open_by_domain(&self, id: &str, domains: &[String]) -> Result<Vec<i64>, StoreError> {
+        let mut out = Vec::with_capacity(domains.len());
+        for d in domains {
+            let n: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND state IN {OPEN_STATES} \
+                 AND lower(email) LIKE $2"
+            ))
+            .bind(id)
+            .bind(format!("%@{}", d.to_ascii_lowercase()))
+            .fetch_one(&self.read)
+            .await?;
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    async fn record_audit(&self, entries: &[AuditEntry], now: Millis) -> Result<(), StoreError> {
+        let mut tx = self.write.begin().await?;
+        Self::insert_audit(&mut tx, entries, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at_ms, scope, kind, old, new, source FROM governor_audit ORDER BY at_ms DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| MinuteStats {
-                minute_ms: r.get("minute_ms"),
-                cap: r.get::<i64, _>("cap") as u32,
-                granted: r.get::<i64, _>("granted") as u32,
-                used: r.get::<i64, _>("used") as u32,
-                sent: r.get::<i64, _>("sent") as u32,
+            .map(|r| AuditEntry {
+                at: rfc3339(r.get("at_ms")),
+                scope: r.get("scope"),
+                kind: r.get("kind"),
+                old: r.get("old"),
+                new: r.get("new"),
+                source: r.get("source"),
             })
             .collect())
     }

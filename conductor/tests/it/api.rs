@@ -474,3 +474,72 @@ async fn recipients_are_listed_by_state_in_pages_and_retry_requests_are_checked(
     assert_eq!(body["campaign"]["status"], "completed", "nothing to retry");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn pacing_and_schedule_fields_are_checked_and_named() {
+    let app = spawn_app().await;
+    for (field, value, says) in [
+        ("per_minute", json!(0), "at least 1"),
+        ("per_minute", json!(-5), "per_minute"),
+        ("priority", json!(0), "between 1 and 100"),
+        ("priority", json!(101), "between 1 and 100"),
+        ("send_at", json!("next tuesday"), "RFC 3339"),
+        ("window", json!({"hours": "9-5"}), "HH:MM"),
+        (
+            "window",
+            json!({"hours": "09:00-17:00", "timezone": "Mars/Olympus"}),
+            "IANA",
+        ),
+        (
+            "window",
+            json!({"hours": "09:00-17:00", "days": ["funday"]}),
+            "funday",
+        ),
+        (
+            "window",
+            json!({"hours": "09:00-17:00", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let mut c = inline_campaign(recipients(2));
+        c[field] = value.clone();
+        let r = app.post_json("/v1/campaigns", &c).await;
+        assert_eq!(r.status(), 422, "{field} = {value}");
+        let p: Value = r.json().await.unwrap();
+        assert!(p.to_string().contains(says), "{field} = {value}: {p}");
+    }
+    assert_nothing_stored(&app).await;
+    // Good values are stored and shown.
+    let mut c = inline_campaign(recipients(2));
+    c["per_minute"] = json!(120);
+    c["priority"] = json!(7);
+    c["send_at"] = json!("2030-01-01T09:00:00+01:00");
+    c["window"] =
+        json!({"hours": "09:00-17:00", "timezone": "Europe/Berlin", "days": ["mon", "tue"]});
+    let id = app.create(&c).await;
+    let got = app.get_json(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(got["per_minute"], 120);
+    assert_eq!(got["priority"], 7);
+    assert_eq!(got["send_at"], "2030-01-01T08:00:00.000Z");
+    assert_eq!(got["window"]["timezone"], "Europe/Berlin");
+    // Scheduled for 2030: nothing goes out, and the plan says it cannot finish by tomorrow.
+    let plan = app
+        .get_json(&format!(
+            "/v1/campaigns/{id}/plan?finish_by={}",
+            (chrono::Utc::now() + chrono::Duration::days(1))
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
+        .await;
+    assert_eq!(plan["finishes"], false, "{plan}");
+    assert!(plan["rate_needed_per_minute"].is_null(), "{plan}");
+    for bad in ["", "?finish_by=soon"] {
+        let r = app
+            .client
+            .get(app.url(&format!("/v1/campaigns/{id}/plan{bad}")))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 400, "/problems/invalid-query").await;
+    }
+    app.stop().await;
+}

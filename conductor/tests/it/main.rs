@@ -5,6 +5,7 @@ mod aws;
 mod distributed;
 mod e2e;
 mod feedback;
+mod governor;
 mod moto;
 mod ses_feedback;
 mod sink;

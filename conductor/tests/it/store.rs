@@ -53,22 +53,34 @@ on_every_backend!(
     lifecycle_transitions_are_reported_once_and_bodies_purged_after_retention,
     a_complaint_suppresses_the_address_before_its_next_send_and_in_new_campaigns,
     unknown_recipients_are_listed_and_sent_again_only_on_request,
+    campaign_and_domain_caps_bind_under_the_global_one,
+    leases_are_shared_by_priority,
+    scheduled_campaigns_wait_for_send_at_and_their_window,
+    a_campaign_cap_change_applies_next_minute_and_is_audited,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
-    let req = CampaignRequest {
+    let emails: Vec<String> = (0..n).map(|i| format!("r{i}@example.com")).collect();
+    campaign_of(request(), &emails)
+}
+
+fn request() -> CampaignRequest {
+    CampaignRequest {
         name: "t".into(),
         from: "a@example.com".into(),
         reply_to: None,
         template: None,
         subject: Some("s".into()),
         html: Some("<p>{{email}}</p>".into()),
-        text: None,
-        recipients: None,
-    };
-    let rows = (0..n)
-        .map(|i| RecipientIn {
-            email: format!("r{i}@example.com"),
+        ..Default::default()
+    }
+}
+
+fn campaign_of(req: CampaignRequest, emails: &[String]) -> ValidCampaign {
+    let rows = emails
+        .iter()
+        .map(|email| RecipientIn {
+            email: email.clone(),
             name: None,
             data: None,
         })
@@ -83,11 +95,17 @@ fn campaign(n: usize) -> ValidCampaign {
 }
 
 async fn create(store: &Arc<dyn Store>, n: usize, batch_size: u32, now: Millis) -> String {
-    let id = store
-        .create_campaign(&campaign(n), batch_size, now)
-        .await
-        .unwrap()
-        .id;
+    create_valid(store, &campaign(n), batch_size, now).await
+}
+
+/// Stores a campaign and marks all its batches rendered.
+async fn create_valid(
+    store: &Arc<dyn Store>,
+    c: &ValidCampaign,
+    batch_size: u32,
+    now: Millis,
+) -> String {
+    let id = store.create_campaign(c, batch_size, now).await.unwrap().id;
     for job in store.batches_to_render(now, now, 1000).await.unwrap() {
         store
             .batch_rendered(&job, &format!("k/{}", job.batch), &[], now)
@@ -102,6 +120,7 @@ fn rules(want: u32, now: Millis, cap: u32) -> LeaseRules {
         want,
         now,
         cap,
+        domains: vec![],
         margin_ms: 2_000,
         ttl_ms: 30_000,
     }
@@ -176,7 +195,7 @@ async fn leases_never_grant_more_than_the_cap_in_a_minute(store: Arc<dyn Store>)
         store.lease(rules(40, M + 60_000, 100)).await.unwrap(),
         LeaseReply::Lease(_)
     ));
-    let minutes = store.minutes(M).await.unwrap();
+    let minutes = store.minutes("global", M).await.unwrap();
     assert_eq!(
         (
             minutes[0].cap,
@@ -258,7 +277,7 @@ async fn reports_settle_recipients_and_late_reports_are_fenced(store: Arc<dyn St
         .await;
     assert!(matches!(late, Err(StoreError::LeaseLost(_))));
     assert_eq!(store.campaign(&id).await.unwrap().counts.sent, 3);
-    let m = store.minutes(M).await.unwrap()[0];
+    let m = store.minutes("global", M).await.unwrap()[0];
     assert_eq!(
         (m.granted, m.used, m.sent),
         (10, 5, 3),
@@ -293,7 +312,7 @@ async fn deferred_recipients_wait_and_every_retry_costs_a_token(store: Arc<dyn S
     let l = lease(store.lease(rules(10, M + 10_000, 6_000)).await.unwrap());
     assert_eq!(l.recipients, vec![0]);
     assert_eq!(
-        store.minutes(M).await.unwrap()[0].granted,
+        store.minutes("global", M).await.unwrap()[0].granted,
         2,
         "the retry took a second token"
     );
@@ -608,7 +627,7 @@ async fn conductors_sharing_postgres_never_grant_past_the_cap_nor_lease_twice() 
         (700, 700),
         "exactly the cap, nobody twice"
     );
-    let m = stores[1].minutes(M).await.unwrap()[0];
+    let m = stores[1].minutes("global", M).await.unwrap()[0];
     assert_eq!((m.cap, m.granted, m.used), (700, 700, 700));
     drop(stores);
     schema.drop().await;
@@ -804,6 +823,270 @@ async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc
     store.act(&id, Action::Cancel, M).await.unwrap();
     assert!(matches!(
         store.retry(&id, &["unknown".to_string()], M).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+fn with_rules(want: u32, now: Millis, cap: u32, domains: &[(&str, u32)]) -> LeaseRules {
+    LeaseRules {
+        domains: domains.iter().map(|(d, c)| (d.to_string(), *c)).collect(),
+        ..rules(want, now, cap)
+    }
+}
+
+async fn campaign_and_domain_caps_bind_under_the_global_one(store: Arc<dyn Store>) {
+    // A: capped at 10/min; a third of its list at gmail.com, capped at 4/min for everyone.
+    let emails: Vec<String> = (0..30)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!("g{i}@gmail.com")
+            } else {
+                format!("r{i}@example.com")
+            }
+        })
+        .collect();
+    let a = create_valid(
+        &store,
+        &campaign_of(
+            CampaignRequest {
+                per_minute: Some(10),
+                ..request()
+            },
+            &emails,
+        ),
+        100,
+        M,
+    )
+    .await;
+    let b = create(&store, 50, 100, M + 1).await;
+    let domains = [("gmail.com", 4)];
+    let (mut a_got, mut gmail, mut b_got) = (0, 0, 0);
+    let mut now = M;
+    while now < M + 50_000 {
+        match store
+            .lease(with_rules(3, now, 100, &domains))
+            .await
+            .unwrap()
+        {
+            LeaseReply::Lease(l) => {
+                let c = store.campaign(&l.campaign_id).await.unwrap();
+                let ids = &l.recipients;
+                if l.campaign_id == a {
+                    a_got += ids.len();
+                    // One domain group per lease: all gmail.com or none.
+                    let g = ids
+                        .iter()
+                        .filter(|&&i| emails[i as usize].ends_with("@gmail.com"))
+                        .count();
+                    assert!(g == 0 || g == ids.len(), "{ids:?} mixes domain groups");
+                    gmail += g;
+                } else {
+                    assert_eq!(c.id, b);
+                    b_got += ids.len();
+                }
+                store
+                    .report(
+                        &l.lease_id,
+                        &outcomes(ids, sent(), now),
+                        true,
+                        report_rules(now),
+                    )
+                    .await
+                    .unwrap();
+            }
+            LeaseReply::NoTokens { .. } | LeaseReply::Idle => {}
+        }
+        now += 200;
+    }
+    assert_eq!(a_got, 10, "the campaign's own cap binds");
+    assert_eq!(
+        gmail, 4,
+        "the domain cap binds, and the rest of A's list still went"
+    );
+    // B is not held back by A's cap: it gets the rest of the global budget, up to its list.
+    assert_eq!(b_got, 50);
+    let minute = |scope: String| {
+        let store = store.clone();
+        async move { store.minutes(&scope, M).await.unwrap()[0] }
+    };
+    let ca = minute(format!("campaign:{a}")).await;
+    assert_eq!((ca.cap, ca.granted, ca.used, ca.sent), (10, 10, 10, 10));
+    let g = minute("domain:gmail.com".into()).await;
+    assert_eq!((g.cap, g.granted, g.sent), (4, 4, 4));
+    let global = minute("global".into()).await;
+    assert_eq!((global.granted, global.sent), (60, 60));
+    let rows = store.minute_rows(M).await.unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+}
+
+async fn leases_are_shared_by_priority(store: Arc<dyn Store>) {
+    let bulk = create(&store, 1_000, 100, M).await;
+    // Some leases for the bulk campaign alone first.
+    for k in 0..5 {
+        assert_eq!(
+            lease(store.lease(rules(5, M + k, 60_000)).await.unwrap()).campaign_id,
+            bulk
+        );
+    }
+    let urgent = create_valid(
+        &store,
+        &campaign_of(
+            CampaignRequest {
+                priority: Some(3),
+                ..request()
+            },
+            &(0..100)
+                .map(|i| format!("u{i}@example.com"))
+                .collect::<Vec<_>>(),
+        ),
+        100,
+        M + 10,
+    )
+    .await;
+    let mut picks = Vec::new();
+    for k in 0..40 {
+        picks.push(lease(store.lease(rules(1, M + 20 + k, 60_000)).await.unwrap()).campaign_id);
+    }
+    assert_eq!(
+        picks.iter().filter(|p| **p == urgent).count(),
+        30,
+        "{picks:?}"
+    );
+    // From its very first lease, and never more than three in a row.
+    assert!(picks[..2].contains(&urgent));
+    for w in picks.windows(4) {
+        assert!(w.contains(&bulk), "{picks:?}");
+    }
+}
+
+async fn scheduled_campaigns_wait_for_send_at_and_their_window(store: Arc<dyn Store>) {
+    let later = create_valid(
+        &store,
+        &campaign_of(
+            CampaignRequest {
+                send_at: Some(conductor::store::rfc3339(M + 120_000)),
+                ..request()
+            },
+            &["a@example.com".to_string()],
+        ),
+        100,
+        M,
+    )
+    .await;
+    // A window of 13:00–14:00 UTC; M is 22:14 UTC.
+    let windowed = create_valid(
+        &store,
+        &campaign_of(
+            CampaignRequest {
+                window: Some(conductor::schedule::SendWindow {
+                    hours: "13:00-14:00".into(),
+                    timezone: "UTC".into(),
+                    days: vec![],
+                }),
+                ..request()
+            },
+            &["b@example.com".to_string()],
+        ),
+        100,
+        M,
+    )
+    .await;
+    assert_eq!(
+        store.lease(rules(5, M, 600)).await.unwrap(),
+        LeaseReply::Idle
+    );
+    assert_eq!(
+        store.lease(rules(5, M + 119_999, 600)).await.unwrap(),
+        LeaseReply::Idle
+    );
+    let l = lease(store.lease(rules(5, M + 120_000, 600)).await.unwrap());
+    assert_eq!(l.campaign_id, later);
+    // The next day at 13:30 UTC the window is open.
+    let day = 86_400_000;
+    let at_1330 = M - (M % day) + day + 13 * 3_600_000 + 30 * 60_000;
+    let l = lease(store.lease(rules(5, at_1330, 600)).await.unwrap());
+    assert_eq!(l.campaign_id, windowed);
+    let c = store.campaign(&windowed).await.unwrap();
+    assert_eq!(c.window.unwrap().hours, "13:00-14:00");
+}
+
+async fn a_campaign_cap_change_applies_next_minute_and_is_audited(store: Arc<dyn Store>) {
+    let id = create_valid(
+        &store,
+        &campaign_of(
+            CampaignRequest {
+                per_minute: Some(10),
+                ..request()
+            },
+            &(0..100)
+                .map(|i| format!("r{i}@example.com"))
+                .collect::<Vec<_>>(),
+        ),
+        100,
+        M,
+    )
+    .await;
+    let granted = |want: u32, now: Millis| {
+        let store = store.clone();
+        async move {
+            let mut got = 0;
+            loop {
+                match store.lease(rules(want, now, 600)).await.unwrap() {
+                    LeaseReply::Lease(l) => got += l.tokens(),
+                    _ => return got,
+                }
+            }
+        }
+    };
+    // Four of this minute's ten tokens before the change.
+    for k in 0..4 {
+        assert_eq!(
+            lease(store.lease(rules(1, M + k, 600)).await.unwrap()).tokens(),
+            1
+        );
+    }
+    let c = store
+        .set_limits(&id, Some(Some(3)), Some(5), M + 1_000)
+        .await
+        .unwrap();
+    assert_eq!((c.per_minute, c.priority), (Some(3), 5));
+    // This minute keeps the cap it opened with; the next has the new one.
+    assert_eq!(granted(10, M + 2_000).await, 6);
+    assert_eq!(granted(10, M + 60_000).await, 3);
+    let audit = store.audit(10).await.unwrap();
+    let scopes: Vec<(&str, &str, Option<&str>, Option<&str>)> = audit
+        .iter()
+        .map(|e| {
+            (
+                e.scope.as_str(),
+                e.kind.as_str(),
+                e.old.as_deref(),
+                e.new.as_deref(),
+            )
+        })
+        .collect();
+    assert!(
+        scopes.contains(&(&format!("campaign:{id}"), "cap", Some("10"), Some("3"))),
+        "{audit:?}"
+    );
+    assert!(
+        scopes.contains(&(&format!("campaign:{id}"), "priority", Some("1"), Some("5"))),
+        "{audit:?}"
+    );
+    assert_eq!(audit[0].source, format!("PUT /v1/campaigns/{id}"));
+    // Removing the cap; garbage and finished campaigns are refused.
+    let c = store
+        .set_limits(&id, Some(None), None, M + 70_000)
+        .await
+        .unwrap();
+    assert_eq!(c.per_minute, None);
+    assert!(matches!(
+        store.set_limits("nope", Some(Some(1)), None, M).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.act(&id, Action::Cancel, M + 71_000).await.unwrap();
+    assert!(matches!(
+        store.set_limits(&id, Some(Some(1)), None, M + 72_000).await,
         Err(StoreError::Conflict(_))
     ));
 }

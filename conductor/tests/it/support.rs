@@ -63,6 +63,17 @@ pub async fn spawn_hooked(
     config_file: Option<PathBuf>,
     hooks: Hooks,
 ) -> TestApp {
+    spawn_full(dir, config, config_file, hooks, Arc::new(SystemClock)).await
+}
+
+/// The app on a clock of the test's choosing (a `ManualClock`, say).
+pub async fn spawn_full(
+    dir: tempfile::TempDir,
+    config: Config,
+    config_file: Option<PathBuf>,
+    hooks: Hooks,
+    clock: Arc<dyn sender::Clock>,
+) -> TestApp {
     // TEST_LOG=info (any filter) shows the app's logs for a failing test.
     static LOGS: std::sync::Once = std::sync::Once::new();
     LOGS.call_once(|| {
@@ -73,7 +84,7 @@ pub async fn spawn_hooked(
                 .init();
         }
     });
-    let app = Application::build_with(config, config_file, Arc::new(SystemClock), hooks)
+    let app = Application::build_with(config, config_file, clock, hooks)
         .await
         .unwrap();
     let base = format!("http://{}", app.local_addr());

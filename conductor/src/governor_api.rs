@@ -1,0 +1,232 @@
+//! `GET /v1/governor` (caps per scope, this minute's ledger, the audit log) and the forecasts:
+//! a campaign's ETA and `GET /v1/campaigns/{id}/plan?finish_by=…`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::eta;
+use crate::problem::Problem;
+use crate::service::Service;
+use crate::store::{rfc3339, Campaign, Status};
+use sender::Millis;
+
+/// What a campaign's sending is bound by, minute by minute, for a forecast.
+struct Outlook {
+    cfg: Arc<Config>,
+    /// The global cap after throttling, as it stands now.
+    throttled: u32,
+    /// This campaign's share of the global cap among the running campaigns (by priority).
+    share: f64,
+    window: Option<crate::schedule::Window>,
+    send_at_ms: Option<Millis>,
+}
+
+impl Outlook {
+    async fn of(svc: &Service, c: &Campaign) -> Result<Self, Problem> {
+        let cfg = svc.work.config.borrow().clone();
+        let throttled = svc
+            .work
+            .throttle
+            .lock()
+            .expect("throttle poisoned")
+            .cap(cfg.governor.per_minute);
+        let weights: u32 = svc
+            .store
+            .running()
+            .await?
+            .iter()
+            .filter(|r| r.id != c.id)
+            .map(|r| r.priority.max(1))
+            .sum();
+        let own = c.priority.max(1);
+        Ok(Self {
+            cfg,
+            throttled,
+            share: f64::from(own) / f64::from(own + weights),
+            window: c.window.as_ref().and_then(|w| w.check().ok()),
+            send_at_ms: c
+                .send_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis()),
+        })
+    }
+
+    /// Whether the campaign may send at all in minute `m`.
+    fn open(&self, m: Millis) -> bool {
+        let g = &self.cfg.governor;
+        self.send_at_ms.is_none_or(|t| t <= m + 59_999)
+            && self.window.as_ref().is_none_or(|w| w.open(m))
+            && !g.schedule().quiet(m)
+    }
+
+    /// The global cap's part this campaign gets in minute `m`.
+    fn share_of_global(&self, m: Millis) -> u32 {
+        let global = self.cfg.governor.cap_at(m).min(self.throttled);
+        (f64::from(global) * self.share).floor() as u32
+    }
+
+    fn rate(&self, c: &Campaign, m: Millis) -> u32 {
+        if !self.open(m) {
+            return 0;
+        }
+        let share = self.share_of_global(m);
+        c.per_minute.map_or(share, |own| own.min(share))
+    }
+}
+
+/// Share of provider requests that did not settle a recipient (deferred, to be made again).
+fn deferral_rate(c: &Campaign) -> f64 {
+    let k = &c.counts;
+    let settled = k.sent + k.failed + k.unknown;
+    if k.requests <= 0 {
+        0.0
+    } else {
+        (1.0 - settled as f64 / k.requests as f64).clamp(0.0, 0.95)
+    }
+}
+
+/// When a running campaign will finish: the slowest of its own pace and each capped domain's.
+async fn forecast(svc: &Service, c: &Campaign, o: &Outlook, now: Millis) -> Option<Millis> {
+    let d = deferral_rate(c);
+    let mut eta = eta::finish(c.counts.pending as u64, d, now, |m| o.rate(c, m))?;
+    let domains: Vec<(String, u32)> = o
+        .cfg
+        .governor
+        .domains
+        .iter()
+        .map(|(d, c)| (d.clone(), *c))
+        .collect();
+    if !domains.is_empty() {
+        let names: Vec<String> = domains.iter().map(|(d, _)| d.clone()).collect();
+        let open = svc.store.open_by_domain(&c.id, &names).await.ok()?;
+        for ((_, cap), n) in domains.iter().zip(open) {
+            let t = eta::finish(n as u64, d, now, |m| o.rate(c, m).min(*cap))?;
+            eta = eta.max(t);
+        }
+    }
+    Some(eta)
+}
+
+/// The campaign as the API shows it: its state plus, while it is running, the forecast.
+pub async fn with_eta(svc: &Service, c: Campaign) -> Result<serde_json::Value, Problem> {
+    let mut v = serde_json::to_value(&c).map_err(|_| Problem::internal())?;
+    if c.status == Status::Running {
+        let now = svc.work.clock.now_ms();
+        let o = Outlook::of(svc, &c).await?;
+        let eta = forecast(svc, &c, &o, now).await;
+        v["eta"] = eta.map(rfc3339).into();
+        v["rate_per_minute"] = o.rate(&c, sender::clock::minute_start(now)).into();
+    }
+    Ok(v)
+}
+
+#[derive(Deserialize)]
+pub struct PlanQuery {
+    finish_by: Option<String>,
+}
+
+/// Whether a campaign finishes by `finish_by` as things stand, and what per-minute rate it would need.
+pub async fn plan(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    Query(q): Query<PlanQuery>,
+) -> Result<Response, Problem> {
+    let raw = q.finish_by.ok_or_else(|| {
+        Problem::bad_query("`finish_by` is required: an RFC 3339 time such as 2026-12-24T18:00:00Z")
+    })?;
+    let deadline = chrono::DateTime::parse_from_rfc3339(&raw)
+        .map_err(|e| {
+            Problem::bad_query(format!(
+                "`finish_by` must be an RFC 3339 time such as 2026-12-24T18:00:00Z: {e}"
+            ))
+        })?
+        .timestamp_millis();
+    let c = svc.store.campaign(&id).await?;
+    let now = svc.work.clock.now_ms();
+    let o = Outlook::of(&svc, &c).await?;
+    let remaining = c.counts.pending as u64;
+    let d = deferral_rate(&c);
+    let eta = forecast(&svc, &c, &o, now).await;
+    let finishes = eta.is_some_and(|t| t <= deadline);
+    // The least steady rate that makes it, given the minutes the campaign may send in at all.
+    let needed = eta::rate_needed(remaining, d, now, deadline, |m| o.open(m), 10_000_000);
+    let share = o.share_of_global(sender::clock::minute_start(now));
+    let advice = match needed {
+        _ if finishes => "finishes in time as configured".to_string(),
+        None => "cannot finish by then at any rate: too little sending time before finish_by (windows, quiet hours, send_at)".into(),
+        Some(n) if n <= share => format!("raise the campaign's per_minute to at least {n} (PUT /v1/campaigns/{id})"),
+        Some(n) => format!(
+            "needs {n}/min but its share of the global cap is {share}/min: raise [governor] per_minute or its priority"
+        ),
+    };
+    Ok(Json(json!({
+        "campaign": c.id,
+        "finish_by": rfc3339(deadline),
+        "remaining": remaining,
+        "deferral_rate": d,
+        "eta": eta.map(rfc3339),
+        "finishes": finishes,
+        "rate_needed_per_minute": needed,
+        "rate_per_minute": o.rate(&c, sender::clock::minute_start(now)),
+        "share_of_global_per_minute": share,
+        "advice": advice,
+    }))
+    .into_response())
+}
+
+/// Current caps per scope, this minute's ledger per scope, and the history of changes.
+pub async fn governor(State(svc): State<Arc<Service>>) -> Result<Response, Problem> {
+    let cfg = svc.work.config.borrow().clone();
+    let now = svc.work.clock.now_ms();
+    let minute = sender::clock::minute_start(now);
+    let g = &cfg.governor;
+    let schedule = g.schedule();
+    let throttled = svc
+        .work
+        .throttle
+        .lock()
+        .expect("throttle poisoned")
+        .cap(g.per_minute);
+    let rows = svc.store.minute_rows(minute).await?;
+    let this_minute = |scope: &str| {
+        rows.iter().find(|(s, _)| s == scope).map(
+            |(_, m)| json!({"cap": m.cap, "granted": m.granted, "used": m.used, "sent": m.sent}),
+        )
+    };
+    let mut scopes = vec![json!({
+        "scope": "global",
+        "configured": g.per_minute,
+        "warmup": schedule.warmup_cap(now),
+        "quiet_hours_now": schedule.quiet(now),
+        "throttled_to": (throttled < g.per_minute).then_some(throttled),
+        "effective": schedule.cap(g.per_minute, now).min(throttled),
+        "this_minute": this_minute("global"),
+    })];
+    for (d, cap) in &g.domains {
+        let scope = format!("domain:{d}");
+        scopes.push(json!({
+            "scope": scope, "configured": cap, "effective": cap, "this_minute": this_minute(&scope),
+        }));
+    }
+    for c in svc.store.running().await? {
+        let scope = format!("campaign:{}", c.id);
+        scopes.push(json!({
+            "scope": scope, "configured": c.per_minute, "effective": c.per_minute,
+            "priority": c.priority, "sending_now": c.may_send(now), "this_minute": this_minute(&scope),
+        }));
+    }
+    Ok(Json(json!({
+        "minute": rfc3339(minute),
+        "timezone": g.schedule.timezone,
+        "scopes": scopes,
+        "changes": svc.store.audit(200).await?,
+    }))
+    .into_response())
+}

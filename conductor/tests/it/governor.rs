@@ -1,0 +1,207 @@
+//! The governor on a running `serve`, on a manual clock: a config edit changes the tokens granted
+//! from the next calendar minute, an invalid edit keeps the old cap and says why, and both are in
+//! `GET /v1/governor`'s audit log; `PUT /v1/campaigns/{id}` changes a campaign's own cap the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conductor::startup::Hooks;
+use sender::clock::ManualClock;
+use sender::Clock;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const M: i64 = 1_700_000_040_000; // a minute boundary
+
+/// Moves the manual clock to `until` in half-second steps, letting the app's tasks run in between.
+async fn step_to(clock: &ManualClock, until: i64) {
+    while clock.now_ms() < until {
+        clock.advance(500);
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+}
+
+async fn minute(app: &TestApp, scope: &str, at: i64) -> Value {
+    let m = app
+        .get_json(&format!(
+            "/v1/minutes?scope={scope}&since={}",
+            conductor::store::rfc3339(M - 60_000)
+        ))
+        .await;
+    m["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["minute"] == conductor::store::rfc3339(at))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Waits (in real time, bounded) until the audit log has an entry that `matches`.
+async fn audited(app: &TestApp, matches: impl Fn(&Value) -> bool) -> Value {
+    let waited = std::time::Instant::now();
+    loop {
+        let g = app.get_json("/v1/governor").await;
+        if let Some(e) = g["changes"].as_array().unwrap().iter().find(|e| matches(e)) {
+            return e.clone();
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "not audited: {g}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conductor.toml");
+    let root = dir.path().to_path_buf();
+    let toml = move |cap: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{0}/c.db\"\n[bodies]\nurl = \"file://{0}/bodies\"\n\
+             [campaigns]\ntemplates_dir = \"{1}\"\n\
+             [provider.outbox]\ndir = \"{0}/outbox\"\n[governor]\nper_minute = {cap}\n",
+            root.display(),
+            templates_dir().display()
+        )
+    };
+    std::fs::write(&file, toml("5")).unwrap();
+    let config = conductor::config::Config::load(Some(&file), Vec::new()).unwrap();
+    let clock = Arc::new(ManualClock::new(M));
+    let app = spawn_full(
+        dir,
+        config,
+        Some(file.clone()),
+        Hooks::default(),
+        clock.clone(),
+    )
+    .await;
+    let id = app.create(&inline_campaign(recipients(40))).await;
+    app.wait_for(&id, Duration::from_secs(30), |c| {
+        c["batches_rendered"] == c["batches"]
+    })
+    .await;
+
+    step_to(&clock, M + 30_000).await;
+    // Editors often save by writing a new file and renaming it over the old one.
+    let tmp = file.with_extension("swp");
+    std::fs::write(&tmp, toml("8")).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let change = audited(&app, |e| e["scope"] == "global" && e["kind"] == "cap").await;
+    assert_eq!(
+        (change["old"].as_str(), change["new"].as_str()),
+        (Some("5"), Some("8"))
+    );
+    assert_eq!(change["source"], "config file");
+    let g = app.get_json("/v1/governor").await;
+    assert_eq!(g["scopes"][0]["configured"], 8);
+    assert_eq!(g["scopes"][0]["this_minute"]["cap"], 5, "{g}");
+
+    step_to(&clock, M + 90_000).await;
+    // Invalid edits, a wrong type and a bad value: refused, the old cap kept, each reason logged.
+    for (bad, says) in [("\"lots\"", "per_minute"), ("0", "governor.per_minute")] {
+        std::fs::write(&file, toml(bad)).unwrap();
+        let refused = audited(&app, |e| {
+            e["kind"] == "rejected" && e["new"].as_str().is_some_and(|n| n.contains(says))
+        })
+        .await;
+        assert_eq!(refused["source"], "config file");
+        assert_eq!(app.config.borrow().governor.per_minute, 8);
+    }
+
+    step_to(&clock, M + 180_000).await;
+    let m0 = minute(&app, "global", M).await;
+    let m1 = minute(&app, "global", M + 60_000).await;
+    let m2 = minute(&app, "global", M + 120_000).await;
+    assert_eq!(
+        (m0["cap"].as_u64(), m0["granted"].as_u64()),
+        (Some(5), Some(5)),
+        "{m0}"
+    );
+    assert_eq!(
+        (m1["cap"].as_u64(), m1["granted"].as_u64()),
+        (Some(8), Some(8)),
+        "{m1}"
+    );
+    assert_eq!(
+        (m2["cap"].as_u64(), m2["granted"].as_u64()),
+        (Some(8), Some(8)),
+        "{m2}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_campaigns_own_cap_is_changed_by_put_from_the_next_minute() {
+    let clock = Arc::new(ManualClock::new(M));
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let app = spawn_full(dir, config, None, Hooks::default(), clock.clone()).await;
+    let mut body = inline_campaign(recipients(40));
+    body["per_minute"] = 4.into();
+    body["priority"] = 2.into();
+    let id = app.create(&body).await;
+    app.wait_for(&id, Duration::from_secs(30), |c| {
+        c["batches_rendered"] == c["batches"]
+    })
+    .await;
+    let c = app.get_json(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(
+        (c["per_minute"].as_u64(), c["priority"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert!(c["eta"].is_string(), "{c}");
+
+    step_to(&clock, M + 20_000).await;
+    let put = |v: Value| {
+        app.client
+            .put(app.url(&format!("/v1/campaigns/{id}")))
+            .json(&v)
+            .send()
+    };
+    let r = put(json!({"per_minute": 7})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["per_minute"], 7);
+    for (bad, field) in [
+        (json!({"per_minute": 0}), "per_minute"),
+        (json!({"per_minute": "fast"}), "per_minute"),
+        (json!({"priority": 1000}), "priority"),
+        (json!({"name": "x"}), "name"),
+        (json!({}), "per_minute"),
+    ] {
+        let p = expect_problem(put(bad.clone()).await.unwrap(), 422, "/problems/validation").await;
+        assert!(p.to_string().contains(field), "{bad} → {p}");
+    }
+    let r = app
+        .client
+        .put(app.url("/v1/campaigns/nope"))
+        .json(&json!({"per_minute": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    step_to(&clock, M + 120_000).await;
+    let scope = format!("campaign:{id}");
+    let m0 = minute(&app, &scope, M).await;
+    let m1 = minute(&app, &scope, M + 60_000).await;
+    assert_eq!(
+        (m0["cap"].as_u64(), m0["granted"].as_u64()),
+        (Some(4), Some(4)),
+        "{m0}"
+    );
+    assert_eq!(
+        (m1["cap"].as_u64(), m1["granted"].as_u64()),
+        (Some(7), Some(7)),
+        "{m1}"
+    );
+    let e = audited(&app, |e| e["scope"] == scope.as_str()).await;
+    assert_eq!(
+        (e["old"].as_str(), e["new"].as_str()),
+        (Some("4"), Some("7"))
+    );
+    app.stop().await;
+}
