@@ -21,6 +21,8 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
         .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
         .route("/v1/campaigns/{id}", get(get_campaign).put(update_campaign))
         .route("/v1/campaigns/{id}/plan", get(crate::governor_api::plan))
+        .route("/v1/campaigns/{id}/events", get(crate::progress::events))
+        .route("/metrics", get(metrics))
         .route("/v1/governor", get(crate::governor_api::governor))
         .route("/v1/campaigns/{id}/recipients", get(list_recipients))
         .route("/v1/campaigns/{id}/retry", post(retry))
@@ -359,4 +361,20 @@ async fn minutes(
         })
         .collect();
     Ok(Json(serde_json::json!({ "minutes": minutes })).into_response())
+}
+
+/// Prometheus text format.
+async fn metrics(State(svc): State<Arc<Service>>) -> Result<Response, Problem> {
+    let view = svc
+        .store
+        .metrics_view(sender::clock::minute_start(svc.work.clock.now_ms()))
+        .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        svc.work.metrics.render(&view),
+    )
+        .into_response())
 }

@@ -22,6 +22,10 @@ pub struct Service {
     pub feedback: crate::feedback::FeedbackConfig,
     /// SES feedback through SNS, when `[feedback.ses]` names topics.
     pub ses: Option<crate::feedback_api::SesIntake>,
+    /// Watchers of campaigns that someone follows live.
+    pub progress: crate::progress::Progress,
+    /// Cancelled when the server begins to shut down: ends the event streams.
+    pub streams: tokio_util::sync::CancellationToken,
 }
 
 impl Service {

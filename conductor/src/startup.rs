@@ -94,6 +94,7 @@ impl Runtime {
             events: Events::new(sink, store.clone(), clock.clone()),
             wake: Notify::new(),
             throttle: Default::default(),
+            metrics: Default::default(),
         });
 
         if config.dispatch.mode == DispatchMode::Local {
@@ -145,6 +146,8 @@ impl Runtime {
             safety: config.safety.clone(),
             feedback: config.feedback.clone(),
             ses: crate::feedback_api::SesIntake::new(&config.feedback.ses, hooks.sns_certs),
+            progress: Default::default(),
+            streams: CancellationToken::new(),
         });
         Ok(Self {
             service,
@@ -220,8 +223,14 @@ impl Application {
             self.runtime.service.clone(),
             self.runtime.service.max_body_bytes,
         );
+        // Event streams never end by themselves: close them when shutdown begins, or the graceful
+        // shutdown would wait for every open browser tab.
+        let streams = self.runtime.service.streams.clone();
         let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                streams.cancel();
+            })
             .await;
         self.runtime.shutdown().await;
         served

@@ -28,6 +28,7 @@ pub struct Work {
     pub wake: Notify,
     /// This conductor's view of provider throttling; the minute's cap is fixed by whoever opens it.
     pub throttle: Mutex<Aimd>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Work {
@@ -164,10 +165,17 @@ impl WorkSource for Work {
             // report a few retries to arrive.
             ttl_ms: cfg.provider.timeout_ms as i64 + i64::from(cfg.workers.lease_grace_ms),
         };
-        self.store
+        let reply = self
+            .store
             .lease(rules)
             .await
-            .map_err(|e| WorkError::Unavailable(e.to_string()))
+            .map_err(|e| WorkError::Unavailable(e.to_string()))?;
+        self.metrics.lease(match reply {
+            LeaseReply::Lease(_) => "granted",
+            LeaseReply::NoTokens { .. } => "no_tokens",
+            LeaseReply::Idle => "idle",
+        });
+        Ok(reply)
     }
 
     async fn report(
@@ -190,6 +198,10 @@ impl WorkSource for Work {
         });
         match self.store.report(lease_id, &outcomes, last, rules).await {
             Ok(stopped) => {
+                let provider = cfg.provider.kind.as_str();
+                for o in outcomes.iter().filter(|o| o.outcome.attempted()) {
+                    self.metrics.sent(provider, o.outcome.kind(), o.latency_ms);
+                }
                 if let (Some(campaign), Some(reason)) = (stopped, stop_reason) {
                     self.events
                         .emit(Kind::Failed, &campaign, Some(reason))
@@ -217,6 +229,7 @@ impl RenderSource for Work {
             .await
         {
             Ok(Some(mut input)) => {
+                self.metrics.render_claimed(&job.campaign_id, job.batch);
                 // Signed here, not by the renderer: the secret stays with the conductor.
                 if let Some(links) = self.config().unsubscribe.links() {
                     for r in &mut input.recipients {
@@ -242,6 +255,8 @@ impl RenderSource for Work {
         self.store
             .batch_rendered(job, key, &failed, self.clock.now_ms())
             .await
-            .map_err(|e| SourceError::Unavailable(e.to_string()))
+            .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+        self.metrics.render_done(&job.campaign_id, job.batch);
+        Ok(())
     }
 }

@@ -24,6 +24,20 @@ pub enum ProviderKind {
     Ses,
 }
 
+impl ProviderKind {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Outbox => "outbox",
+            ProviderKind::Mailgun => "mailgun",
+            ProviderKind::Sendgrid => "sendgrid",
+            ProviderKind::Postmark => "postmark",
+            ProviderKind::Resend => "resend",
+            ProviderKind::Ses => "ses",
+        }
+    }
+}
+
 /// `[provider]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

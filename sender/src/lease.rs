@@ -88,6 +88,19 @@ impl Outcome {
     pub fn attempted(&self) -> bool {
         !matches!(self, Outcome::Released)
     }
+
+    /// Its name on the wire (and in metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Deferred { .. } => "deferred",
+            Outcome::Throttled { .. } => "throttled",
+            Outcome::Unknown { .. } => "unknown",
+            Outcome::AccountStop { .. } => "account_stop",
+            Outcome::Released => "released",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +110,10 @@ pub struct RecipientOutcome {
     pub outcome: Outcome,
     /// When the request was started (sender's clock).
     pub at: Millis,
+    /// How long the provider took to answer (one batched request answers for all of its messages);
+    /// absent when no request was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]

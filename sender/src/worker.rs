@@ -240,12 +240,15 @@ impl Sender {
                     .filter_map(|&r| batch.message(r))
                     .map(|message| OutgoingMessage { batch, message })
                     .collect();
+                let started = std::time::Instant::now();
                 let mut sent = if msgs.is_empty() {
                     Vec::new()
                 } else {
                     provider.send_batch(&msgs).await
                 }
                 .into_iter();
+                let latency_ms = (!msgs.is_empty())
+                    .then(|| started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32);
                 rids.iter()
                     .map(|&rid| RecipientOutcome {
                         recipient_id: rid,
@@ -260,6 +263,7 @@ impl Sender {
                             },
                         },
                         at: now,
+                        latency_ms: batch.message(rid).and(latency_ms),
                     })
                     .collect::<Vec<_>>()
             });

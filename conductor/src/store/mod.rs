@@ -301,6 +301,12 @@ pub trait Store: Send + Sync + 'static {
         priority: Option<u32>,
         now: Millis,
     ) -> Result<Campaign, StoreError>;
+    /// What `/metrics` reads from the store: ledger totals per scope (forfeits counted for minutes
+    /// before `current_minute`), recipients of running campaigns by state, campaigns by status.
+    async fn metrics_view(
+        &self,
+        current_minute: Millis,
+    ) -> Result<crate::metrics::StoreView, StoreError>;
     /// Running campaigns, oldest first.
     async fn running(&self) -> Result<Vec<Running>, StoreError>;
     /// How many of a campaign's recipients still to be sent are in each of `domains`.

@@ -1378,6 +1378,46 @@ impl Store for SqlStore {
         self.campaign(id).await
     }
 
+    async fn metrics_view(
+        &self,
+        current_minute: Millis,
+    ) -> Result<crate::metrics::StoreView, StoreError> {
+        let count = |r: &AnyRow, k: &str| r.get::<i64, _>(k).max(0) as u64;
+        let ledger = sqlx::query(
+            "SELECT scope, CAST(sum(granted) AS BIGINT) AS granted, \
+             CAST(sum(CASE WHEN minute_ms < $1 AND granted > used THEN granted - used ELSE 0 END) AS BIGINT) AS forfeited \
+             FROM minute_ledger GROUP BY scope ORDER BY scope",
+        )
+        .bind(current_minute)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| (r.get("scope"), count(r, "granted"), count(r, "forfeited")))
+        .collect();
+        let queue = sqlx::query(
+            "SELECT r.state, count(*) AS n FROM recipients r JOIN campaigns c ON c.id = r.campaign_id \
+             WHERE c.status = 'running' GROUP BY r.state ORDER BY r.state",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| (r.get("state"), count(r, "n")))
+        .collect();
+        let campaigns = sqlx::query(
+            "SELECT status, count(*) AS n FROM campaigns GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| (r.get("status"), count(r, "n")))
+        .collect();
+        Ok(crate::metrics::StoreView {
+            ledger,
+            queue,
+            campaigns,
+        })
+    }
+
     async fn running(&self) -> Result<Vec<Running>, StoreError> {
         sqlx::query(RUNNING)
             .fetch_all(&self.read)

@@ -9,7 +9,7 @@ use crate::sink::{send_to, Sink};
 use crate::support::*;
 
 /// Every `.eml` in a campaign's outbox folder, by recipient address.
-fn outbox(app: &TestApp, id: &str) -> HashMap<String, String> {
+pub fn outbox(app: &TestApp, id: &str) -> HashMap<String, String> {
     let dir = app.dir.path().join("outbox").join(id);
     let mut out = HashMap::new();
     for entry in std::fs::read_dir(&dir).unwrap() {

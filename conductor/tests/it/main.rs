@@ -4,6 +4,7 @@ mod api;
 mod aws;
 mod distributed;
 mod e2e;
+mod events;
 mod feedback;
 mod governor;
 mod moto;

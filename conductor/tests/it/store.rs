@@ -147,6 +147,7 @@ fn outcomes(ids: &[i64], outcome: Outcome, at: Millis) -> Vec<RecipientOutcome> 
             recipient_id,
             outcome: outcome.clone(),
             at,
+            latency_ms: None,
         })
         .collect()
 }

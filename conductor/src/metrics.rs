@@ -1,0 +1,324 @@
+//! `/metrics` in the Prometheus text format. What happens in this process (reports, leases, renders)
+//! is counted here as it happens; what the store knows for every conductor (the ledger, queue
+//! depths) is read from it at scrape time, so several conductors expose the same totals.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Bucket upper bounds, in seconds, for request and render latencies.
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// The `q` quantile by linear interpolation inside its bucket (what `histogram_quantile` does).
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let mut lower = 0.0;
+        let mut below = 0u64;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if self.counts[i] as f64 >= rank {
+                let inside = (self.counts[i] - below) as f64;
+                let share = if inside > 0.0 {
+                    (rank - below as f64) / inside
+                } else {
+                    1.0
+                };
+                return Some(lower + (b - lower) * share.clamp(0.0, 1.0));
+            }
+            lower = *b;
+            below = self.counts[i];
+        }
+        Some(*BUCKETS.last().expect("buckets"))
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}",
+                self.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (provider, outcome) → reported sends.
+    sends: BTreeMap<(String, &'static str), u64>,
+    /// lease replies by kind: granted, idle, no_tokens.
+    leases: BTreeMap<&'static str, u64>,
+    /// Provider request latency by provider.
+    requests: BTreeMap<String, Histogram>,
+    renders: Histogram,
+    /// Render claims in progress: when each batch was claimed.
+    claimed: HashMap<(String, u32), Instant>,
+}
+
+/// This process's counters.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// What the store adds at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct StoreView {
+    /// scope → (tokens granted, tokens forfeited: granted but not used in minutes that ended).
+    pub ledger: Vec<(String, u64, u64)>,
+    /// Recipients of running campaigns by state.
+    pub queue: Vec<(String, u64)>,
+    pub campaigns: Vec<(String, u64)>,
+}
+
+impl Metrics {
+    pub fn sent(&self, provider: &str, outcome: &'static str, latency_ms: Option<u32>) {
+        let mut m = self.inner.lock().expect("metrics poisoned");
+        *m.sends.entry((provider.to_string(), outcome)).or_default() += 1;
+        if let Some(ms) = latency_ms {
+            m.requests
+                .entry(provider.to_string())
+                .or_default()
+                .observe(f64::from(ms) / 1000.0);
+        }
+    }
+
+    pub fn lease(&self, kind: &'static str) {
+        *self
+            .inner
+            .lock()
+            .expect("metrics poisoned")
+            .leases
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    pub fn render_claimed(&self, campaign: &str, batch: u32) {
+        let mut m = self.inner.lock().expect("metrics poisoned");
+        // A renderer that died leaves its claim here; keep the map from growing without bound.
+        if m.claimed.len() > 10_000 {
+            m.claimed.clear();
+        }
+        m.claimed
+            .insert((campaign.to_string(), batch), Instant::now());
+    }
+
+    pub fn render_done(&self, campaign: &str, batch: u32) {
+        let mut m = self.inner.lock().expect("metrics poisoned");
+        if let Some(t) = m.claimed.remove(&(campaign.to_string(), batch)) {
+            m.renders.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// p50/p95/p99 of provider request latency, seconds, over every provider.
+    pub fn request_quantiles(&self) -> Option<(f64, f64, f64)> {
+        let m = self.inner.lock().expect("metrics poisoned");
+        let mut all = Histogram::default();
+        for h in m.requests.values() {
+            for i in 0..BUCKETS.len() {
+                all.counts[i] += h.counts[i];
+            }
+            all.count += h.count;
+            all.sum += h.sum;
+        }
+        Some((all.quantile(0.5)?, all.quantile(0.95)?, all.quantile(0.99)?))
+    }
+
+    pub fn render(&self, store: &StoreView) -> String {
+        let m = self.inner.lock().expect("metrics poisoned");
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        head(
+            &mut out,
+            "conductor_sends_total",
+            "counter",
+            "Provider requests reported, by provider and outcome.",
+        );
+        for ((provider, outcome), n) in &m.sends {
+            let _ = writeln!(
+                out,
+                "conductor_sends_total{{provider=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label(provider)
+            );
+        }
+        head(
+            &mut out,
+            "conductor_leases_total",
+            "counter",
+            "Lease requests answered, by reply.",
+        );
+        for (kind, n) in &m.leases {
+            let _ = writeln!(out, "conductor_leases_total{{reply=\"{kind}\"}} {n}");
+        }
+        head(
+            &mut out,
+            "conductor_provider_request_seconds",
+            "histogram",
+            "Provider request latency as the sender measured it.",
+        );
+        for (provider, h) in &m.requests {
+            h.write(
+                &mut out,
+                "conductor_provider_request_seconds",
+                &format!("provider=\"{}\"", label(provider)),
+            );
+        }
+        head(
+            &mut out,
+            "conductor_render_batch_seconds",
+            "histogram",
+            "From a renderer's claim of a batch to its report.",
+        );
+        m.renders
+            .write(&mut out, "conductor_render_batch_seconds", "");
+        head(
+            &mut out,
+            "conductor_ledger_tokens_granted_total",
+            "counter",
+            "Tokens granted from the minute ledger, by scope (all conductors).",
+        );
+        for (scope, granted, _) in &store.ledger {
+            let _ = writeln!(
+                out,
+                "conductor_ledger_tokens_granted_total{{scope=\"{}\"}} {granted}",
+                label(scope)
+            );
+        }
+        head(
+            &mut out,
+            "conductor_ledger_tokens_forfeited_total",
+            "counter",
+            "Tokens granted but not spent before their minute ended, by scope.",
+        );
+        for (scope, _, forfeited) in &store.ledger {
+            let _ = writeln!(
+                out,
+                "conductor_ledger_tokens_forfeited_total{{scope=\"{}\"}} {forfeited}",
+                label(scope)
+            );
+        }
+        head(
+            &mut out,
+            "conductor_queue_recipients",
+            "gauge",
+            "Recipients of running campaigns, by state.",
+        );
+        for (state, n) in &store.queue {
+            let _ = writeln!(
+                out,
+                "conductor_queue_recipients{{state=\"{}\"}} {n}",
+                label(state)
+            );
+        }
+        head(
+            &mut out,
+            "conductor_campaigns",
+            "gauge",
+            "Campaigns by status.",
+        );
+        for (status, n) in &store.campaigns {
+            let _ = writeln!(
+                out,
+                "conductor_campaigns{{status=\"{}\"}} {n}",
+                label(status)
+            );
+        }
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets() {
+        let mut h = Histogram::default();
+        for _ in 0..90 {
+            h.observe(0.02); // the 0.025 bucket
+        }
+        for _ in 0..10 {
+            h.observe(0.4); // the 0.5 bucket
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!(p50 > 0.01 && p50 <= 0.025, "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(p99 > 0.25 && p99 <= 0.5, "{p99}");
+        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn the_exposition_is_well_formed() {
+        let m = Metrics::default();
+        m.sent("mailgun", "sent", Some(120));
+        m.sent("mailgun", "deferred", Some(30));
+        m.sent("mail\"gun", "failed", None);
+        m.lease("granted");
+        let text = m.render(&StoreView {
+            ledger: vec![("domain:gmail.com".into(), 10, 2)],
+            queue: vec![("rendered".into(), 5)],
+            campaigns: vec![("running".into(), 1)],
+        });
+        assert!(text.contains("conductor_sends_total{provider=\"mailgun\",outcome=\"sent\"} 1"));
+        assert!(text.contains("provider=\"mail\\\"gun\""), "{text}");
+        assert!(text.contains(
+            "conductor_provider_request_seconds_bucket{provider=\"mailgun\",le=\"0.25\"} 2"
+        ));
+        assert!(text.contains("conductor_provider_request_seconds_count{provider=\"mailgun\"} 2"));
+        assert!(
+            text.contains("conductor_ledger_tokens_forfeited_total{scope=\"domain:gmail.com\"} 2")
+        );
+        assert!(text.contains("conductor_render_batch_seconds_bucket{le=\"+Inf\"} 0"));
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! Live progress: `GET /v1/campaigns/{id}/events` (Server-Sent Events).
+//!
+//! One watcher per campaign that anyone is watching looks at the store once a second and, when
+//! anything changed, publishes a frame to every client at once (a broadcast channel), so fifty open
+//! browser tabs cost what one does and never touch the send path. Frames carry increasing ids and
+//! the last few hundred are kept, so a client that reconnects with `Last-Event-ID` gets what it
+//! missed; one that was gone longer gets a fresh snapshot first. Frame ids start from the watcher's
+//! clock in microseconds, so a watcher started later (after a quiet spell, or a restart) still
+//! numbers above anything an earlier one sent.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::service::Service;
+use crate::store::{Campaign, Status};
+
+/// Frames kept for clients that reconnect.
+const RECENT: usize = 300;
+/// A watcher with no clients for this long stops.
+const IDLE_STOP: Duration = Duration::from_secs(30);
+/// How often a watcher looks.
+pub const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub id: i64,
+    /// `progress` or `status`.
+    pub event: &'static str,
+    pub data: Value,
+}
+
+struct Hub {
+    tx: broadcast::Sender<Arc<Frame>>,
+    recent: Mutex<VecDeque<Arc<Frame>>>,
+}
+
+impl Hub {
+    fn publish(&self, frame: Frame) {
+        let frame = Arc::new(frame);
+        let mut recent = self.recent.lock().expect("recent frames poisoned");
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(frame.clone());
+        // Nobody listening right now is fine: the frame is kept for the next one.
+        let _ = self.tx.send(frame);
+    }
+}
+
+/// The watchers, by campaign.
+#[derive(Default)]
+pub struct Progress {
+    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+}
+
+/// What a client gets first, then the live receiver.
+pub struct Subscription {
+    pub backlog: Vec<Arc<Frame>>,
+    pub live: broadcast::Receiver<Arc<Frame>>,
+}
+
+impl Progress {
+    /// Subscribes to a campaign's frames, starting its watcher if nobody was watching. `last` is the
+    /// client's `Last-Event-ID`: the backlog holds the frames after it when they are still kept, else
+    /// the latest frame (a snapshot of the present).
+    pub fn subscribe(&self, svc: &Arc<Service>, campaign: &str, last: Option<i64>) -> Subscription {
+        let stop = &svc.streams;
+        let hub = {
+            let mut hubs = self.hubs.lock().expect("hubs poisoned");
+            hubs.entry(campaign.to_string())
+                .or_insert_with(|| {
+                    let hub = Arc::new(Hub {
+                        tx: broadcast::channel(64).0,
+                        recent: Mutex::new(VecDeque::new()),
+                    });
+                    tokio::spawn(watch(
+                        svc.clone(),
+                        campaign.to_string(),
+                        hub.clone(),
+                        stop.clone(),
+                    ));
+                    hub
+                })
+                .clone()
+        };
+        // Subscribe before reading the backlog, so nothing falls between the two.
+        let live = hub.tx.subscribe();
+        let recent = hub.recent.lock().expect("recent frames poisoned");
+        let kept_from = recent.front().map(|f| f.id);
+        let backlog = match (last, kept_from) {
+            (Some(last), Some(first)) if last >= first - 1 => {
+                recent.iter().filter(|f| f.id > last).cloned().collect()
+            }
+            _ => recent.back().cloned().into_iter().collect(),
+        };
+        Subscription { backlog, live }
+    }
+
+    fn forget(&self, campaign: &str, hub: &Arc<Hub>) {
+        let mut hubs = self.hubs.lock().expect("hubs poisoned");
+        if hubs.get(campaign).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+            hubs.remove(campaign);
+        }
+    }
+}
+
+/// What the dashboard and `campaign watch` show: counts per state, this minute's global ledger
+/// against its cap, the send rate over the last minute, the ETA.
+async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: f64) -> Value {
+    let now = svc.work.clock.now_ms();
+    let minute = svc
+        .store
+        .minutes("global", now)
+        .await
+        .ok()
+        .and_then(|m| m.last().copied())
+        .filter(|m| m.minute_ms == sender::clock::minute_start(now));
+    let eta = match crate::governor_api::with_eta(svc, c.clone()).await {
+        Ok(v) => v.get("eta").cloned().unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    json!({
+        "campaign": c.id,
+        "status": c.status,
+        "status_reason": c.status_reason,
+        "counts": c.counts,
+        "batches": c.batches,
+        "batches_rendered": c.batches_rendered,
+        "minute": minute.map(|m| json!({
+            "minute": crate::store::rfc3339(m.minute_ms),
+            "cap": m.cap, "granted": m.granted, "sent_requests": m.used, "accepted": m.sent,
+        })),
+        "rate_per_minute": rate.round(),
+        "eta": eta,
+        "at": crate::store::rfc3339(now),
+    })
+}
+
+/// Looks every [`TICK`] while anyone listens (and a little after), publishing what changed.
+async fn watch(
+    svc: Arc<Service>,
+    campaign: String,
+    hub: Arc<Hub>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut next_id = svc.work.clock.now_ms() * 1_000;
+    let mut id = || {
+        next_id += 1;
+        next_id
+    };
+    let mut last: Option<(Status, crate::store::Counts, u32)> = None;
+    // (when, sent) samples for the rate over the last minute.
+    let mut samples: VecDeque<(i64, i64)> = VecDeque::new();
+    let mut idle_since = None;
+    loop {
+        match svc.store.campaign(&campaign).await {
+            Ok(c) => {
+                let now = svc.work.clock.now_ms();
+                samples.push_back((now, c.counts.sent));
+                while samples.front().is_some_and(|(t, _)| now - t > 60_000) {
+                    samples.pop_front();
+                }
+                let rate = match (samples.front(), samples.back()) {
+                    (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => {
+                        (s1 - s0) as f64 * 60_000.0 / (t1 - t0) as f64
+                    }
+                    _ => 0.0,
+                };
+                let seen = (c.status, c.counts.clone(), c.batches_rendered);
+                let status_changed = last.as_ref().is_some_and(|(s, _, _)| *s != c.status);
+                if last.as_ref() != Some(&seen) {
+                    let data = snapshot(&svc, &c, rate).await;
+                    if status_changed {
+                        hub.publish(Frame {
+                            id: id(),
+                            event: "status",
+                            data: json!({
+                                "campaign": c.id, "status": c.status, "status_reason": c.status_reason,
+                            }),
+                        });
+                    }
+                    hub.publish(Frame {
+                        id: id(),
+                        event: "progress",
+                        data,
+                    });
+                    last = Some(seen);
+                }
+            }
+            Err(e) => tracing::warn!(campaign = %campaign, error = %e, "progress not read"),
+        }
+        if hub.tx.receiver_count() == 0 {
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= IDLE_STOP {
+                svc.progress.forget(&campaign, &hub);
+                return;
+            }
+        } else {
+            idle_since = None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// `GET /v1/campaigns/{id}/events`.
+pub async fn events(
+    axum::extract::State(svc): axum::extract::State<Arc<Service>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, crate::problem::Problem> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::IntoResponse;
+    svc.store.campaign(&id).await?;
+    let last: Option<i64> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let sub = svc.progress.subscribe(&svc, &id, last);
+    let state = (
+        sub.backlog.into_iter(),
+        sub.live,
+        last.unwrap_or(i64::MIN),
+        svc.streams.clone(),
+    );
+    let stream = futures::stream::unfold(
+        state,
+        |(mut backlog, mut live, mut sent, stop)| async move {
+            loop {
+                let frame = match backlog.next() {
+                    Some(f) => f,
+                    None => tokio::select! {
+                        r = live.recv() => match r {
+                            Ok(f) => f,
+                            // A client too slow for the stream skips ahead: every progress frame is whole.
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                        _ = stop.cancelled() => return None,
+                    },
+                };
+                // The backlog and the live channel may both hold a frame: send each once, in order.
+                if frame.id <= sent {
+                    continue;
+                }
+                sent = frame.id;
+                let event = Event::default()
+                    .id(frame.id.to_string())
+                    .event(frame.event)
+                    .data(frame.data.to_string());
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (backlog, live, sent, stop),
+                ));
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
