@@ -195,12 +195,19 @@ fn report(
             row.all, row.domain, row.big, row.small
         );
     }
-    let (accepted, distinct) = sink.accepted();
+    // Recipient ids count from 0 in each campaign: a recipient is (campaign, id).
+    let accepted: Vec<(&str, &str)> = received
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| (r.campaign_id.as_str(), r.recipient_id.as_str()))
+        .collect();
+    let distinct: std::collections::HashSet<_> = accepted.iter().collect();
     println!(
-        "\n{} messages, {accepted} accepted for {} distinct recipients (accepted twice: {}); minutes over a cap: {over}; full minutes under 99 % of a binding cap: {short}",
+        "\n{} messages, {} accepted for {} distinct recipients (accepted twice: {}); minutes over a cap: {over}; full minutes under 99 % of a binding cap: {short}",
         received.len(),
+        accepted.len(),
         distinct.len(),
-        accepted - distinct.len()
+        accepted.len() - distinct.len()
     );
     // While both run, the small campaign's fair share is half the global cap; of its example.org
     // recipients, half the domain cap.

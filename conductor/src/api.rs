@@ -41,6 +41,10 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            crate::auth::require_token,
+        ))
         .with_state(service)
 }
 

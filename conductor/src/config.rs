@@ -49,6 +49,9 @@ pub struct Server {
     pub listen: String,
     /// Largest request body accepted (a campaign with its recipient list), in bytes.
     pub max_body_bytes: usize,
+    /// `sha256:HEX` digests of the API's bearer tokens; when any are set, mutating routes and event
+    /// streams need one. Read at each request, so edits apply at once.
+    pub api_tokens: Vec<String>,
 }
 
 impl Default for Server {
@@ -56,6 +59,7 @@ impl Default for Server {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024 * 1024,
+            api_tokens: Vec::new(),
         }
     }
 }
@@ -253,6 +257,9 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }
+        for t in &self.server.api_tokens {
+            crate::auth::check_entry(t).map_err(|e| invalid("server.api_tokens", e))?;
+        }
         self.store_url()?;
         self.bodies.location()?;
         self.safety.check()?;
@@ -416,6 +423,10 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("[governor]\nper_minute = 0", "governor.per_minute"),
+            ("[server]\napi_tokens = [\"my-plain-token\"]", "server.api_tokens"),
+            ("[governor.domains]\n\"Gmail.com\" = 5", "governor.domains"),
+            ("[governor.domains]\n\"gmail.com\" = 0", "governor.domains"),
+            ("[governor.schedule]\nquiet_hours = [\"22-7\"]", "governor.schedule.quiet_hours"),
             ("[governor]\nper_minute = \"lots\"", "per_minute"),
             ("[campaigns]\nbatch_size = 0", "campaigns.batch_size"),
             ("[server]\nlisten = \"nowhere\"", "server.listen"),

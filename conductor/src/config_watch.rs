@@ -100,7 +100,8 @@ pub fn reload(path: &Path, tx: &watch::Sender<Arc<Config>>, now: i64) -> Reload 
             }
             if old.store != new.store
                 || old.bodies != new.bodies
-                || old.server != new.server
+                || old.server.listen != new.server.listen
+                || old.server.max_body_bytes != new.server.max_body_bytes
                 || old.provider != new.provider
                 || old.safety != new.safety
                 || old.dispatch.mode != new.dispatch.mode

@@ -1,6 +1,8 @@
 //! The conductor: REST API, campaign state, minute ledger, work hand-out and progress.
 
 pub mod api;
+pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod config_watch;
 pub mod demo;

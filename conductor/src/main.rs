@@ -28,6 +28,27 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Campaigns on a running server, through its REST API.
+    Campaign {
+        /// The server's base URL.
+        #[arg(
+            long,
+            env = "CONDUCTOR_URL",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        server: String,
+        /// A bearer token, when the server has `[server] api_tokens`.
+        #[arg(long, env = "CONDUCTOR_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: CampaignCommand,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Send a demo newsletter to generated recipients and show the progress.
     Demo {
         #[arg(long, default_value_t = 2000)]
@@ -40,6 +61,52 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CampaignCommand {
+    /// Create a campaign from a template folder (subject.hbs, html.hbs, text.hbs) and a CSV list.
+    Create {
+        #[arg(long)]
+        template: PathBuf,
+        /// CSV with a header row; `email` required, `name` optional, other columns become fields.
+        #[arg(long)]
+        recipients: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// The campaign's own cap, messages per minute.
+        #[arg(long)]
+        per_minute: Option<u32>,
+        /// Follow the send until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+    /// Follow a send with progress bars; the exit status says how it ended (0 all sent,
+    /// 3 completed with failures or sends in doubt, 4 paused, 5 cancelled, 1 an error).
+    Watch {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new random API token and the digest to list in `[server] api_tokens`.
+    New,
+}
+
 /// Many threads allocate and free message-sized buffers; the system allocator keeps an arena per
 /// thread and holds on to their memory, mimalloc gives it back.
 #[global_allocator]
@@ -47,12 +114,44 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo { .. });
-    renderer::process::run(if quiet { "warn" } else { "info" }, run(cli))
+    let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Migrate { .. });
+    let ending = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let code = renderer::process::run(
+        if quiet { "warn" } else { "info" },
+        run(cli, ending.clone()),
+    );
+    match ending.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => code,
+        n => std::process::ExitCode::from(n),
+    }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Result<()> {
     match cli.command {
+        Command::Campaign {
+            server,
+            token,
+            command,
+        } => {
+            let end = campaign(conductor::cli::Client::new(&server, token), command).await?;
+            if let Some(e) = end {
+                ending.store(e as u8, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        Command::Token {
+            command: TokenCommand::New,
+        } => {
+            let token = format!(
+                "cnd_{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            println!("token:  {token}");
+            println!(
+                "config: [server] api_tokens = [\"{}\"]",
+                conductor::auth::digest(&token)
+            );
+        }
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
             let app = Application::build(cfg, config, Arc::new(SystemClock)).await?;
@@ -86,4 +185,100 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn campaign(
+    client: conductor::cli::Client,
+    command: CampaignCommand,
+) -> anyhow::Result<Option<conductor::cli::Ending>> {
+    let show =
+        |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match command {
+        CampaignCommand::Create {
+            template,
+            recipients,
+            from,
+            name,
+            per_minute,
+            watch,
+        } => {
+            let c = client
+                .create(&template, &recipients, &from, name.as_deref(), per_minute)
+                .await?;
+            let id = c["id"].as_str().unwrap_or_default().to_string();
+            println!("created {id}: {} recipients", c["counts"]["total"]);
+            if watch {
+                return Ok(Some(watch_bars(&client, &id).await?));
+            }
+        }
+        CampaignCommand::List => {
+            for c in client.list().await?["campaigns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!("{}", conductor::cli::line(c));
+            }
+        }
+        CampaignCommand::Show { id } => show(&client.show(&id).await?),
+        CampaignCommand::Pause { id } => show(&client.act(&id, "pause").await?),
+        CampaignCommand::Resume { id } => show(&client.act(&id, "resume").await?),
+        CampaignCommand::Cancel { id } => show(&client.act(&id, "cancel").await?),
+        CampaignCommand::Watch { id } => return Ok(Some(watch_bars(&client, &id).await?)),
+    }
+    Ok(None)
+}
+
+/// Progress bars for rendered, sent and failed-or-in-doubt, with the rate and ETA.
+async fn watch_bars(
+    client: &conductor::cli::Client,
+    id: &str,
+) -> anyhow::Result<conductor::cli::Ending> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {msg}")
+        .expect("a valid template")
+        .progress_chars("=> ");
+    let bar = |name: &str| {
+        let b = bars.add(ProgressBar::new(0));
+        b.set_style(style.clone());
+        b.set_prefix(name.to_string());
+        b
+    };
+    let (rendered, sent, trouble) = (bar("rendered"), bar("sent"), bar("failed"));
+    let mut last_status = String::new();
+    let end = client
+        .watch(id, |f| {
+            let n = |k: &str| f["counts"][k].as_u64().unwrap_or(0);
+            let total = n("total");
+            for b in [&rendered, &sent, &trouble] {
+                b.set_length(total);
+            }
+            rendered.set_position(n("rendered"));
+            sent.set_position(n("sent"));
+            trouble.set_position(n("failed") + n("unknown"));
+            let minute = &f["minute"];
+            sent.set_message(format!(
+                "{}/min · this minute {}/{} · ETA {}",
+                f["rate_per_minute"].as_f64().unwrap_or(0.0),
+                minute["sent_requests"].as_u64().unwrap_or(0),
+                minute["cap"].as_u64().unwrap_or(0),
+                f["eta"].as_str().unwrap_or("—"),
+            ));
+            trouble.set_message(format!("{} unknown", n("unknown")));
+            let status = f["status"].as_str().unwrap_or("").to_string();
+            if status != last_status {
+                let reason = f["status_reason"]
+                    .as_str()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                let _ = bars.println(format!("{status}{reason}"));
+                last_status = status;
+            }
+        })
+        .await?;
+    for b in [&rendered, &sent, &trouble] {
+        b.finish();
+    }
+    Ok(end)
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod aws;
+mod cli;
 mod distributed;
 mod e2e;
 mod events;

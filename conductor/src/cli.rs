@@ -1,0 +1,329 @@
+//! `conductor campaign …`: the REST API from the command line. Create from a template folder and a
+//! CSV, list, show, pause, resume, cancel, and `watch` a send on its event stream with progress bars,
+//! exiting with a status that says how it ended.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// How a watched campaign ended, as the process exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Completed with every recipient sent.
+    Sent = 0,
+    /// Completed, but some recipients failed or are in doubt.
+    Incomplete = 3,
+    /// Paused (by a person, or by the system with a reason such as a refused account).
+    Paused = 4,
+    Cancelled = 5,
+}
+
+impl Ending {
+    /// From a campaign or progress frame's `status` and `counts`.
+    pub fn of(frame: &Value) -> Option<Self> {
+        let n = |k: &str| frame["counts"][k].as_i64().unwrap_or(0);
+        match frame["status"].as_str()? {
+            "completed" if n("failed") + n("unknown") == 0 => Some(Ending::Sent),
+            "completed" => Some(Ending::Incomplete),
+            "paused" => Some(Ending::Paused),
+            "cancelled" => Some(Ending::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server's problem+json, shown as it says.
+    #[error("{status}: {title}: {detail}")]
+    Refused {
+        status: u16,
+        title: String,
+        detail: String,
+    },
+    #[error("stream from {0} ended before the campaign did")]
+    StreamEnded(String),
+}
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.filter(|t| !t.is_empty()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let url = self.base.clone();
+        let response = r
+            .send()
+            .await
+            .map_err(|source| CliError::Unreachable { url, source })?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let mut detail = body["detail"].as_str().unwrap_or_default().to_string();
+        if let Some(errors) = body["errors"].as_array() {
+            for e in errors {
+                detail.push_str(&format!(
+                    "\n  {}: {}",
+                    e["field"].as_str().unwrap_or("?"),
+                    e["message"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        Err(CliError::Refused {
+            status,
+            title: body["title"].as_str().unwrap_or("refused").to_string(),
+            detail,
+        })
+    }
+
+    /// Creates a campaign from a template folder (`subject.hbs`, `html.hbs`, optional `text.hbs`,
+    /// sent inline) and a CSV list.
+    pub async fn create(
+        &self,
+        template: &Path,
+        recipients: &Path,
+        from: &str,
+        name: Option<&str>,
+        per_minute: Option<u32>,
+    ) -> Result<Value, CliError> {
+        let read = |f: &str| std::fs::read_to_string(template.join(f));
+        let usage = |what: String| CliError::Usage(what);
+        let subject = read("subject.hbs")
+            .map_err(|e| usage(format!("{}/subject.hbs: {e}", template.display())))?;
+        let html =
+            read("html.hbs").map_err(|e| usage(format!("{}/html.hbs: {e}", template.display())))?;
+        let text = read("text.hbs").ok();
+        let csv = std::fs::read(recipients)
+            .map_err(|e| usage(format!("{}: {e}", recipients.display())))?;
+        let name = name.map(str::to_string).unwrap_or_else(|| {
+            template
+                .file_name()
+                .map_or("campaign".into(), |n| n.to_string_lossy().into_owned())
+        });
+        let mut campaign = json!({
+            "name": name, "from": from, "subject": subject.trim_end(), "html": html, "text": text,
+        });
+        if let Some(cap) = per_minute {
+            campaign["per_minute"] = cap.into();
+        }
+        let form = reqwest::multipart::Form::new()
+            .text("campaign", campaign.to_string())
+            .part(
+                "recipients",
+                reqwest::multipart::Part::bytes(csv)
+                    .file_name("recipients.csv")
+                    .mime_str("text/csv")
+                    .expect("a valid mime type"),
+            );
+        self.send(
+            self.request(reqwest::Method::POST, "/v1/campaigns")
+                .multipart(form),
+        )
+        .await
+    }
+
+    pub async fn list(&self) -> Result<Value, CliError> {
+        self.send(self.request(reqwest::Method::GET, "/v1/campaigns"))
+            .await
+    }
+
+    pub async fn show(&self, id: &str) -> Result<Value, CliError> {
+        self.send(self.request(reqwest::Method::GET, &format!("/v1/campaigns/{id}")))
+            .await
+    }
+
+    /// `pause`, `resume` or `cancel`.
+    pub async fn act(&self, id: &str, action: &str) -> Result<Value, CliError> {
+        self.send(self.request(
+            reqwest::Method::POST,
+            &format!("/v1/campaigns/{id}/{action}"),
+        ))
+        .await
+    }
+
+    /// Follows the campaign's event stream until it ends (completed, cancelled, paused), calling
+    /// `frame` with each progress frame; reconnects with `Last-Event-ID` if the stream drops.
+    pub async fn watch(&self, id: &str, mut frame: impl FnMut(&Value)) -> Result<Ending, CliError> {
+        let path = format!("/v1/campaigns/{id}/events");
+        let mut last: Option<String> = None;
+        let mut drops = 0;
+        loop {
+            let mut r = self.request(reqwest::Method::GET, &path);
+            if let Some(l) = &last {
+                r = r.header("Last-Event-ID", l);
+            }
+            let url = self.base.clone();
+            let mut response = r
+                .send()
+                .await
+                .map_err(|source| CliError::Unreachable { url, source })?;
+            if !response.status().is_success() {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                return Err(CliError::Refused {
+                    status,
+                    title: body["title"].as_str().unwrap_or("refused").into(),
+                    detail: body["detail"].as_str().unwrap_or_default().into(),
+                });
+            }
+            let mut parser = SseParser::default();
+            loop {
+                let chunk = match response.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) | Err(_) => break,
+                };
+                for e in parser.push(&String::from_utf8_lossy(&chunk)) {
+                    if e.id.is_some() {
+                        last = e.id.clone();
+                    }
+                    if e.event != "progress" {
+                        continue;
+                    }
+                    let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
+                        continue;
+                    };
+                    frame(&v);
+                    if let Some(end) = Ending::of(&v) {
+                        return Ok(end);
+                    }
+                }
+            }
+            drops += 1;
+            if drops > 20 {
+                return Err(CliError::StreamEnded(self.base.clone()));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+/// Server-sent events from a byte stream that arrives in arbitrary pieces. Pure.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: String,
+}
+
+impl SseParser {
+    pub fn push(&mut self, text: &str) -> Vec<SseEvent> {
+        self.buf.push_str(&text.replace("\r\n", "\n"));
+        let mut out = Vec::new();
+        while let Some(end) = self.buf.find("\n\n") {
+            let block: String = self.buf.drain(..end + 2).collect();
+            let mut e = SseEvent {
+                event: "message".into(),
+                ..Default::default()
+            };
+            let mut any = false;
+            for line in block.lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "id" => e.id = Some(value.to_string()),
+                    "event" => e.event = value.to_string(),
+                    "data" => {
+                        if any {
+                            e.data.push('\n');
+                        }
+                        e.data.push_str(value);
+                        any = true;
+                    }
+                    // Comments (keep-alives) and unknown fields.
+                    _ => {}
+                }
+            }
+            if any {
+                out.push(e);
+            }
+        }
+        out
+    }
+}
+
+/// One line about a campaign, for `list`.
+pub fn line(c: &Value) -> String {
+    let n = |k: &str| c["counts"][k].as_i64().unwrap_or(0);
+    format!(
+        "{}  {:<10} {:>8} sent {:>6} failed {:>6} unknown {:>8} total  {}",
+        c["id"].as_str().unwrap_or("?"),
+        c["status"].as_str().unwrap_or("?"),
+        n("sent"),
+        n("failed"),
+        n("unknown"),
+        n("total"),
+        c["name"].as_str().unwrap_or("")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_read_across_arbitrary_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.push(": keep-alive\n\nid: 7\nevent: prog").is_empty());
+        let got = p.push("ress\ndata: {\"a\":1}\n\nid: 8\r\ndata: x\r\ndata: y\r\n\r\n");
+        assert_eq!(
+            got,
+            vec![
+                SseEvent {
+                    id: Some("7".into()),
+                    event: "progress".into(),
+                    data: "{\"a\":1}".into()
+                },
+                SseEvent {
+                    id: Some("8".into()),
+                    event: "message".into(),
+                    data: "x\ny".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn endings_map_to_exit_statuses() {
+        let f = |status: &str, failed: i64| json!({"status": status, "counts": {"failed": failed}});
+        assert_eq!(Ending::of(&f("completed", 0)), Some(Ending::Sent));
+        assert_eq!(Ending::of(&f("completed", 2)), Some(Ending::Incomplete));
+        assert_eq!(Ending::of(&f("paused", 0)), Some(Ending::Paused));
+        assert_eq!(Ending::of(&f("cancelled", 0)), Some(Ending::Cancelled));
+        assert_eq!(Ending::of(&f("running", 0)), None);
+    }
+}

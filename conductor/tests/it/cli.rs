@@ -1,0 +1,148 @@
+//! `conductor campaign …` against a running server (the client the binary uses), and API tokens.
+
+use std::time::Duration;
+
+use conductor::cli::{CliError, Client, Ending};
+
+use crate::support::*;
+
+fn template_dir(root: &std::path::Path) -> std::path::PathBuf {
+    let t = root.join("spring");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join("subject.hbs"), "Spring news for {{name}}\n").unwrap();
+    std::fs::write(t.join("html.hbs"), "<p>Hi {{name}} in {{city}}</p>").unwrap();
+    std::fs::write(t.join("text.hbs"), "Hi {{name}} in {{city}}").unwrap();
+    t
+}
+
+fn csv(root: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let mut s = String::from("email,name,city\n");
+    for i in 0..n {
+        s.push_str(&format!("c{i}@example.com,Zoë {i},Köln\n"));
+    }
+    let p = root.join("list.csv");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn create_list_watch_and_act_from_the_command_line_client() {
+    let app = spawn_app().await;
+    let files = tempfile::tempdir().unwrap();
+    let client = Client::new(&app.base, None);
+    let c = client
+        .create(
+            &template_dir(files.path()),
+            &csv(files.path(), 12),
+            "News <news@example.com>",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let id = c["id"].as_str().unwrap().to_string();
+    assert_eq!(c["name"], "spring");
+    let mut frames = 0;
+    let end = tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| frames += 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, Ending::Sent);
+    assert!(frames >= 1);
+    let listed = client.list().await.unwrap();
+    let line = conductor::cli::line(&listed["campaigns"][0]);
+    assert!(line.contains(&id) && line.contains("completed"), "{line}");
+    // A bad list is refused with the server's reasons, row named.
+    std::fs::write(
+        files.path().join("bad.csv"),
+        "email,name,city\nnot-an-address,A,B\n",
+    )
+    .unwrap();
+    let e = client
+        .create(
+            &template_dir(files.path()),
+            &files.path().join("bad.csv"),
+            "news@example.com",
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CliError::Refused { status: 422, detail, .. } if detail.contains("line 2")),
+        "{e}"
+    );
+    let e = client
+        .create(
+            files.path(),
+            &csv(files.path(), 1),
+            "news@example.com",
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CliError::Usage(m) if m.contains("subject.hbs")),
+        "{e}"
+    );
+    // Acting on a finished campaign is refused, not ignored.
+    assert!(matches!(
+        client.act(&id, "resume").await,
+        Err(CliError::Refused { .. })
+    ));
+    let unreachable = Client::new("http://127.0.0.1:9", None);
+    assert!(matches!(
+        unreachable.list().await,
+        Err(CliError::Unreachable { .. })
+    ));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_api_tokens_mutations_and_streams_need_one() {
+    let token = "cnd_test_token_0123456789abcdef";
+    let app = spawn_app_with(|c| c.server.api_tokens = vec![conductor::auth::digest(token)]).await;
+    let files = tempfile::tempdir().unwrap();
+    let (t, list) = (template_dir(files.path()), csv(files.path(), 3));
+    let anonymous = Client::new(&app.base, None);
+    let e = anonymous
+        .create(&t, &list, "news@example.com", None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CliError::Refused { status: 401, .. }), "{e}");
+    let wrong = Client::new(&app.base, Some("cnd_wrong".into()));
+    assert!(matches!(
+        wrong
+            .create(&t, &list, "news@example.com", None, None)
+            .await,
+        Err(CliError::Refused { status: 401, .. })
+    ));
+    assert_eq!(
+        app.campaign_count().await,
+        0,
+        "reads stay open; nothing was created"
+    );
+    let client = Client::new(&app.base, Some(token.into()));
+    let c = client
+        .create(&t, &list, "news@example.com", None, None)
+        .await
+        .unwrap();
+    let id = c["id"].as_str().unwrap().to_string();
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/campaigns/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+    let r = app.act(&id, "cancel").await;
+    assert_eq!(r.status(), 401);
+    let end = tokio::time::timeout(Duration::from_secs(60), client.watch(&id, |_| {}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, Ending::Sent);
+    app.stop().await;
+}
