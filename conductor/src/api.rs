@@ -18,6 +18,7 @@ use crate::validate::{self, CampaignRequest, Row};
 pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(dashboard))
         .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
         .route("/v1/campaigns/{id}", get(get_campaign).put(update_campaign))
         .route("/v1/campaigns/{id}/plan", get(crate::governor_api::plan))
@@ -381,4 +382,16 @@ async fn metrics(State(svc): State<Arc<Service>>) -> Result<Response, Problem> {
         svc.work.metrics.render(&view),
     )
         .into_response())
+}
+
+/// The dashboard: one self-contained page (no CDN, works offline) that follows the event streams.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard/index.html"),
+    )
+        .into_response()
 }

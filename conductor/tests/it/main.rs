@@ -3,6 +3,7 @@
 mod api;
 mod aws;
 mod cli;
+mod dashboard;
 mod distributed;
 mod e2e;
 mod events;
