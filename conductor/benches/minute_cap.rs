@@ -90,7 +90,8 @@ async fn main() {
             .expect("demo run");
         summary.print(&config);
         let k = &summary.campaign.counts;
-        let waiting = k.pending + k.rendered + k.in_flight + k.deferred;
+        // `pending` holds everything not yet final (in flight and deferred included).
+        let waiting = k.pending;
         println!(
             "terminal: sent {} failed {} unknown {} suppressed {} cancelled {}; not terminal: {waiting}",
             k.sent, k.failed, k.unknown, k.suppressed, k.cancelled

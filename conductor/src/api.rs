@@ -19,6 +19,15 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(dashboard))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    include_str!("openapi.json"),
+                )
+            }),
+        )
         .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
         .route("/v1/campaigns/{id}", get(get_campaign).put(update_campaign))
         .route("/v1/campaigns/{id}/plan", get(crate::governor_api::plan))

@@ -543,3 +543,37 @@ async fn pacing_and_schedule_fields_are_checked_and_named() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let app = spawn_app().await;
+    let doc = app.get_json("/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/campaigns",
+        "/v1/campaigns/{id}",
+        "/v1/campaigns/{id}/{action}",
+        "/v1/campaigns/{id}/recipients",
+        "/v1/campaigns/{id}/retry",
+        "/v1/campaigns/{id}/plan",
+        "/v1/campaigns/{id}/events",
+        "/v1/minutes",
+        "/v1/governor",
+        "/v1/feedback/{provider}",
+        "/u/{token}",
+        "/metrics",
+        "/",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not described");
+    }
+    // Every problem type the server answers with is listed.
+    let info = doc["info"]["description"].as_str().unwrap();
+    for kind in [
+        "/problems/validation",
+        "/problems/invalid-query",
+        "/problems/unauthorised",
+    ] {
+        assert!(info.contains(kind), "{kind}");
+    }
+    app.stop().await;
+}
