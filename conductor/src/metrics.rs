@@ -30,30 +30,6 @@ impl Histogram {
         self.sum += seconds;
     }
 
-    /// The `q` quantile by linear interpolation inside its bucket (what `histogram_quantile` does).
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = q * self.count as f64;
-        let mut lower = 0.0;
-        let mut below = 0u64;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if self.counts[i] as f64 >= rank {
-                let inside = (self.counts[i] - below) as f64;
-                let share = if inside > 0.0 {
-                    (rank - below as f64) / inside
-                } else {
-                    1.0
-                };
-                return Some(lower + (b - lower) * share.clamp(0.0, 1.0));
-            }
-            lower = *b;
-            below = self.counts[i];
-        }
-        Some(*BUCKETS.last().expect("buckets"))
-    }
-
     fn write(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -144,20 +120,6 @@ impl Metrics {
         if let Some(t) = m.claimed.remove(&(campaign.to_string(), batch)) {
             m.renders.observe(t.elapsed().as_secs_f64());
         }
-    }
-
-    /// p50/p95/p99 of provider request latency, seconds, over every provider.
-    pub fn request_quantiles(&self) -> Option<(f64, f64, f64)> {
-        let m = self.inner.lock().expect("metrics poisoned");
-        let mut all = Histogram::default();
-        for h in m.requests.values() {
-            for i in 0..BUCKETS.len() {
-                all.counts[i] += h.counts[i];
-            }
-            all.count += h.count;
-            all.sum += h.sum;
-        }
-        Some((all.quantile(0.5)?, all.quantile(0.95)?, all.quantile(0.99)?))
     }
 
     pub fn render(&self, store: &StoreView) -> String {
@@ -276,22 +238,6 @@ fn label(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_interpolate_inside_buckets() {
-        let mut h = Histogram::default();
-        for _ in 0..90 {
-            h.observe(0.02); // the 0.025 bucket
-        }
-        for _ in 0..10 {
-            h.observe(0.4); // the 0.5 bucket
-        }
-        let p50 = h.quantile(0.5).unwrap();
-        assert!(p50 > 0.01 && p50 <= 0.025, "{p50}");
-        let p99 = h.quantile(0.99).unwrap();
-        assert!(p99 > 0.25 && p99 <= 0.5, "{p99}");
-        assert_eq!(Histogram::default().quantile(0.5), None);
-    }
 
     #[test]
     fn the_exposition_is_well_formed() {
