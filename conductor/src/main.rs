@@ -81,24 +81,19 @@ enum CampaignCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// One line per campaign: id, status, sent, failed, unknown, total, name.
     List,
-    Show {
-        id: String,
-    },
-    Pause {
-        id: String,
-    },
-    Resume {
-        id: String,
-    },
-    Cancel {
-        id: String,
-    },
+    /// The campaign as JSON: counts per state, limits, ETA while running.
+    Show { id: String },
+    /// Stop handing out its recipients; leases in progress finish.
+    Pause { id: String },
+    /// Hand out its recipients again.
+    Resume { id: String },
+    /// End it: recipients not yet sent never will be.
+    Cancel { id: String },
     /// Follow a send with progress bars; the exit status says how it ended (0 all sent,
     /// 3 completed with failures or sends in doubt, 4 paused, 5 cancelled, 1 an error).
-    Watch {
-        id: String,
-    },
+    Watch { id: String },
 }
 
 #[derive(Subcommand)]
