@@ -291,9 +291,60 @@ pub fn line(c: &Value) -> String {
     )
 }
 
+/// One line about a progress frame, for `watch` when its output is not a terminal (a log, a CI job):
+/// what the bars would show, in words.
+pub fn progress_line(f: &Value) -> String {
+    let n = |k: &str| f["counts"][k].as_u64().unwrap_or(0);
+    let minute = &f["minute"];
+    let this_minute = if minute.is_object() {
+        format!(
+            "  this minute {}/{}",
+            minute["sent_requests"].as_u64().unwrap_or(0),
+            minute["cap"].as_u64().unwrap_or(0)
+        )
+    } else {
+        String::new()
+    };
+    let eta = f["eta"]
+        .as_str()
+        .map(|e| format!("  ETA {e}"))
+        .unwrap_or_default();
+    format!(
+        "{} {}  rendered {}/{}  sent {}  failed {}  unknown {}  {}/min{this_minute}{eta}",
+        f["at"].as_str().unwrap_or(""),
+        f["status"].as_str().unwrap_or("?"),
+        n("rendered"),
+        n("total"),
+        n("sent"),
+        n("failed"),
+        n("unknown"),
+        f["rate_per_minute"].as_f64().unwrap_or(0.0),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_progress_frame_reads_as_one_line() {
+        let f = json!({
+            "at": "2026-12-01T10:00:05.000Z", "status": "running",
+            "counts": {"total": 300, "rendered": 300, "sent": 120, "failed": 2, "unknown": 1},
+            "minute": {"sent_requests": 123, "cap": 600}, "rate_per_minute": 590.0,
+            "eta": "2026-12-01T10:00:25.000Z",
+        });
+        assert_eq!(
+            progress_line(&f),
+            "2026-12-01T10:00:05.000Z running  rendered 300/300  sent 120  failed 2  unknown 1  \
+             590/min  this minute 123/600  ETA 2026-12-01T10:00:25.000Z"
+        );
+        let quiet = json!({"at": "t", "status": "paused", "counts": {"total": 3}, "minute": null, "eta": null});
+        assert_eq!(
+            progress_line(&quiet),
+            "t paused  rendered 0/3  sent 0  failed 0  unknown 0  0/min"
+        );
+    }
 
     #[test]
     fn events_are_read_across_arbitrary_chunks() {

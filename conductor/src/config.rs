@@ -33,6 +33,7 @@ pub struct Config {
     pub unsubscribe: crate::unsubscribe::UnsubscribeConfig,
     /// Read by `renderer` processes; the conductor only checks that it parses.
     pub renderer: renderer::service::RendererSettings,
+    pub log: renderer::process::LogConfig,
 }
 
 /// `[events]`: where campaign lifecycle events go (see `events.rs` for their schema).
@@ -254,6 +255,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.log.validate()?;
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
         }

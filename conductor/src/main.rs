@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use conductor::config::Config;
 use conductor::startup::Application;
+use renderer::process::LogConfig;
 use sender::SystemClock;
 
 /// Campaign email delivery orchestrator.
@@ -107,14 +108,13 @@ enum TokenCommand {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The log filter for commands whose output is for a person at a terminal.
+const QUIET: &str = "warn";
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Migrate { .. });
     let ending = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    let code = renderer::process::run(
-        if quiet { "warn" } else { "info" },
-        run(cli, ending.clone()),
-    );
+    let code = renderer::process::run(run(cli, ending.clone()));
     match ending.load(std::sync::atomic::Ordering::SeqCst) {
         0 => code,
         n => std::process::ExitCode::from(n),
@@ -128,6 +128,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
             token,
             command,
         } => {
+            LogConfig::default().install(QUIET);
             let end = campaign(conductor::cli::Client::new(&server, token), command).await?;
             if let Some(e) = end {
                 ending.store(e as u8, std::sync::atomic::Ordering::SeqCst);
@@ -136,6 +137,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         Command::Token {
             command: TokenCommand::New,
         } => {
+            LogConfig::default().install(QUIET);
             let token = format!(
                 "cnd_{}{}",
                 uuid::Uuid::new_v4().simple(),
@@ -149,6 +151,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         }
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
+            cfg.log.install("info");
             let app = Application::build(cfg, config, Arc::new(SystemClock)).await?;
             tracing::info!(address = %app.local_addr(), "conductor serving");
             app.run_until(async {
@@ -160,6 +163,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         }
         Command::Migrate { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
+            cfg.log.install("info");
             conductor::store::SqlStore::open(&cfg.store_url()?).await?;
             println!("store schema is up to date");
         }
@@ -170,6 +174,8 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         } => {
             anyhow::ensure!(recipients > 0, "--recipients must be at least 1");
             let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
+            // The demo's own lines are the progress; logs only for what goes wrong.
+            cfg.log.install(QUIET);
             if let Some(cap) = per_minute {
                 cfg.governor.per_minute = cap;
             }
@@ -224,12 +230,29 @@ async fn campaign(
     Ok(None)
 }
 
-/// Progress bars for rendered, sent and failed-or-in-doubt, with the rate and ETA.
+/// Progress bars for rendered, sent and failed-or-in-doubt, with the rate and ETA; on anything but a
+/// terminal, where bars are not drawn, a line every few seconds and on each change of status.
 async fn watch_bars(
     client: &conductor::cli::Client,
     id: &str,
 ) -> anyhow::Result<conductor::cli::Ending> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        let mut printed: Option<(std::time::Instant, String)> = None;
+        let end = client
+            .watch(id, |f| {
+                let status = f["status"].as_str().unwrap_or("").to_string();
+                let due = printed.as_ref().is_none_or(|(at, s)| {
+                    *s != status || at.elapsed() >= std::time::Duration::from_secs(5)
+                });
+                if due {
+                    println!("{}", conductor::cli::progress_line(f));
+                    printed = Some((std::time::Instant::now(), status));
+                }
+            })
+            .await?;
+        return Ok(end);
+    }
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {msg}")
         .expect("a valid template")

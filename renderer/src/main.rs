@@ -21,7 +21,7 @@ struct Args {
     /// The conductor's base URL, e.g. http://10.0.0.5:8080
     #[arg(long)]
     conductor: String,
-    /// The deployment's conductor.toml (only [renderer], [dispatch], [bodies] and [workers] are read).
+    /// The deployment's conductor.toml (only [renderer], [dispatch], [bodies], [workers] and [log] are read).
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -34,6 +34,7 @@ struct FileConfig {
     dispatch: DispatchConfig,
     bodies: BodiesConfig,
     workers: WorkerSecret,
+    log: renderer::process::LogConfig,
 }
 
 /// Render workers allocate and free message-sized strings on many threads; mimalloc returns that
@@ -42,11 +43,13 @@ struct FileConfig {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    renderer::process::run("info", run(Args::parse()))
+    renderer::process::run(run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg: FileConfig = renderer::config::load(args.config.as_deref(), std::env::vars())?;
+    cfg.log.validate()?;
+    cfg.log.install("info");
     let secret = cfg.workers.require()?;
     let source = Arc::new(HttpRenderSource::new(&args.conductor, secret)?);
     let bodies = cfg.bodies.open().await?;

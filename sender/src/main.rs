@@ -24,7 +24,7 @@ struct Args {
     /// The conductor's base URL, e.g. http://10.0.0.5:8080
     #[arg(long)]
     conductor: String,
-    /// The deployment's conductor.toml (only [provider], [sender], [bodies], [safety] and [workers] are read).
+    /// The deployment's conductor.toml (only [provider], [sender], [bodies], [safety], [workers] and [log] are read).
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -38,6 +38,7 @@ struct FileConfig {
     bodies: BodiesConfig,
     workers: WorkerSecret,
     safety: sender::safety::Safety,
+    log: renderer::process::LogConfig,
 }
 
 /// Many threads allocate and free message-sized buffers; the system allocator keeps an arena per
@@ -46,11 +47,13 @@ struct FileConfig {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    renderer::process::run("info", run(Args::parse()))
+    renderer::process::run(run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg: FileConfig = sender::config::load(args.config.as_deref(), std::env::vars())?;
+    cfg.log.validate()?;
+    cfg.log.install("info");
     cfg.provider.validate()?;
     cfg.sender.validate()?;
     cfg.safety.check()?;

@@ -146,3 +146,93 @@ async fn with_api_tokens_mutations_and_streams_need_one() {
     assert_eq!(end, Ending::Sent);
     app.stop().await;
 }
+
+/// The binary itself, `serve`ing with `[log] format = "json"`: every line on stderr is a JSON object,
+/// from the start to the graceful stop.
+#[test]
+fn serve_logs_json_lines_when_configured() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conductor.toml");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{d}/c.db\"\n\
+         [bodies]\nurl = \"file://{d}/bodies\"\n[provider.outbox]\ndir = \"{d}/outbox\"\n\
+         [campaigns]\ntemplates_dir = \"{t}\"\n[log]\nformat = \"json\"\n",
+        d = dir.path().display(),
+        t = templates_dir().display()
+    );
+    std::fs::write(&file, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conductor"))
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = |wanted: &str| -> Vec<serde_json::Value> {
+        let mut seen = Vec::new();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no {wanted:?} line; before it: {seen:?}"));
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            let done = v["message"] == wanted;
+            seen.push(v);
+            if done {
+                return seen;
+            }
+        }
+    };
+    let start = next("conductor serving");
+    let serving = start.last().unwrap();
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["target"], "conductor");
+    let address = serving["address"].as_str().unwrap();
+    assert!(
+        address.starts_with("127.0.0.1:") && !address.ends_with(":0"),
+        "{serving}"
+    );
+    assert!(serving["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.contains('T')));
+    // It is the server that logged: it answers on that address.
+    let health = std::net::TcpStream::connect(address).is_ok();
+    assert!(health, "nothing listens on {address}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    next("shutting down");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_before_anything_starts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conductor"))
+        .args(["migrate"])
+        .env("CONDUCTOR__LOG__FORMAT", "xml")
+        .env(
+            "CONDUCTOR__STORE__URL",
+            "sqlite:///nonexistent-dir/never.db",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: config:") && err.contains("xml") && err.contains("json"),
+        "{err}"
+    );
+}
