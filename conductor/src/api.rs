@@ -179,8 +179,12 @@ async fn get_campaign(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = svc.store.campaign(&id).await?;
-    Ok(Json(crate::governor_api::with_eta(&svc, c).await?).into_response())
+    let json = svc.views.get(&svc, &id).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response())
 }
 
 async fn act(
@@ -282,6 +286,7 @@ async fn retry(
         .store
         .retry(&id, &req.states, svc.work.clock.now_ms())
         .await?;
+    svc.views.forget(&id);
     svc.work.wake.notify_one();
     tracing::info!(campaign = %id, recipients = moved, states = ?req.states, "recipients queued again on request");
     Ok(
@@ -337,6 +342,7 @@ async fn update_campaign(
         .store
         .set_limits(&id, per_minute, priority, svc.work.clock.now_ms())
         .await?;
+    svc.views.forget(&id);
     svc.work.wake.notify_one();
     Ok(Json(c).into_response())
 }

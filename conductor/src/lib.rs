@@ -28,5 +28,6 @@ pub mod throttle;
 pub mod unsubscribe;
 pub mod unsubscribe_api;
 pub mod validate;
+pub mod views;
 pub mod work;
 pub mod workers_api;

@@ -65,6 +65,9 @@ struct Inner {
     renders: Histogram,
     /// Render claims in progress: when each batch was claimed.
     claimed: HashMap<(String, u32), Instant>,
+    /// `GET /v1/campaigns/{id}` answered, and how many of those computed the view afresh.
+    views_served: u64,
+    views_computed: u64,
 }
 
 /// This process's counters.
@@ -103,6 +106,12 @@ impl Metrics {
             .leases
             .entry(kind)
             .or_default() += 1;
+    }
+
+    pub fn campaign_view(&self, computed: bool) {
+        let mut m = self.inner.lock().expect("metrics poisoned");
+        m.views_served += 1;
+        m.views_computed += u64::from(computed);
     }
 
     pub fn render_claimed(&self, campaign: &str, batch: u32) {
@@ -172,6 +181,21 @@ impl Metrics {
         );
         m.renders
             .write(&mut out, "conductor_render_batch_seconds", "");
+        for (name, help, n) in [
+            (
+                "conductor_campaign_views_served_total",
+                "GET /v1/campaigns/{id} answered.",
+                m.views_served,
+            ),
+            (
+                "conductor_campaign_views_computed_total",
+                "Of those, the ones that read the store; the rest were served a view under a second old.",
+                m.views_computed,
+            ),
+        ] {
+            head(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {n}");
+        }
         head(
             &mut out,
             "conductor_ledger_tokens_granted_total",

@@ -110,7 +110,7 @@ impl Progress {
 
 /// What the dashboard and `campaign watch` show: counts per state, this minute's global ledger
 /// against its cap, the send rate over the last minute, the ETA.
-async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: f64) -> Value {
+async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Value {
     let now = svc.work.clock.now_ms();
     let minute = svc
         .store
@@ -134,10 +134,23 @@ async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: f64) -> Value {
             "minute": crate::store::rfc3339(m.minute_ms),
             "cap": m.cap, "granted": m.granted, "sent_requests": m.used, "accepted": m.sent,
         })),
-        "rate_per_minute": rate.round(),
+        "rate_per_minute": rate,
         "eta": eta,
         "at": crate::store::rfc3339(now),
     })
+}
+
+/// Messages sent in the last 60 s, from (when, sent so far) samples: the number a cap per minute is
+/// read against. Scaling a few seconds up to a minute would show a campaign that sends its minute's
+/// budget in a burst (as a small one does) at several times the cap. Before a minute of samples it
+/// counts what was sent since the first one.
+fn sent_last_minute(samples: &mut VecDeque<(i64, i64)>, now: i64, sent: i64) -> i64 {
+    samples.push_back((now, sent));
+    // Keep the newest sample at least a minute old: the count is taken from it.
+    while samples.get(1).is_some_and(|(t, _)| now - t >= 60_000) {
+        samples.pop_front();
+    }
+    samples.front().map_or(0, |(_, s0)| (sent - s0).max(0))
 }
 
 /// Looks every [`TICK`] while anyone listens (and a little after), publishing what changed.
@@ -160,16 +173,7 @@ async fn watch(
         match svc.store.campaign(&campaign).await {
             Ok(c) => {
                 let now = svc.work.clock.now_ms();
-                samples.push_back((now, c.counts.sent));
-                while samples.front().is_some_and(|(t, _)| now - t > 60_000) {
-                    samples.pop_front();
-                }
-                let rate = match (samples.front(), samples.back()) {
-                    (Some((t0, s0)), Some((t1, s1))) if t1 > t0 => {
-                        (s1 - s0) as f64 * 60_000.0 / (t1 - t0) as f64
-                    }
-                    _ => 0.0,
-                };
+                let rate = sent_last_minute(&mut samples, now, c.counts.sent);
                 let seen = (c.status, c.counts.clone(), c.batches_rendered);
                 let status_changed = last.as_ref().is_some_and(|(s, _, _)| *s != c.status);
                 if last.as_ref() != Some(&seen) {
@@ -264,4 +268,27 @@ pub async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_what_was_sent_in_the_last_sixty_seconds() {
+        let mut s = VecDeque::new();
+        // A small campaign sends 300 in its first 4 s: 300 in the last minute, not 4,500/min.
+        assert_eq!(sent_last_minute(&mut s, 0, 0), 0);
+        assert_eq!(sent_last_minute(&mut s, 1_000, 80), 80);
+        assert_eq!(sent_last_minute(&mut s, 4_000, 300), 300);
+        // Steady 10 a second from then on.
+        let mut got = 0;
+        for t in 5..=120 {
+            got = sent_last_minute(&mut s, t * 1_000, 300 + (t - 4) * 10);
+        }
+        assert_eq!(got, 600);
+        // A gap in the samples: counted from the newest one at least a minute old.
+        assert_eq!(sent_last_minute(&mut s, 200_000, 1_500), 1_500 - 1_460);
+        assert!(s.len() <= 62, "{}", s.len());
+    }
 }

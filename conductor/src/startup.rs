@@ -147,6 +147,7 @@ impl Runtime {
             feedback: config.feedback.clone(),
             ses: crate::feedback_api::SesIntake::new(&config.feedback.ses, hooks.sns_certs),
             progress: Default::default(),
+            views: Default::default(),
             streams: CancellationToken::new(),
         });
         Ok(Self {

@@ -577,3 +577,75 @@ async fn the_openapi_document_describes_every_route() {
     }
     app.stop().await;
 }
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// Fifty pollers at once cost one read of the campaign; what a client does itself shows at once.
+#[tokio::test]
+async fn pollers_share_one_view_and_see_their_own_actions_at_once() {
+    let app = spawn_app().await;
+    let mut c = inline_campaign(recipients(3));
+    // Held until 2030: it stays running with nothing sent, whatever the test's pace.
+    c["send_at"] = json!("2030-01-01T09:00:00Z");
+    let id = app.create(&c).await;
+    let path = format!("/v1/campaigns/{id}");
+    let metrics = || async {
+        let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+        r.text().await.unwrap()
+    };
+    let before = metrics().await;
+    let bodies = futures::future::join_all((0..50).map(|_| async {
+        let r = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        r.text().await.unwrap()
+    }))
+    .await;
+    let after = metrics().await;
+    let served = counter(&after, "conductor_campaign_views_served_total")
+        - counter(&before, "conductor_campaign_views_served_total");
+    let computed = counter(&after, "conductor_campaign_views_computed_total")
+        - counter(&before, "conductor_campaign_views_computed_total");
+    assert_eq!(served, 50);
+    // One, or two if the fifty straddled the moment a view goes stale.
+    assert!(
+        (1..=2).contains(&computed),
+        "computed {computed} views for 50 requests"
+    );
+    let first: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(first["status"], "running");
+    assert_eq!(first["counts"]["total"], 3);
+    assert!(bodies
+        .iter()
+        .all(|b| serde_json::from_str::<Value>(b).unwrap()["id"] == id));
+
+    // The view is dropped by every change made here: no stale answer after one's own action.
+    assert_eq!(app.act(&id, "pause").await.status(), 200);
+    assert_eq!(app.get_json(&path).await["status"], "paused");
+    assert_eq!(app.act(&id, "resume").await.status(), 200);
+    assert_eq!(app.get_json(&path).await["status"], "running");
+    let r = app
+        .client
+        .put(app.url(&path))
+        .json(&json!({"per_minute": 77}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.get_json(&path).await["per_minute"], 77);
+    // An unknown campaign is a problem every time, not a remembered one.
+    for _ in 0..2 {
+        let r = app
+            .client
+            .get(app.url("/v1/campaigns/nope"))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 404, "/problems/not-found").await;
+    }
+}
