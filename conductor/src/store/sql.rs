@@ -160,8 +160,7 @@ impl SqlStore {
     async fn counts(&self, id: &str) -> Result<(Counts, u32, u32), StoreError> {
         let mut c = Counts::default();
         let rows = sqlx::query(
-            "SELECT state, count(*) AS n, CAST(coalesce(sum(attempts), 0) AS BIGINT) AS requests \
-             FROM recipients WHERE campaign_id = $1 GROUP BY state",
+            "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY state",
         )
         .bind(id)
         .fetch_all(&self.read)
@@ -169,7 +168,6 @@ impl SqlStore {
         for row in rows {
             let n: i64 = row.get("n");
             c.total += n;
-            c.requests += row.get::<i64, _>("requests");
             match row.get::<&str, _>("state") {
                 "pending" | "rendered" => c.pending += n,
                 "leased" => {
@@ -206,7 +204,8 @@ impl SqlStore {
 
     async fn load(&self, row: AnyRow) -> Result<Campaign, StoreError> {
         let id: String = row.get("id");
-        let (counts, batches, batches_rendered) = self.counts(&id).await?;
+        let (mut counts, batches, batches_rendered) = self.counts(&id).await?;
+        counts.requests = row.get("requests");
         let from: Mailbox = json(row.get("from_json"))?;
         let reply_to: Option<Mailbox> = row
             .get::<Option<String>, _>("reply_to_json")
@@ -996,6 +995,11 @@ impl Store for SqlStore {
             }
         }
         if used > 0 {
+            sqlx::query("UPDATE campaigns SET requests = requests + $1 WHERE id = $2")
+                .bind(used)
+                .bind(&cid)
+                .execute(&mut *tx)
+                .await?;
             for scope in &scopes {
                 sqlx::query("UPDATE minute_ledger SET used = used + $1, sent = sent + $2 WHERE scope = $3 AND minute_ms = $4")
                     .bind(used)

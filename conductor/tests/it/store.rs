@@ -339,6 +339,10 @@ async fn deferred_recipients_wait_and_every_retry_costs_a_token(store: Arc<dyn S
         .unwrap();
     let k = store.campaign(&id).await.unwrap().counts;
     assert_eq!((k.failed, k.deferred, k.pending), (1, 0, 0));
+    assert_eq!(
+        k.requests, 3,
+        "three provider requests for the one recipient"
+    );
 }
 
 async fn a_silent_lease_holds_what_may_have_started_and_requeues_the_rest(store: Arc<dyn Store>) {
