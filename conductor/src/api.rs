@@ -179,7 +179,7 @@ async fn get_campaign(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let json = svc.views.get(&svc, &id).await?;
+    let json = svc.work.views.get(&svc, &id).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         json,
@@ -286,7 +286,7 @@ async fn retry(
         .store
         .retry(&id, &req.states, svc.work.clock.now_ms())
         .await?;
-    svc.views.forget(&id);
+    svc.work.views.forget(&id);
     svc.work.wake.notify_one();
     tracing::info!(campaign = %id, recipients = moved, states = ?req.states, "recipients queued again on request");
     Ok(
@@ -342,7 +342,7 @@ async fn update_campaign(
         .store
         .set_limits(&id, per_minute, priority, svc.work.clock.now_ms())
         .await?;
-    svc.views.forget(&id);
+    svc.work.views.forget(&id);
     svc.work.wake.notify_one();
     Ok(Json(c).into_response())
 }

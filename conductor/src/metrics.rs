@@ -184,7 +184,7 @@ impl Metrics {
         for (name, help, n) in [
             (
                 "conductor_campaign_views_served_total",
-                "GET /v1/campaigns/{id} answered.",
+                "Campaign views answered: GET /v1/campaigns/{id}, and the look that opens an event stream.",
                 m.views_served,
             ),
             (

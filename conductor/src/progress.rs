@@ -221,7 +221,8 @@ pub async fn events(
 ) -> Result<axum::response::Response, crate::problem::Problem> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use axum::response::IntoResponse;
-    svc.store.campaign(&id).await?;
+    // Does it exist? Asked of the shared view: fifty tabs opening at once must not be fifty reads.
+    svc.work.views.get(&svc, &id).await?;
     let last: Option<i64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

@@ -24,8 +24,6 @@ pub struct Service {
     pub ses: Option<crate::feedback_api::SesIntake>,
     /// Watchers of campaigns that someone follows live.
     pub progress: crate::progress::Progress,
-    /// `GET /v1/campaigns/{id}` as computed at most once a second, shared by every poller.
-    pub views: crate::views::Views,
     /// Cancelled when the server begins to shut down: ends the event streams.
     pub streams: tokio_util::sync::CancellationToken,
 }
@@ -62,7 +60,7 @@ impl Service {
 
     pub async fn act(&self, id: &str, action: Action) -> Result<Campaign, Problem> {
         let (c, changed) = self.store.act(id, action, self.work.clock.now_ms()).await?;
-        self.views.forget(id);
+        self.work.views.forget(id);
         self.work.wake.notify_one();
         if changed {
             let kind = match action {

@@ -95,6 +95,7 @@ impl Runtime {
             wake: Notify::new(),
             throttle: Default::default(),
             metrics: Default::default(),
+            views: Default::default(),
         });
 
         if config.dispatch.mode == DispatchMode::Local {
@@ -147,7 +148,6 @@ impl Runtime {
             feedback: config.feedback.clone(),
             ses: crate::feedback_api::SesIntake::new(&config.feedback.ses, hooks.sns_certs),
             progress: Default::default(),
-            views: Default::default(),
             streams: CancellationToken::new(),
         });
         Ok(Self {

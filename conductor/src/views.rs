@@ -11,9 +11,10 @@
 //! to serve (the first request, or none for [`STALE`]) does a request compute, and those arriving
 //! meanwhile wait for that one instead of starting their own.
 //!
-//! What this conductor changes itself (pause, resume, cancel, a new cap, a retry) drops the
-//! campaign's view at once, so a client that acted sees its action; counts are otherwise about a
-//! second old, as in the event stream.
+//! Whatever this conductor changes itself (pause, resume, cancel, a new cap, a retry, the start,
+//! the end, a stop by the provider) drops the campaign's view at once, so a client that acted sees
+//! its action and a stream's last word agrees with the view; counts are otherwise about a second
+//! old, as in the event stream. (With several conductors, another one's changes show within seconds.)
 //!
 //! Age is measured on the machine's monotonic clock, not the service's injected one: it bounds load
 //! on the store, which happens in real time whatever time the campaign believes it is.

@@ -29,6 +29,9 @@ pub struct Work {
     /// This conductor's view of provider throttling; the minute's cap is fixed by whoever opens it.
     pub throttle: Mutex<Aimd>,
     pub metrics: crate::metrics::Metrics,
+    /// `GET /v1/campaigns/{id}` as computed about once a second, shared by every poller; dropped
+    /// here whenever this conductor changes a campaign's status.
+    pub views: crate::views::Views,
 }
 
 impl Work {
@@ -65,9 +68,11 @@ impl Work {
             );
         }
         for id in self.store.mark_started(now).await? {
+            self.views.forget(&id);
             self.events.emit(Kind::Started, &id, None).await;
         }
         for id in self.store.complete_finished(now).await? {
+            self.views.forget(&id);
             self.events.emit(Kind::Completed, &id, None).await;
         }
         let keep_ms = i64::from(cfg.bodies.retention_days) * 86_400_000;
@@ -203,6 +208,7 @@ impl WorkSource for Work {
                     self.metrics.sent(provider, o.outcome.kind(), o.latency_ms);
                 }
                 if let (Some(campaign), Some(reason)) = (stopped, stop_reason) {
+                    self.views.forget(&campaign);
                     self.events
                         .emit(Kind::Failed, &campaign, Some(reason))
                         .await;
