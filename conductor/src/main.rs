@@ -152,10 +152,11 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
             cfg.log.install("info");
+            let stop = renderer::process::shutdown_signal();
             let app = Application::build(cfg, config, Arc::new(SystemClock)).await?;
             tracing::info!(address = %app.local_addr(), "conductor serving");
             app.run_until(async {
-                renderer::process::shutdown_signal().await;
+                stop.await;
                 tracing::info!("shutting down");
             })
             .await

@@ -54,6 +54,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let source = Arc::new(HttpRenderSource::new(&args.conductor, secret)?);
     let bodies = cfg.bodies.open().await?;
     let renderer = Arc::new(Renderer::new(source, bodies));
+    let stop = renderer::process::shutdown_signal();
     let app = RendererApp::build(
         &cfg.renderer,
         &cfg.dispatch,
@@ -61,6 +62,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(HttpsCertFetcher::new()?),
     )
     .await?;
-    app.run_until(renderer::process::shutdown_signal()).await?;
+    app.run_until(stop).await?;
     Ok(())
 }

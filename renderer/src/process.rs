@@ -122,16 +122,24 @@ pub fn run<E: std::fmt::Display>(work: impl Future<Output = Result<(), E>>) -> E
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what process managers and container runtimes send).
-pub async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// The handlers are in place when this returns, not when the future is first polled: call it before
+/// announcing readiness, or a SIGTERM sent on seeing that announcement can still kill the process
+/// the default way, with nothing shut down.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

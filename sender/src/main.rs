@@ -70,9 +70,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cfg.sender.sender_config(&cfg.provider),
         stop.clone(),
     ));
+    let signal = renderer::process::shutdown_signal();
     tracing::info!(conductor = %args.conductor, provider = %cfg.provider.describe(), "sender started");
     let worker = tokio::spawn(sender.run());
-    renderer::process::shutdown_signal().await;
+    signal.await;
     // Leases in progress hand back what they have not started and report the rest.
     tracing::info!("stopping");
     stop.cancel();
