@@ -95,14 +95,18 @@ struct LoadReport {
     elapsed: Duration,
 }
 
+/// A runtime for a load thread, apart from the server's, so the load does not queue behind it.
+fn own_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("load runtime")
+}
+
 /// Asks `url` `rps` times a second until `stop`, on a thread and runtime of its own.
 fn generate(url: String, rps: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<LoadReport> {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("generator runtime");
-        rt.block_on(async move {
+        own_runtime().block_on(async move {
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(1_024)
                 .timeout(Duration::from_secs(30))
@@ -155,11 +159,7 @@ fn generate(url: String, rps: u32, stop: Arc<AtomicBool>) -> std::thread::JoinHa
 /// `n` event-stream clients reading until `stop`; returns how many frames they got in all.
 fn watchers(url: String, n: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("watcher runtime");
-        rt.block_on(async move {
+        own_runtime().block_on(async move {
             let client = reqwest::Client::new();
             let tasks: Vec<_> = (0..n)
                 .map(|_| {

@@ -128,7 +128,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
             token,
             command,
         } => {
-            LogConfig::default().install(QUIET);
+            LogConfig::default().install(QUIET)?;
             let end = campaign(conductor::cli::Client::new(&server, token), command).await?;
             if let Some(e) = end {
                 ending.store(e as u8, std::sync::atomic::Ordering::SeqCst);
@@ -137,7 +137,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         Command::Token {
             command: TokenCommand::New,
         } => {
-            LogConfig::default().install(QUIET);
+            LogConfig::default().install(QUIET)?;
             let token = format!(
                 "cnd_{}{}",
                 uuid::Uuid::new_v4().simple(),
@@ -151,7 +151,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         }
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
-            cfg.log.install("info");
+            cfg.log.install("info")?;
             let stop = renderer::process::shutdown_signal();
             let app = Application::build(cfg, config, Arc::new(SystemClock)).await?;
             tracing::info!(address = %app.local_addr(), "conductor serving");
@@ -164,7 +164,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         }
         Command::Migrate { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
-            cfg.log.install("info");
+            cfg.log.install("info")?;
             conductor::store::SqlStore::open(&cfg.store_url()?).await?;
             println!("store schema is up to date");
         }
@@ -176,7 +176,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
             anyhow::ensure!(recipients > 0, "--recipients must be at least 1");
             let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
             // The demo's own lines are the progress; logs only for what goes wrong.
-            cfg.log.install(QUIET);
+            cfg.log.install(QUIET)?;
             if let Some(cap) = per_minute {
                 cfg.governor.per_minute = cap;
             }
@@ -210,7 +210,7 @@ async fn campaign(
             let id = c["id"].as_str().unwrap_or_default().to_string();
             println!("created {id}: {} recipients", c["counts"]["total"]);
             if watch {
-                return Ok(Some(watch_bars(&client, &id).await?));
+                return Ok(Some(follow(&client, &id).await?));
             }
         }
         CampaignCommand::List => {
@@ -226,34 +226,50 @@ async fn campaign(
         CampaignCommand::Pause { id } => show(&client.act(&id, "pause").await?),
         CampaignCommand::Resume { id } => show(&client.act(&id, "resume").await?),
         CampaignCommand::Cancel { id } => show(&client.act(&id, "cancel").await?),
-        CampaignCommand::Watch { id } => return Ok(Some(watch_bars(&client, &id).await?)),
+        CampaignCommand::Watch { id } => return Ok(Some(follow(&client, &id).await?)),
     }
     Ok(None)
 }
 
-/// Progress bars for rendered, sent and failed-or-in-doubt, with the rate and ETA; on anything but a
-/// terminal, where bars are not drawn, a line every few seconds and on each change of status.
+/// Follows a send: bars on a terminal, else plain lines (bars are not drawn there).
+async fn follow(
+    client: &conductor::cli::Client,
+    id: &str,
+) -> anyhow::Result<conductor::cli::Ending> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        watch_bars(client, id).await
+    } else {
+        watch_lines(client, id).await
+    }
+}
+
+/// A line every few seconds and on each change of status, for a log or a CI job.
+async fn watch_lines(
+    client: &conductor::cli::Client,
+    id: &str,
+) -> anyhow::Result<conductor::cli::Ending> {
+    let mut printed: Option<(std::time::Instant, String)> = None;
+    let end = client
+        .watch(id, |f| {
+            let status = f["status"].as_str().unwrap_or("").to_string();
+            let due = printed.as_ref().is_none_or(|(at, s)| {
+                *s != status || at.elapsed() >= std::time::Duration::from_secs(5)
+            });
+            if due {
+                println!("{}", conductor::cli::progress_line(f));
+                printed = Some((std::time::Instant::now(), status));
+            }
+        })
+        .await?;
+    Ok(end)
+}
+
+/// Progress bars for rendered, sent and failed-or-in-doubt, with the rate and ETA.
 async fn watch_bars(
     client: &conductor::cli::Client,
     id: &str,
 ) -> anyhow::Result<conductor::cli::Ending> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        let mut printed: Option<(std::time::Instant, String)> = None;
-        let end = client
-            .watch(id, |f| {
-                let status = f["status"].as_str().unwrap_or("").to_string();
-                let due = printed.as_ref().is_none_or(|(at, s)| {
-                    *s != status || at.elapsed() >= std::time::Duration::from_secs(5)
-                });
-                if due {
-                    println!("{}", conductor::cli::progress_line(f));
-                    printed = Some((std::time::Instant::now(), status));
-                }
-            })
-            .await?;
-        return Ok(end);
-    }
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} {msg}")
         .expect("a valid template")

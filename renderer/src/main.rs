@@ -48,8 +48,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg: FileConfig = renderer::config::load(args.config.as_deref(), std::env::vars())?;
-    cfg.log.validate()?;
-    cfg.log.install("info");
+    cfg.log.install("info")?;
     let secret = cfg.workers.require()?;
     let source = Arc::new(HttpRenderSource::new(&args.conductor, secret)?);
     let bodies = cfg.bodies.open().await?;

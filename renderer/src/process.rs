@@ -68,10 +68,11 @@ impl LogConfig {
         }
     }
 
-    /// Installs the subscriber for the process, on stderr, with `log` records bridged into it. The
-    /// first call wins: a process logs in one format.
-    pub fn install(&self, default_filter: &str) {
+    /// Checks the settings, then installs the subscriber for the process, on stderr, with `log`
+    /// records bridged into it. The first call wins: a process logs in one format.
+    pub fn install(&self, default_filter: &str) -> Result<(), crate::config::ConfigError> {
         use tracing_subscriber::util::SubscriberInitExt;
+        self.validate()?;
         let filter = self.filter(default_filter, std::env::var("RUST_LOG").ok());
         // Escape codes belong on a terminal, not in a file or a journal.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -82,6 +83,7 @@ impl LogConfig {
         {
             let _ = INSTALLED.set(self.format);
         }
+        Ok(())
     }
 }
 

@@ -52,8 +52,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg: FileConfig = sender::config::load(args.config.as_deref(), std::env::vars())?;
-    cfg.log.validate()?;
-    cfg.log.install("info");
+    cfg.log.install("info")?;
     cfg.provider.validate()?;
     cfg.sender.validate()?;
     cfg.safety.check()?;
