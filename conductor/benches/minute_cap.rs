@@ -172,7 +172,7 @@ async fn distributed(
         // Let the renderers subscribe before the first doorbell rings.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let created = svc
+    let (created, _) = svc
         .create(
             conductor::demo::request(recipients),
             conductor::demo::recipients(recipients),

@@ -28,7 +28,13 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
                 )
             }),
         )
-        .route("/v1/campaigns", post(create_campaign).get(list_campaigns))
+        // The one route with large bodies; every other is held to a small limit below.
+        .route(
+            "/v1/campaigns",
+            post(create_campaign)
+                .layer(DefaultBodyLimit::max(max_body_bytes))
+                .get(list_campaigns),
+        )
         .route("/v1/campaigns/{id}", get(get_campaign).put(update_campaign))
         .route("/v1/campaigns/{id}/plan", get(crate::governor_api::plan))
         .route("/v1/campaigns/{id}/events", get(crate::progress::events))
@@ -50,10 +56,15 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
                 "this resource does not accept that method",
             )
         })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(crate::body::API))
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
             crate::auth::require_token,
+        ))
+        // Outermost: a foreign Host or a cross-site post is refused before anything else runs.
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            crate::site::check,
         ))
         .with_state(service)
 }
@@ -93,14 +104,25 @@ async fn create_campaign(
             "send application/json, or multipart/form-data with `campaign` (JSON) and `recipients` (CSV) parts",
         ));
     };
-    let created = svc.create(campaign, rows).await?;
+    let (created, warnings) = svc.create(campaign, rows).await?;
     let location = format!("/v1/campaigns/{}", created.id);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(created),
+        Json(Created {
+            campaign: created,
+            warnings,
+        }),
     )
         .into_response())
+}
+
+#[derive(serde::Serialize)]
+struct Created {
+    #[serde(flatten)]
+    campaign: crate::store::Campaign,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 fn missing(field: &str, detail: &str) -> Problem {

@@ -30,12 +30,15 @@ pub fn check_entry(entry: &str) -> Result<(), String> {
         .strip_prefix("sha256:")
         .ok_or_else(|| "must be \"sha256:\" and the hex SHA-256 of the token (`conductor token new` prints one); the token itself never goes in the config".to_string())?;
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("{entry:?}: the digest must be 64 hex digits"));
+        // Never echoed: a token pasted here by mistake would end up in logs and the audit.
+        return Err("a digest must be 64 hex digits after \"sha256:\"".to_string());
     }
     Ok(())
 }
 
-/// Whether `path` with `method` needs a token (when tokens are configured at all).
+/// Whether `path` with `method` needs a token (when tokens are configured at all): everything but the
+/// routes with proofs of their own and the few reads that say nothing about campaigns or recipients
+/// (health, metrics, the API description and the dashboard's page, which asks for a token itself).
 pub fn guarded(method: &Method, path: &str) -> bool {
     let own_proof = path.starts_with("/v1/feedback/")
         || path.starts_with("/u/")
@@ -44,7 +47,8 @@ pub fn guarded(method: &Method, path: &str) -> bool {
         return false;
     }
     let reads = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-    !reads || (path.starts_with("/v1/campaigns/") && path.ends_with("/events"))
+    let open = matches!(path, "/" | "/healthz" | "/metrics" | "/openapi.json");
+    !(reads && open)
 }
 
 /// Whether the `Authorization` header carries one of `tokens` (digests), compared in constant time.
@@ -109,7 +113,12 @@ mod tests {
         assert!(guarded(&Method::POST, "/v1/campaigns"));
         assert!(guarded(&Method::PUT, "/v1/campaigns/c1"));
         assert!(guarded(&Method::GET, "/v1/campaigns/c1/events"));
-        assert!(!guarded(&Method::GET, "/v1/campaigns/c1"));
+        assert!(guarded(&Method::GET, "/v1/campaigns/c1"));
+        assert!(guarded(&Method::GET, "/v1/campaigns/c1/recipients"));
+        assert!(guarded(&Method::GET, "/v1/governor"));
+        assert!(!guarded(&Method::GET, "/healthz"));
+        assert!(!guarded(&Method::GET, "/metrics"));
+        assert!(guarded(&Method::POST, "/healthz"));
         assert!(!guarded(&Method::POST, "/v1/feedback/mailgun"));
         assert!(!guarded(&Method::POST, "/u/abc"));
         assert!(!guarded(&Method::POST, "/internal/v1/leases"));

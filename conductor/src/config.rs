@@ -53,6 +53,13 @@ pub struct Server {
     /// `sha256:HEX` digests of the API's bearer tokens; when any are set, mutating routes and event
     /// streams need one. Read at each request, so edits apply at once.
     pub api_tokens: Vec<String>,
+    /// Host names (the `Host` header, without port) this server answers to; anything else is refused,
+    /// which defeats DNS rebinding. The listen address, when it is an IP, is always allowed. `"*"`
+    /// allows any (only behind a proxy that checks it).
+    pub allowed_hosts: Vec<String>,
+    /// Listening on a non-loopback address without `api_tokens` leaves every route open to the
+    /// network; the conductor refuses to start that way unless this says it is meant.
+    pub allow_open_api: bool,
 }
 
 impl Default for Server {
@@ -61,6 +68,8 @@ impl Default for Server {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024 * 1024,
             api_tokens: Vec::new(),
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allow_open_api: false,
         }
     }
 }
@@ -90,6 +99,20 @@ pub struct Campaigns {
     /// that died mid-request): `hold` it as `unknown` for an operator to retry, or `resend` it and
     /// accept that some recipients may get the message twice.
     pub on_ambiguous: OnAmbiguous,
+    /// Largest message (subject, HTML and text) a recipient's render may produce; a recipient over it
+    /// fails with the reason, and at creation the campaign is refused naming the first such row.
+    pub max_message_bytes: usize,
+    /// Time one recipient's render may take.
+    pub max_render_ms: u64,
+}
+
+impl Campaigns {
+    pub fn render_limits(&self) -> renderer::RenderLimits {
+        renderer::RenderLimits {
+            max_message_bytes: self.max_message_bytes,
+            max_render_ms: self.max_render_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -107,6 +130,8 @@ impl Default for Campaigns {
             templates_dir: "templates".into(),
             max_attempts: 8,
             on_ambiguous: OnAmbiguous::Hold,
+            max_message_bytes: renderer::RenderLimits::default().max_message_bytes,
+            max_render_ms: renderer::RenderLimits::default().max_render_ms,
         }
     }
 }
@@ -262,6 +287,25 @@ impl Config {
         for t in &self.server.api_tokens {
             crate::auth::check_entry(t).map_err(|e| invalid("server.api_tokens", e))?;
         }
+        let ip = self.listen_addr()?.ip();
+        if !ip.is_loopback() && self.server.api_tokens.is_empty() && !self.server.allow_open_api {
+            return Err(invalid(
+                "server.api_tokens",
+                format!("listening on {ip} (not loopback) with no API tokens would let anyone on the network create campaigns: list token digests (`conductor token new`), or set [server] allow_open_api = true if that is meant"),
+            ));
+        }
+        if let Some(h) = self.server.allowed_hosts.iter().find(|h| {
+            h.trim().is_empty()
+                || h.contains(['/', ' ', '@'])
+                || h.contains(':')
+                    && !h.starts_with('[')
+                    && h.parse::<std::net::Ipv6Addr>().is_err()
+        }) {
+            return Err(invalid(
+                "server.allowed_hosts",
+                format!("{h:?} is not a host name or IP address (no scheme, port or path)"),
+            ));
+        }
         self.store_url()?;
         self.bodies.location()?;
         self.safety.check()?;
@@ -288,6 +332,18 @@ impl Config {
             return Err(invalid(
                 "campaigns.max_attempts",
                 "must be between 1 and 100",
+            ));
+        }
+        if !(16 * 1024..=40 * 1024 * 1024).contains(&self.campaigns.max_message_bytes) {
+            return Err(invalid(
+                "campaigns.max_message_bytes",
+                "must be between 16384 and 41943040 (40 MiB, the largest any provider accepts)",
+            ));
+        }
+        if !(10..=60_000).contains(&self.campaigns.max_render_ms) {
+            return Err(invalid(
+                "campaigns.max_render_ms",
+                "must be between 10 and 60000",
             ));
         }
         self.governor.check()?;
@@ -328,9 +384,10 @@ impl Config {
         if ok {
             Ok(url.to_string())
         } else {
+            // Never the URL itself: it may carry a password.
             Err(invalid(
                 "store.url",
-                format!("{url:?} is neither sqlite://PATH nor postgres://USER@HOST/DATABASE"),
+                "is neither sqlite://PATH nor postgres://USER@HOST/DATABASE",
             ))
         }
     }

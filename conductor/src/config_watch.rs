@@ -88,29 +88,79 @@ pub fn cap_changes(old: &Governor, new: &Governor, now: i64) -> Vec<AuditEntry> 
     out
 }
 
-/// Reads the file once and applies it if it is valid and different.
+/// How an edit of a config key takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applies {
+    /// Read where it is used, every time: the edit applies at once (caps from the next minute).
+    Live,
+    /// Built into something at start (a listener, a pool, a client): an edit is refused until a
+    /// restart, never reported applied.
+    OnRestart,
+}
+
+/// The one declaration of how each part of the config takes an edit. Every section is named (the
+/// destructuring below fails to compile when a section is added and not declared); a section
+/// with keys of both kinds names its restart-only keys and declares the rest live.
+macro_rules! edits {
+    ($( $section:ident => $applies:ident $({ $($key:ident => $kapplies:ident),* $(,)? })? ),* $(,)?) => {
+        /// The keys that differ between `old` and `new` and apply only on restart.
+        pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+            let Config { $( $section: _, )* } = old;
+            let mut out = Vec::new();
+            $(
+                if Applies::$applies == Applies::OnRestart && old.$section != new.$section {
+                    out.push(stringify!($section));
+                }
+                $($(
+                    if Applies::$kapplies == Applies::OnRestart
+                        && old.$section.$key != new.$section.$key
+                    {
+                        out.push(concat!(stringify!($section), ".", stringify!($key)));
+                    }
+                )*)?
+            )*
+            out
+        }
+    };
+}
+
+edits! {
+    server => Live { listen => OnRestart, max_body_bytes => OnRestart },
+    store => OnRestart,
+    bodies => OnRestart,
+    campaigns => Live,
+    governor => Live,
+    provider => OnRestart,
+    sender => OnRestart,
+    workers => Live { embedded_sender => OnRestart },
+    dispatch => Live { mode => OnRestart, sns => OnRestart },
+    events => OnRestart,
+    safety => Live,
+    feedback => Live,
+    unsubscribe => Live,
+    renderer => Live,
+    log => OnRestart,
+}
+
+/// Reads the file once and applies it if it is valid and different. An edit of a key that only a
+/// restart applies is refused as a whole (nothing of it is applied), naming the keys.
 pub fn reload(path: &Path, tx: &watch::Sender<Arc<Config>>, now: i64) -> Reload {
     match Config::load(Some(path), std::env::vars()) {
         Ok(new) if *tx.borrow().as_ref() == new => Reload::Unchanged,
         Ok(new) => {
             let old = tx.borrow().clone();
+            let restart = restart_only_changes(&old, &new);
+            if !restart.is_empty() {
+                let why = format!(
+                    "{} can only change on restart; this edit is not applied (restart the conductor, or undo the change to apply the rest)",
+                    restart.join(", ")
+                );
+                tracing::warn!(path = %path.display(), keys = ?restart, "config change refused until restart");
+                return Reload::Rejected(why);
+            }
             let changes = cap_changes(&old.governor, &new.governor, now);
             for c in &changes {
                 tracing::info!(scope = %c.scope, from = ?c.old, to = ?c.new, "cap changed; applies from the next minute");
-            }
-            if old.store != new.store
-                || old.bodies != new.bodies
-                || old.server.listen != new.server.listen
-                || old.server.max_body_bytes != new.server.max_body_bytes
-                || old.provider != new.provider
-                || old.safety != new.safety
-                || old.dispatch.mode != new.dispatch.mode
-                || old.dispatch.sns != new.dispatch.sns
-                || old.events != new.events
-            {
-                tracing::warn!(
-                    "changes to [server], [store], [bodies], [provider], [safety], [dispatch] mode and topic, or [events] take effect on restart"
-                );
             }
             tx.send_replace(Arc::new(new));
             Reload::Applied(changes)

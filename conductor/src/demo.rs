@@ -158,7 +158,7 @@ pub async fn run(
     let svc = runtime.service.clone();
     let started = Instant::now();
     let start_ms = clock.now_ms();
-    let created = svc
+    let (created, _) = svc
         .create(request(n), recipients(n))
         .await
         .map_err(|p| DemoError::Refused(p.detail))?;

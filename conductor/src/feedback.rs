@@ -217,9 +217,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Verifies a Mailgun webhook (HMAC-SHA256 of `timestamp ‖ token` with the signing key, in constant
-/// time; not older than [`MAX_AGE_MS`]) and reads its event. `now` is the caller's clock.
+/// Verifies a Mailgun webhook and reads its event; see [`mailgun_verify`].
 pub fn mailgun(raw: &[u8], signing_key: &str, now: i64) -> Result<Event, FeedbackError> {
+    mailgun_verify(raw, signing_key, now)?.event()
+}
+
+/// A Mailgun post whose signature holds. The signature covers only timestamp and token, not the
+/// event: the token must be spent on every verified post, whatever its event (an `opened` one
+/// included), or a captured signature could carry any event for five minutes.
+pub struct MailgunVerified {
+    /// `mailgun:TOKEN`, the key to spend.
+    pub token_key: String,
+    post: MailgunPost,
+}
+
+/// Verifies a Mailgun webhook: HMAC-SHA256 of `timestamp ‖ token` with the signing key, in constant
+/// time; not older than [`MAX_AGE_MS`]. `now` is the caller's clock.
+pub fn mailgun_verify(
+    raw: &[u8],
+    signing_key: &str,
+    now: i64,
+) -> Result<MailgunVerified, FeedbackError> {
     let post: MailgunPost =
         serde_json::from_slice(raw).map_err(|e| FeedbackError::Malformed(e.to_string()))?;
     let s = &post.signature;
@@ -243,6 +261,20 @@ pub fn mailgun(raw: &[u8], signing_key: &str, now: i64) -> Result<Event, Feedbac
             age_s: (now - signed_ms) / 1000,
         });
     }
+    Ok(MailgunVerified {
+        token_key: format!("mailgun:{}", s.token),
+        post,
+    })
+}
+
+impl MailgunVerified {
+    /// The event it carries (`Ignored` for kinds that change nothing here, such as `opened`).
+    pub fn event(self) -> Result<Event, FeedbackError> {
+        mailgun_event(self.post, self.token_key)
+    }
+}
+
+fn mailgun_event(post: MailgunPost, key: String) -> Result<Event, FeedbackError> {
     let e = &post.event;
     let text = |path: &[&str]| {
         path.iter()
@@ -276,9 +308,7 @@ pub fn mailgun(raw: &[u8], signing_key: &str, now: i64) -> Result<Event, Feedbac
         .or_else(|| text(&["delivery-status", "message"]))
         .or_else(|| text(&["reason"]));
     Ok(Event {
-        // The signature covers only timestamp and token, not the event: the token must be single-use,
-        // or a captured signature could carry any event for five minutes.
-        key: format!("mailgun:{}", s.token),
+        key,
         provider: "mailgun",
         kind,
         email: email.trim().to_ascii_lowercase(),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,9 @@ pub fn router() -> Router<Arc<Service>> {
 pub struct SesIntake {
     pub verifier: renderer::sns::Verifier,
     pub confirm: reqwest::Client,
+    pub topics: Vec<String>,
+    /// The section it was built from: a config edit builds a new one.
+    pub built_from: feedback::SesFeedback,
 }
 
 impl SesIntake {
@@ -44,6 +48,8 @@ impl SesIntake {
                 certs,
             ),
             confirm: renderer::sns::confirm_client(),
+            topics: cfg.topic_arns.clone(),
+            built_from: cfg.clone(),
         })
     }
 }
@@ -92,9 +98,10 @@ async fn record(svc: &Service, events: &[feedback::Event]) -> Result<usize, Prob
 async fn sendgrid(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let Some(key) = svc.feedback.sendgrid.public_key.as_deref() else {
+    let config = svc.work.config.borrow().feedback.sendgrid.clone();
+    let Some(key) = config.public_key.as_deref() else {
         return Err(disabled(
             "sendgrid",
             "set [feedback.sendgrid] public_key to the Signed Event Webhook's verification key",
@@ -106,6 +113,11 @@ async fn sendgrid(
         Problem::internal()
     })?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // The signature covers the body, so the body must be read; a post without one is not.
+    if header("x-twilio-email-event-webhook-signature").is_none() {
+        return Err(unauthorised(FeedbackError::BadSignature));
+    }
+    let body = crate::body::read(body, crate::body::WEBHOOK, "a SendGrid webhook").await?;
     let events = match feedback::sendgrid(
         &body,
         header("x-twilio-email-event-webhook-timestamp"),
@@ -124,9 +136,9 @@ async fn sendgrid(
 async fn postmark(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
-    let p = &svc.feedback.postmark;
+    let p = svc.work.config.borrow().feedback.postmark.clone();
     let (Some(user), Some(password)) = (p.username.as_deref(), p.password.as_deref()) else {
         return Err(disabled(
             "postmark",
@@ -150,6 +162,7 @@ async fn postmark(
         );
         return Ok(response);
     }
+    let body = crate::body::read(body, crate::body::WEBHOOK, "a Postmark webhook").await?;
     match feedback::postmark(&body) {
         Ok(event) => {
             record(&svc, &[event]).await?;
@@ -161,18 +174,19 @@ async fn postmark(
 }
 
 /// Mailgun retries anything but 200 and 406 for hours; 406 tells it to stop (stale or replayed).
-async fn mailgun(
-    State(svc): State<Arc<Service>>,
-    body: axum::body::Bytes,
-) -> Result<Response, Problem> {
-    let Some(key) = svc.feedback.mailgun.signing_key.as_deref() else {
+async fn mailgun(State(svc): State<Arc<Service>>, body: Body) -> Result<Response, Problem> {
+    let config = svc.work.config.borrow().feedback.mailgun.clone();
+    let Some(key) = config.signing_key.as_deref() else {
         return Err(disabled(
             "mailgun",
             "set CONDUCTOR__FEEDBACK__MAILGUN__SIGNING_KEY to the webhook signing key",
         ));
     };
-    let event = match feedback::mailgun(&body, key, svc.work.clock.now_ms()) {
-        Ok(e) => e,
+    // Mailgun's signature is inside the JSON, so the body is read first, but never past a webhook's size.
+    let body = crate::body::read(body, crate::body::WEBHOOK, "a Mailgun webhook").await?;
+    let now = svc.work.clock.now_ms();
+    let verified = match feedback::mailgun_verify(&body, key, now) {
+        Ok(v) => v,
         Err(e @ FeedbackError::BadSignature) => return Err(unauthorised(e)),
         Err(e @ FeedbackError::Stale { .. }) => {
             return Err(Problem::new(
@@ -182,18 +196,29 @@ async fn mailgun(
                 e.to_string(),
             ))
         }
-        Err(FeedbackError::Ignored(_)) => return Ok(StatusCode::OK.into_response()),
-        Err(e @ FeedbackError::Malformed(_)) => return Err(malformed("mailgun", e)),
+        Err(e) => return Err(malformed("mailgun", e)),
     };
-    if record(&svc, std::slice::from_ref(&event)).await? == 1 {
-        Ok(StatusCode::OK.into_response())
-    } else {
-        Err(Problem::new(
+    // Spent before the event is read, whatever it turns out to be.
+    let forget_before = now - 2 * feedback::MAX_AGE_MS;
+    if !svc
+        .store
+        .spend_token(&verified.token_key, now, forget_before)
+        .await?
+    {
+        return Err(Problem::new(
             StatusCode::NOT_ACCEPTABLE,
             "/problems/replayed-webhook",
             "Already received",
-            format!("event {} was recorded before", event.key),
-        ))
+            "this signature's token was used before",
+        ));
+    }
+    match verified.event() {
+        Ok(event) => {
+            record(&svc, std::slice::from_ref(&event)).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        Err(FeedbackError::Ignored(_)) => Ok(StatusCode::OK.into_response()),
+        Err(e) => Err(malformed("mailgun", e)),
     }
 }
 
@@ -203,15 +228,28 @@ async fn mailgun(
 async fn ses(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
     use renderer::sns::{MessageType, SnsError};
-    let Some(intake) = svc.ses.as_ref() else {
+    let Some(intake) = svc.ses_intake() else {
         return Err(disabled(
             "ses",
             "set [feedback.ses] topic_arns to the SNS topics SES publishes feedback to",
         ));
     };
+    // SNS names the topic in a header: a post for a topic we do not take is refused unread.
+    let topic = headers
+        .get("x-amz-sns-topic-arn")
+        .and_then(|v| v.to_str().ok());
+    if topic.is_some_and(|t| !intake.topics.iter().any(|known| known == t)) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "/problems/bad-signature",
+            "Not a genuine SNS delivery",
+            "the topic is not one of [feedback.ses] topic_arns",
+        ));
+    }
+    let body = crate::body::read(body, crate::body::WEBHOOK, "an SNS delivery").await?;
     let msg = match intake.verifier.check(&body).await {
         Ok(m) => m,
         Err(e @ (SnsError::Malformed(_) | SnsError::UnknownType(_))) => {

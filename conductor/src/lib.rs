@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+mod body;
 pub mod cli;
 pub mod config;
 pub mod config_watch;
@@ -22,6 +23,7 @@ pub mod retry;
 pub mod schedule;
 pub mod secret;
 pub mod service;
+mod site;
 pub mod startup;
 pub mod store;
 pub mod throttle;

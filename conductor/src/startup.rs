@@ -120,7 +120,11 @@ impl Runtime {
             let sender = Arc::new(Sender::new(
                 work.clone(),
                 bodies,
-                config.safety.guard(config.provider.build(clock.clone())?),
+                // Read at every send: a [safety] edit protects the next message.
+                sender::safety::Safety::guard_live(config.provider.build(clock.clone())?, {
+                    let live = work.config.clone();
+                    Arc::new(move || live.borrow().safety.clone())
+                }),
                 clock,
                 config.sender.sender_config(&config.provider),
                 stop.clone(),
@@ -141,12 +145,9 @@ impl Runtime {
         let service = Arc::new(Service {
             store,
             work,
-            templates_dir: config.campaigns.templates_dir.clone(),
             max_body_bytes: config.server.max_body_bytes,
-            worker_secret: config.workers.secret.clone(),
-            safety: config.safety.clone(),
-            feedback: config.feedback.clone(),
-            ses: crate::feedback_api::SesIntake::new(&config.feedback.ses, hooks.sns_certs),
+            ses: Default::default(),
+            sns_certs: hooks.sns_certs,
             progress: Default::default(),
             streams: CancellationToken::new(),
         });

@@ -73,10 +73,15 @@ async fn confirm(State(svc): State<Arc<Service>>, Path(token): Path<String>) -> 
 async fn unsubscribe(
     State(svc): State<Arc<Service>>,
     Path(token): Path<String>,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let Some(who) = subscriber(&svc, &token) else {
         return not_valid();
+    };
+    // The link's signature is the proof; only then is the (tiny) body read.
+    let body = match crate::body::read(body, crate::body::UNSUBSCRIBE, "an unsubscribe").await {
+        Ok(b) => b,
+        Err(p) => return p.into_response(),
     };
     let now = svc.work.clock.now_ms();
     let row = match svc

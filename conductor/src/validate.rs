@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use renderer::{context, CompiledTemplate, Mailbox, RecipientData, TemplateError, TemplateSource};
+use renderer::{
+    context, CompiledTemplate, Mailbox, RecipientData, RenderLimits, TemplateError, TemplateSource,
+};
 use sender::safety::Safety;
 use serde::Deserialize;
 
@@ -128,6 +130,8 @@ pub struct ValidCampaign {
     pub recipients: Vec<RecipientData>,
     pub duplicates: usize,
     pub limits: Limits,
+    /// Things that will not stop the send but that a sender should know (Gmail's clip).
+    pub warnings: Vec<String>,
 }
 
 /// One thing wrong, and where.
@@ -335,6 +339,7 @@ pub fn validate(
     rows: Vec<Row>,
     templates: &Path,
     safety: &Safety,
+    render: RenderLimits,
 ) -> Result<ValidCampaign, Invalid> {
     let mut errors = Vec::new();
     let name = req.name.trim().to_string();
@@ -388,7 +393,7 @@ pub fn validate(
             return Err(Invalid::Fields(errors));
         }
     };
-    let compiled = CompiledTemplate::compile(&template).map_err(|e| match e {
+    let compiled = CompiledTemplate::compile_with(&template, render).map_err(|e| match e {
         TemplateError::Syntax { .. } => Invalid::TemplateSyntax(e.to_string()),
         other => Invalid::Fields(vec![field("template", other.to_string())]),
     })?;
@@ -450,9 +455,16 @@ pub fn validate(
     if kept.is_empty() {
         return Err(Invalid::NoRecipients);
     }
-    let render_errors = trial_render(&compiled, &kept);
-    if !render_errors.is_empty() {
-        return Err(Invalid::Fields(render_errors));
+    let trial = trial_render(&compiled, &kept);
+    if !trial.errors.is_empty() {
+        return Err(Invalid::Fields(trial.errors));
+    }
+    let mut warnings = Vec::new();
+    if let Some((at, bytes)) = trial.largest_html.filter(|(_, b)| *b > GMAIL_CLIP_BYTES) {
+        warnings.push(format!(
+            "the HTML of {at} is {} KB: Gmail clips messages over about 102 KB behind a \"View entire message\" link",
+            bytes / 1000
+        ));
     }
     Ok(ValidCampaign {
         name,
@@ -464,21 +476,34 @@ pub fn validate(
         recipients: kept.into_iter().map(|(_, r)| r).collect(),
         duplicates,
         limits,
+        warnings,
     })
 }
 
-/// Renders every recipient in strict mode, on every core, and reports the first problems in list order.
-fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Vec<FieldError> {
+/// Gmail shows only the first ~102 KB of a message's HTML.
+pub const GMAIL_CLIP_BYTES: usize = 102 * 1024;
+
+struct Trial {
+    errors: Vec<FieldError>,
+    /// The largest rendered HTML and the row it belongs to.
+    largest_html: Option<(String, usize)>,
+}
+
+/// Renders every recipient in strict mode, on every core, and reports the first problems in list
+/// order, and the largest HTML seen.
+fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Trial {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     let chunk = rows.len().div_ceil(threads).max(1);
-    let mut errors: Vec<(i64, FieldError)> = std::thread::scope(|s| {
+    type Part = (Vec<(i64, FieldError)>, Option<(i64, usize)>);
+    let parts: Vec<Part> = std::thread::scope(|s| {
         let handles: Vec<_> = rows
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
                     let mut errs = Vec::new();
+                    let mut largest: Option<(i64, usize)> = None;
                     for (at, r) in part {
                         let problem = match t.render(&context(r)) {
                             Err(e) => Some(field(format!("{at} ({})", r.email), format!("{e}"))),
@@ -486,7 +511,12 @@ fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Vec<F
                                 format!("{at} ({})", r.email),
                                 "the rendered subject contains CR or LF (header injection)",
                             )),
-                            Ok(_) => None,
+                            Ok(p) => {
+                                if largest.is_none_or(|(_, b)| p.html.len() > b) {
+                                    largest = Some((r.id, p.html.len()));
+                                }
+                                None
+                            }
                         };
                         if let Some(p) = problem {
                             errs.push((r.id, p));
@@ -495,21 +525,29 @@ fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Vec<F
                             }
                         }
                     }
-                    errs
+                    (errs, largest)
                 })
             })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .map(|h| h.join().unwrap_or_default())
             .collect()
     });
+    let largest = parts
+        .iter()
+        .filter_map(|(_, l)| *l)
+        .max_by_key(|(id, b)| (*b, std::cmp::Reverse(*id)));
+    let mut errors: Vec<(i64, FieldError)> = parts.into_iter().flat_map(|(e, _)| e).collect();
     errors.sort_by_key(|(id, _)| *id);
-    errors
-        .into_iter()
-        .take(MAX_ERRORS)
-        .map(|(_, e)| e)
-        .collect()
+    Trial {
+        errors: errors
+            .into_iter()
+            .take(MAX_ERRORS)
+            .map(|(_, e)| e)
+            .collect(),
+        largest_html: largest.map(|(id, b)| (rows[id as usize].0.clone(), b)),
+    }
 }
 
 #[cfg(test)]
@@ -596,6 +634,7 @@ mod tests {
             rows(&["a@example.com", "A@Example.com", "b@example.com"]),
             Path::new("/nonexistent"),
             &Safety::default(),
+            RenderLimits::default(),
         )
         .unwrap();
         assert_eq!(v.recipients.len(), 2);
@@ -618,6 +657,7 @@ mod tests {
             rs,
             Path::new("/nonexistent"),
             &Safety::default(),
+            RenderLimits::default(),
         )
         .unwrap_err();
         match err {
@@ -646,7 +686,15 @@ mod tests {
                 .unwrap()
                 .clone(),
         );
-        match validate(r, rs, Path::new("/nonexistent"), &Safety::default()).unwrap_err() {
+        match validate(
+            r,
+            rs,
+            Path::new("/nonexistent"),
+            &Safety::default(),
+            RenderLimits::default(),
+        )
+        .unwrap_err()
+        {
             Invalid::Fields(errs) => assert!(errs[0].message.contains("header injection")),
             other => panic!("{other:?}"),
         }
@@ -655,7 +703,14 @@ mod tests {
     #[test]
     fn empty_and_invalid_recipients() {
         assert_eq!(
-            validate(req("<p>x</p>"), vec![], Path::new("/x"), &Safety::default()).unwrap_err(),
+            validate(
+                req("<p>x</p>"),
+                vec![],
+                Path::new("/x"),
+                &Safety::default(),
+                RenderLimits::default()
+            )
+            .unwrap_err(),
             Invalid::NoRecipients
         );
         match validate(
@@ -663,6 +718,7 @@ mod tests {
             rows(&["ok@example.com", "not-an-address"]),
             Path::new("/x"),
             &Safety::default(),
+            RenderLimits::default(),
         )
         .unwrap_err()
         {
@@ -683,6 +739,7 @@ mod tests {
             rows(&["ok@example.com", "real.person@gmail.com"]),
             Path::new("/x"),
             &sandbox,
+            RenderLimits::default(),
         )
         .unwrap_err()
         {

@@ -169,6 +169,7 @@ impl WorkSource for Work {
             // A request started at the last moment may take the provider timeout to answer, and its
             // report a few retries to arrive.
             ttl_ms: cfg.provider.timeout_ms as i64 + i64::from(cfg.workers.lease_grace_ms),
+            safety: cfg.safety.clone(),
         };
         let reply = self
             .store
@@ -236,6 +237,7 @@ impl RenderSource for Work {
         {
             Ok(Some(mut input)) => {
                 self.metrics.render_claimed(&job.campaign_id, job.batch);
+                input.limits = self.config().campaigns.render_limits();
                 // Signed here, not by the renderer: the secret stays with the conductor.
                 if let Some(links) = self.config().unsubscribe.links() {
                     for r in &mut input.recipients {

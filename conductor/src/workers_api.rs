@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +27,9 @@ pub fn router() -> Router<Arc<Service>> {
 }
 
 fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(secret) = svc.worker_secret.as_deref() else {
+    // Live: a rotated secret applies at the next request.
+    let secret = svc.work.config.borrow().workers.secret.clone();
+    let Some(secret) = secret.as_deref() else {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "/problems/workers-disabled",
@@ -62,9 +65,10 @@ fn unavailable(e: WorkError) -> Problem {
 async fn lease(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
+    let body = crate::body::read(body, crate::body::WORKER_SMALL, "a lease request").await?;
     let req: LeaseRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     if !(1..=10_000).contains(&req.want) {
         return Err(Problem::new(
@@ -86,9 +90,10 @@ async fn report(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
+    let body = crate::body::read(body, crate::body::WORKER_REPORT, "a lease report").await?;
     let req: ReportRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     match svc.work.report(&id, req.outcomes, req.last).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -125,9 +130,10 @@ fn source_problem(e: SourceError) -> Problem {
 async fn claim(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
+    let body = crate::body::read(body, crate::body::WORKER_SMALL, "a render claim").await?;
     let job: RenderJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     let input = svc.work.load(&job).await.map_err(source_problem)?;
     Ok(Json(input).into_response())
@@ -136,9 +142,10 @@ async fn claim(
 async fn rendered(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
+    let body = crate::body::read(body, crate::body::WORKER_REPORT, "a render report").await?;
     let report: RenderedReport =
         serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     // Senders fetch what the store names: only the batch's own key may be recorded.

@@ -60,7 +60,7 @@ pub fn from_toml<T: DeserializeOwned>(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
     let mut table: toml::Table =
-        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        toml::from_str(text).map_err(|e| ConfigError::Parse(quoteless(&e, Some(text))))?;
     for secret in SECRETS {
         let mut node = Some(&table);
         let mut value = None;
@@ -92,25 +92,68 @@ pub fn from_toml<T: DeserializeOwned>(
             .split("__")
             .map(str::to_ascii_lowercase)
             .collect();
-        set_path(&mut table, &path, &value)
+        // A secret is whatever the variable holds, never a TOML value (`0x…` is not a number).
+        let secret = SECRETS
+            .iter()
+            .any(|s| s.len() == path.len() && s.iter().zip(&path).all(|(a, b)| a == b));
+        set_path(&mut table, &path, &value, secret)
             .map_err(|reason| invalid(&path.join("."), format!("from {key}: {reason}")))?;
     }
-    // Through text once more so that type errors quote the offending key and value.
     let merged = toml::to_string(&table).map_err(|e| ConfigError::Parse(e.to_string()))?;
     toml::from_str(&merged).map_err(|e| {
         let source = if applied.is_empty() {
             String::new()
         } else {
-            // The quoted line is of the file merged with these, not of the file alone.
-            format!("\n(with environment overrides {})", applied.join(", "))
+            format!(" (with environment overrides {})", applied.join(", "))
         };
-        ConfigError::Parse(format!("{e}{source}"))
+        let key = e.span().and_then(|span| key_at(&merged, span.start));
+        let message = quoteless(&e, None);
+        ConfigError::Parse(match key {
+            Some(key) => format!("`{key}`: {message}{source}"),
+            None => format!("{message}{source}"),
+        })
     })
+}
+
+/// The dotted key whose line holds byte `at` of a TOML text (section headers followed), without its
+/// value.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = &text[..at.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim().trim_matches('"');
+    let section = before[..line_start].lines().rev().find_map(|l| {
+        l.trim()
+            .strip_prefix('[')?
+            .strip_suffix(']')
+            .map(|s| s.trim_matches(['[', ']']))
+    });
+    Some(match section {
+        Some(s) => format!("{s}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+/// A TOML error without the source line toml quotes (it may hold a secret, a password in a URL):
+/// the message names the key, and the position is given for the file as written.
+fn quoteless(e: &toml::de::Error, text: Option<&str>) -> String {
+    let at = text.zip(e.span()).map(|(t, span)| {
+        let before = &t[..span.start.min(t.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!("{}{}", at.unwrap_or_default(), e.message().trim())
 }
 
 /// Sets `path` in `table` to `value`, read as a TOML value when it is one (numbers, booleans) and as a
 /// string otherwise.
-fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(), String> {
+fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: &str,
+    plain: bool,
+) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty key")?;
     let mut t = table;
     for p in parents {
@@ -120,9 +163,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(),
             .as_table_mut()
             .ok_or_else(|| format!("`{p}` is not a section"))?;
     }
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
+    let parsed = (!plain)
+        .then(|| format!("v = {value}").parse::<toml::Table>().ok())
+        .flatten()
         .and_then(|mut t| t.remove("v"))
         .filter(|v| !v.is_table())
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
@@ -145,5 +188,62 @@ impl WorkerSecret {
                 "set CONDUCTOR__WORKERS__SECRET to the secret the conductor was given",
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default)]
+    struct Probe {
+        workers: WorkerSecret,
+        store: StoreProbe,
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(default)]
+    struct StoreProbe {
+        url: String,
+        pool: u32,
+    }
+
+    impl std::fmt::Debug for WorkerSecret {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("WorkerSecret")
+        }
+    }
+
+    fn env(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(k.to_string(), v.to_string())]
+    }
+
+    #[test]
+    fn a_secret_from_the_environment_is_taken_as_written() {
+        // As TOML these would be a number, a boolean and an array.
+        for value in ["0x1234abcd5678ef90", "true", "[1, 2]", "12345678901234567"] {
+            let p: Probe = from_toml("", env("CONDUCTOR__WORKERS__SECRET", value)).unwrap();
+            assert_eq!(p.workers.require().unwrap(), value);
+        }
+        // Other keys still read TOML values.
+        let p: Probe = from_toml("", env("CONDUCTOR__STORE__POOL", "7")).unwrap();
+        assert_eq!(p.store.pool, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key_but_never_quote_the_line() {
+        let text = "[store]\nurl = \"postgres://u:hunter2@db/x\"\npool = \"many\"\n";
+        let e = from_toml::<Probe>(text, Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store.pool"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let broken = "[store]\nurl = \"postgres://u:hunter2@db/x\nx";
+        let e = from_toml::<Probe>(broken, Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

@@ -10,11 +10,17 @@
 use std::collections::BTreeMap;
 
 const MAX_DEPTH: usize = 8;
+/// The HTML parser and serializer under the inliner recurse once per element level and overflow a
+/// thread's stack a few thousand levels down; real layouts nest a few dozen.
+const MAX_ELEMENT_DEPTH: usize = 500;
 
 /// The template with its CSS inlined, or `None` when it should be used as written.
 pub(crate) fn inline_template(html: &str, partials: &BTreeMap<String, String>) -> Option<String> {
     let flat = flatten(html, partials, 0)?;
     if !flat.contains("<style") || flat.contains("{{>") || flat.contains("{{#>") {
+        return None;
+    }
+    if element_depth(&flat) > MAX_ELEMENT_DEPTH {
         return None;
     }
     let (protected, exprs) = protect(&flat)?;
@@ -29,6 +35,40 @@ pub(crate) fn inline_template(html: &str, partials: &BTreeMap<String, String>) -
         return None;
     }
     restore(&inlined, &exprs)
+}
+
+/// An upper bound on how deep elements nest: start tags less end tags, void and self-closed
+/// elements aside. Elements whose end tag may be left out (`<p>`, `<li>`) count as open, so this
+/// errs on the deep side, which only costs an inlining.
+fn element_depth(html: &str) -> usize {
+    const VOID: &[&str] = &[
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+        "source", "track", "wbr",
+    ];
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let closing = rest.starts_with('/');
+        let name_start = usize::from(closing);
+        let len = rest[name_start..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len() - name_start);
+        let name = &rest[name_start..name_start + len];
+        if name.is_empty() {
+            continue;
+        }
+        if closing {
+            depth = depth.saturating_sub(1);
+            continue;
+        }
+        let self_closed = rest.find('>').is_some_and(|end| rest[..end].ends_with('/'));
+        if !self_closed && !VOID.iter().any(|v| name.eq_ignore_ascii_case(v)) {
+            depth += 1;
+            deepest = deepest.max(depth);
+        }
+    }
+    deepest
 }
 
 /// Start tags (less the ones a parser adds and the inliner removes) and expression placeholders, in order.

@@ -49,6 +49,9 @@ pub struct RenderInput {
     pub reply_to: Option<Mailbox>,
     pub template: TemplateSource,
     pub recipients: Vec<RecipientData>,
+    /// What one recipient's render may cost: the conductor's `[campaigns]` settings.
+    #[serde(default)]
+    pub limits: crate::bounds::RenderLimits,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod batch;
 pub mod body_store;
+mod bounds;
 pub mod config;
 mod css;
 pub mod job;
@@ -18,6 +19,7 @@ pub mod worker;
 
 pub use batch::{BatchCodecError, Mailbox, RenderedBatch, RenderedMessage};
 pub use body_store::{BodyError, BodyStore, LocalBodyStore};
+pub use bounds::{RenderLimits, TemplateLimits};
 pub use job::{
     context, RecipientData, RenderInput, RenderJob, RenderSource, SourceError, UnsubscribeLink,
 };

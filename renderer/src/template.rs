@@ -6,6 +6,7 @@ use std::path::Path;
 use handlebars::Handlebars;
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{self, RenderLimits, TemplateLimits};
 use crate::css;
 
 /// Everything a campaign needs to render, stored with the campaign so later edits of `templates/`
@@ -38,6 +39,9 @@ pub enum TemplateError {
     },
     #[error("{part}: {reason}")]
     Invalid { part: String, reason: String },
+    /// Recursive, too deeply nested, too wide or too large to render safely.
+    #[error("{0}")]
+    Unbounded(#[from] bounds::Refusal),
 }
 
 /// A recipient whose data does not fit the template. `part` is `subject`, `html`, `text` or a partial.
@@ -134,6 +138,7 @@ pub struct CompiledTemplate {
     html: Handlebars<'static>,
     plain: Handlebars<'static>,
     has_text: bool,
+    limits: RenderLimits,
     /// False when the CSS could not be inlined safely and the `<style>` block was kept as it was.
     pub css_inlined: bool,
 }
@@ -148,7 +153,33 @@ impl std::fmt::Debug for CompiledTemplate {
 }
 
 impl CompiledTemplate {
+    /// Compiles with the default render limits.
     pub fn compile(src: &TemplateSource) -> Result<Self, TemplateError> {
+        Self::compile_with(src, RenderLimits::default())
+    }
+
+    /// Compiles, refusing what could not render within `limits` (recursive or exponential partials,
+    /// nesting too deep, a template already over the message limit); every render then runs under them.
+    pub fn compile_with(src: &TemplateSource, limits: RenderLimits) -> Result<Self, TemplateError> {
+        let shape = TemplateLimits::default();
+        let parts = [
+            ("subject", Some(&src.subject)),
+            ("html", Some(&src.html)),
+            ("text", src.text.as_ref()),
+        ];
+        let partials = src.partials.iter().map(|(n, b)| (n.as_str(), Some(b)));
+        for (part, body) in parts.into_iter().chain(partials) {
+            let Some(body) = body else { continue };
+            if body.len() > shape.max_source_bytes {
+                return Err(bounds::Refusal::SourceTooLarge {
+                    part: part.to_string(),
+                    bytes: body.len(),
+                    limit: shape.max_source_bytes,
+                }
+                .into());
+            }
+            bounds::check_nesting(part, body, shape.max_depth)?;
+        }
         if src.subject.trim().is_empty() {
             return Err(TemplateError::Invalid {
                 part: "subject".into(),
@@ -173,36 +204,71 @@ impl CompiledTemplate {
         if let Some(text) = &src.text {
             register(&mut plain, "text", text)?;
         }
+        let max = limits.max_message_bytes;
+        bounds::check(&html, &["html"], shape, max)?;
+        bounds::check(&plain, &["subject", "text"], shape, max)?;
         // CSS is inlined once into the template, never per recipient.
         let inlined = css::inline_template(&src.html, &src.partials);
         let css_inlined = inlined.is_some();
         if let Some(inlined) = inlined {
             register(&mut html, "html", &inlined)?;
+            bounds::check(&html, &["html"], shape, max)?;
         }
         Ok(Self {
             html,
             plain,
             has_text: src.text.is_some(),
+            limits,
             css_inlined,
         })
     }
 
-    /// Renders one recipient. `ctx` is the recipient's data object.
+    pub fn limits(&self) -> RenderLimits {
+        self.limits
+    }
+
+    /// Renders one recipient. `ctx` is the recipient's data object. A message over
+    /// `max_message_bytes` or a render over `max_render_ms` is an error naming the limit.
     pub fn render(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
-        let subject = self
-            .plain
-            .render("subject", ctx)
-            .map_err(|e| render_error("subject", e))?;
-        let html = self
-            .html
-            .render("html", ctx)
-            .map_err(|e| render_error("html", e))?;
+        match bounds::within(self.limits, || self.render_parts(ctx)) {
+            Ok(parts) => parts,
+            Err(limit) => Err(RenderError {
+                part: "message".into(),
+                line: None,
+                column: None,
+                reason: limit.to_string(),
+                field: None,
+            }),
+        }
+    }
+
+    fn render_parts(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
+        let mut left = self.limits.max_message_bytes;
+        let mut part = |registry: &Handlebars<'static>, name: &str| {
+            let mut out = bounds::BoundedWriter::new(left);
+            registry
+                .render_to_write(name, ctx, &mut out)
+                .map_err(|e| render_error(name, e))?;
+            left -= out.buf.len();
+            // Handlebars writes whole `&str` segments, so the bytes are UTF-8.
+            Ok::<_, RenderError>(String::from_utf8_lossy(&out.buf).into_owned())
+        };
+        let subject = part(&self.plain, "subject")?;
+        let html = part(&self.html, "html")?;
         let text = if self.has_text {
-            self.plain
-                .render("text", ctx)
-                .map_err(|e| render_error("text", e))?
+            part(&self.plain, "text")?
         } else {
-            html_to_text(&html)
+            let text = html_to_text(&html);
+            if text.len() > left {
+                return Err(RenderError {
+                    part: "text".into(),
+                    line: None,
+                    column: None,
+                    reason: bounds::Exceeded::Bytes(self.limits.max_message_bytes).to_string(),
+                    field: None,
+                });
+            }
+            text
         };
         Ok(RenderedParts {
             subject: subject.trim().to_string(),
@@ -216,9 +282,8 @@ fn registry(escape_html: bool) -> Handlebars<'static> {
     let mut h = Handlebars::new();
     h.set_strict_mode(true);
     h.set_prevent_indent(true);
-    if !escape_html {
-        h.register_escape_fn(handlebars::no_escape);
-    }
+    h.register_escape_fn(bounds::counting_escape(escape_html));
+    h.register_helper("each", Box::new(bounds::BoundedEach));
     h
 }
 

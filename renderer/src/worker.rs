@@ -103,7 +103,10 @@ impl Renderer {
         let (template, bytes, failed, count) = tokio::task::spawn_blocking(move || {
             let template = match cached {
                 Some(t) => t,
-                None => Arc::new(CompiledTemplate::compile(&input.template)?),
+                None => Arc::new(CompiledTemplate::compile_with(
+                    &input.template,
+                    input.limits,
+                )?),
             };
             let (batch, failed) = render_batch(&job2, &input, &template);
             let bytes = batch.encode()?;

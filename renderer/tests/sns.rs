@@ -193,6 +193,7 @@ impl RenderSource for FakeSource {
     async fn load(&self, job: &RenderJob) -> Result<RenderInput, SourceError> {
         self.loads.lock().unwrap().push(job.clone());
         Ok(RenderInput {
+            limits: Default::default(),
             from: Mailbox {
                 email: "news@example.com".into(),
                 name: None,

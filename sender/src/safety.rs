@@ -48,24 +48,21 @@ impl Safety {
         Ok(())
     }
 
-    /// Whether `email` may be mailed. Case-insensitive; always true outside sandbox mode.
+    /// Whether `email` may be mailed, compared in [`canonical`] form; always true outside sandbox
+    /// mode.
     pub fn allows(&self, email: &str) -> bool {
         if !self.sandbox {
             return true;
         }
-        let email = email.trim().to_ascii_lowercase();
-        if self
-            .allow_addresses
-            .iter()
-            .any(|a| a.trim().eq_ignore_ascii_case(&email))
-        {
+        let email = canonical(email);
+        if self.allow_addresses.iter().any(|a| canonical(a) == email) {
             return true;
         }
         let Some((_, domain)) = email.rsplit_once('@') else {
             return false;
         };
         self.allow_domains.iter().any(|d| {
-            let d = d.trim().trim_start_matches('.').to_ascii_lowercase();
+            let d = canonical_domain(d.trim().trim_start_matches('.'));
             domain == d || domain.ends_with(&format!(".{d}"))
         })
     }
@@ -73,20 +70,45 @@ impl Safety {
     /// The provider, behind the send-time check when sandboxed.
     pub fn guard(&self, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
         if self.sandbox {
-            Arc::new(Sandboxed {
-                inner: provider,
-                safety: self.clone(),
-            })
+            let fixed = self.clone();
+            Self::guard_live(provider, Arc::new(move || fixed.clone()))
         } else {
             provider
         }
     }
+
+    /// The provider behind a check that asks `live` for the settings at every send, so turning the
+    /// sandbox on in a watched config protects the very next message.
+    pub fn guard_live(provider: Arc<dyn Provider>, live: Arc<LiveSafety>) -> Arc<dyn Provider> {
+        Arc::new(Sandboxed {
+            inner: provider,
+            safety: live,
+        })
+    }
+}
+
+/// Where the sandbox settings in force are read from.
+pub type LiveSafety = dyn Fn() -> Safety + Send + Sync;
+
+/// The one form in which addresses are compared everywhere (suppression list, duplicates, sandbox):
+/// trimmed, the local part lower-cased (Unicode, as mailbox providers treat it), the domain in its
+/// IDNA ASCII form (`Bücher.DE` and `xn--bcher-kva.de` are one domain).
+pub fn canonical(email: &str) -> String {
+    let email = email.trim();
+    match email.rsplit_once('@') {
+        Some((local, domain)) => format!("{}@{}", local.to_lowercase(), canonical_domain(domain)),
+        None => email.to_lowercase(),
+    }
+}
+
+fn canonical_domain(domain: &str) -> String {
+    idna::domain_to_ascii(domain.trim()).unwrap_or_else(|_| domain.trim().to_lowercase())
 }
 
 /// Refuses, without a request, any recipient the sandbox does not allow.
 struct Sandboxed {
     inner: Arc<dyn Provider>,
-    safety: Safety,
+    safety: Arc<LiveSafety>,
 }
 
 #[async_trait]
@@ -96,7 +118,7 @@ impl Provider for Sandboxed {
     }
 
     async fn send(&self, msg: OutgoingMessage<'_>) -> Outcome {
-        if self.safety.allows(&msg.message.to) {
+        if (self.safety)().allows(&msg.message.to) {
             self.inner.send(msg).await
         } else {
             refused(msg)
@@ -109,10 +131,11 @@ impl Provider for Sandboxed {
 
     /// Only the allowed messages reach the provider's request; the outcomes keep the input's order.
     async fn send_batch(&self, msgs: &[OutgoingMessage<'_>]) -> Vec<Outcome> {
+        let safety = (self.safety)();
         let allowed: Vec<OutgoingMessage<'_>> = msgs
             .iter()
             .copied()
-            .filter(|m| self.safety.allows(&m.message.to))
+            .filter(|m| safety.allows(&m.message.to))
             .collect();
         let mut sent = if allowed.is_empty() {
             Vec::new()
@@ -122,7 +145,7 @@ impl Provider for Sandboxed {
         .into_iter();
         msgs.iter()
             .map(|m| {
-                if self.safety.allows(&m.message.to) {
+                if safety.allows(&m.message.to) {
                     sent.next().unwrap_or(Outcome::Unknown {
                         reason: "the provider gave fewer answers than messages".into(),
                     })

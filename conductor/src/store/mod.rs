@@ -187,6 +187,8 @@ pub struct LeaseRules {
     /// How long after its spend-by moment a lease not closed is expired: its unreported recipients
     /// become `unknown`.
     pub ttl_ms: i64,
+    /// The sandbox in force now: recipients it does not allow are failed, not leased.
+    pub safety: sender::safety::Safety,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -270,6 +272,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         event: &crate::feedback::Event,
         now: Millis,
+    ) -> Result<bool, StoreError>;
+
+    /// Spends a single-use webhook token (a Mailgun signature's): `true` the first time `key` is
+    /// seen, `false` for a replay. Tokens older than `forget_before` are forgotten (their posts are
+    /// refused as stale by then anyway).
+    async fn spend_token(
+        &self,
+        key: &str,
+        now: Millis,
+        forget_before: Millis,
     ) -> Result<bool, StoreError>;
 
     /// A page of a campaign's recipients in id order, after `after`, optionally in one state.

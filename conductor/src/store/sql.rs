@@ -35,6 +35,7 @@ const GLOBAL: &str = "global";
 struct Pick {
     batch: i64,
     ids: Vec<i64>,
+    emails: Vec<String>,
     domain: Option<(String, u32)>,
 }
 
@@ -79,14 +80,14 @@ impl Backend {
     fn insert_recipients(self) -> &'static str {
         match self {
             Backend::Sqlite => {
-                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) \
+                "INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, data, state, updated_ms) \
                  SELECT $1, json_extract(r.value, '$.id'), json_extract(r.value, '$.batch'), \
-                 json_extract(r.value, '$.email'), json_extract(r.value, '$.name'), \
+                 json_extract(r.value, '$.email'), json_extract(r.value, '$.key'), json_extract(r.value, '$.name'), \
                  json_extract(r.value, '$.data'), 'pending', $2 FROM json_each($3) AS r"
             }
             Backend::Postgres => {
-                "INSERT INTO recipients (campaign_id, id, batch, email, name, data, state, updated_ms) \
-                 SELECT $1, (r->>'id')::bigint, (r->>'batch')::bigint, r->>'email', r->>'name', \
+                "INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, data, state, updated_ms) \
+                 SELECT $1, (r->>'id')::bigint, (r->>'batch')::bigint, r->>'email', r->>'key', r->>'name', \
                  r->>'data', 'pending', $2 FROM jsonb_array_elements($3::jsonb) AS r"
             }
         }
@@ -293,19 +294,108 @@ impl SqlStore {
             };
             let mut domain = None;
             let mut ids = Vec::with_capacity(rows.len());
+            let mut emails = Vec::with_capacity(rows.len());
             for (k, row) in rows.iter().enumerate() {
-                let group = group_of(row.get::<&str, _>("email"));
+                let email: String = row.get("email");
+                let group = group_of(&email);
                 if k == 0 {
                     domain = group;
                 } else if group != domain {
                     continue;
                 }
                 ids.push(row.get::<i64, _>("id"));
+                emails.push(email);
             }
             if !ids.is_empty() {
-                return Ok(Some(Pick { batch, ids, domain }));
+                return Ok(Some(Pick {
+                    batch,
+                    ids,
+                    emails,
+                    domain,
+                }));
             }
             after = batch;
+        }
+        Ok(None)
+    }
+
+    /// [`Self::sendable`], less whoever may not be mailed now: an address on the suppression list
+    /// (marked `suppressed`) or, in sandbox mode, outside what `[safety]` allows (marked `failed`).
+    /// Every send of every path (first send, a deferral come due, a retry on request) is leased
+    /// here, so this is the one place the rule is applied. Costs one indexed lookup per lease.
+    async fn mailable(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        campaign_id: &str,
+        r: &LeaseRules,
+        full: &[String],
+    ) -> Result<Option<Pick>, StoreError> {
+        // A pick wholly refused is looked past, a few times; the rest wait for the next lease.
+        for _ in 0..4 {
+            let Some(mut pick) = self.sendable(tx, campaign_id, r, full).await? else {
+                return Ok(None);
+            };
+            let keys: Vec<String> = pick
+                .emails
+                .iter()
+                .map(|e| sender::safety::canonical(e))
+                .collect();
+            let sql = format!(
+                "SELECT email, reason FROM suppressions WHERE email IN ({})",
+                placeholders(1, keys.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for k in &keys {
+                q = q.bind(k);
+            }
+            let suppressed: std::collections::HashMap<String, String> = q
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .map(|row| (row.get("email"), row.get("reason")))
+                .collect();
+            let mut refused: Vec<(i64, &'static str, String)> = Vec::new();
+            let mut kept = (Vec::new(), Vec::new());
+            for ((id, email), key) in pick.ids.iter().zip(&pick.emails).zip(&keys) {
+                if let Some(why) = suppressed.get(key) {
+                    refused.push((*id, "suppressed", format!("suppressed: {why}")));
+                } else if !r.safety.allows(email) {
+                    refused.push((
+                        *id,
+                        "failed",
+                        format!(
+                            "sandbox: {email} is not in [safety] allow_domains or allow_addresses"
+                        ),
+                    ));
+                } else {
+                    kept.0.push(*id);
+                    kept.1.push(email.clone());
+                }
+            }
+            for (id, state, reason) in &refused {
+                sqlx::query(
+                    "UPDATE recipients SET state = $1, reason = $2, lease_id = NULL, updated_ms = $3 \
+                     WHERE campaign_id = $4 AND id = $5",
+                )
+                .bind(*state)
+                .bind(reason)
+                .bind(r.now)
+                .bind(campaign_id)
+                .bind(*id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            if !refused.is_empty() {
+                tracing::info!(
+                    campaign = campaign_id,
+                    refused = refused.len(),
+                    "recipients not mailed: suppressed or outside the sandbox"
+                );
+            }
+            (pick.ids, pick.emails) = kept;
+            if !pick.ids.is_empty() {
+                return Ok(Some(pick));
+            }
         }
         Ok(None)
     }
@@ -492,6 +582,7 @@ impl Store for SqlStore {
                         "id": r.id,
                         "batch": planner::batch_of(r.id, batch_size),
                         "email": r.email,
+                        "key": sender::safety::canonical(&r.email),
                         "name": r.name,
                         "data": to_json(&r.data),
                     })
@@ -507,7 +598,7 @@ impl Store for SqlStore {
         // Addresses that bounced hard, complained or unsubscribed are kept, counted, never mailed.
         sqlx::query(
             "UPDATE recipients SET state = 'suppressed', reason = 'on the suppression list' \
-             WHERE campaign_id = $1 AND lower(email) IN (SELECT email FROM suppressions)",
+             WHERE campaign_id = $1 AND email_key IN (SELECT email FROM suppressions)",
         )
         .bind(&id)
         .execute(&mut *tx)
@@ -691,6 +782,7 @@ impl Store for SqlStore {
                 .transpose()?,
             template,
             recipients,
+            limits: Default::default(),
         }))
     }
 
@@ -760,7 +852,7 @@ impl Store for SqlStore {
         .collect();
         let mut blocked = false;
         for cid in &order {
-            let Some(pick) = self.sendable(&mut tx, cid, &r, &full).await? else {
+            let Some(pick) = self.mailable(&mut tx, cid, &r, &full).await? else {
                 continue;
             };
             let own = runnable
@@ -1188,7 +1280,7 @@ impl Store for SqlStore {
                 "INSERT INTO suppressions (email, reason, source, created_ms) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (email) DO NOTHING",
             )
-            .bind(e.email.to_lowercase())
+            .bind(sender::safety::canonical(&e.email))
             .bind(&reason)
             .bind(e.campaign_id.as_deref().unwrap_or(""))
             .bind(now)
@@ -1197,16 +1289,40 @@ impl Store for SqlStore {
             // Whoever is still waiting to be mailed at this address, in any campaign, is not.
             sqlx::query(
                 "UPDATE recipients SET state = 'suppressed', reason = $1, updated_ms = $2 \
-                 WHERE lower(email) = $3 AND state IN ('pending', 'rendered', 'deferred')",
+                 WHERE email_key = $3 AND state IN ('pending', 'rendered', 'deferred')",
             )
             .bind(format!("suppressed: {reason}"))
             .bind(now)
-            .bind(e.email.to_lowercase())
+            .bind(sender::safety::canonical(&e.email))
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(new)
+    }
+
+    async fn spend_token(
+        &self,
+        key: &str,
+        now: Millis,
+        forget_before: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("DELETE FROM webhook_tokens WHERE seen_ms < $1")
+            .bind(forget_before)
+            .execute(&mut *tx)
+            .await?;
+        let first = sqlx::query(
+            "INSERT INTO webhook_tokens (token, seen_ms) VALUES ($1, $2) ON CONFLICT (token) DO NOTHING",
+        )
+        .bind(key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(first)
     }
 
     async fn recipients(

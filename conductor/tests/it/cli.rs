@@ -100,7 +100,7 @@ async fn create_list_watch_and_act_from_the_command_line_client() {
 }
 
 #[tokio::test]
-async fn with_api_tokens_mutations_and_streams_need_one() {
+async fn with_api_tokens_every_v1_route_needs_one() {
     let token = "cnd_test_token_0123456789abcdef";
     let app = spawn_app_with(|c| c.server.api_tokens = vec![conductor::auth::digest(token)]).await;
     let files = tempfile::tempdir().unwrap();
@@ -118,12 +118,35 @@ async fn with_api_tokens_mutations_and_streams_need_one() {
             .await,
         Err(CliError::Refused { status: 401, .. })
     ));
-    assert_eq!(
-        app.campaign_count().await,
-        0,
-        "reads stay open; nothing was created"
-    );
+    // Reads need it too: the list, recipients, the governor and its audit log.
+    for path in [
+        "/v1/campaigns",
+        "/v1/campaigns/x/recipients",
+        "/v1/governor",
+        "/v1/minutes",
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+    }
+    // What says nothing about campaigns or recipients stays open.
+    for path in ["/healthz", "/metrics", "/openapi.json", "/"] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
     let client = Client::new(&app.base, Some(token.into()));
+    assert_eq!(
+        client.list().await.unwrap()["campaigns"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "nothing was created"
+    );
     let c = client
         .create(&t, &list, "news@example.com", None, None)
         .await

@@ -57,6 +57,8 @@ on_every_backend!(
     leases_are_shared_by_priority,
     scheduled_campaigns_wait_for_send_at_and_their_window,
     a_campaign_cap_change_applies_next_minute_and_is_audited,
+    a_suppressed_address_is_never_leased_by_any_path,
+    the_sandbox_in_force_at_lease_time_decides,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -90,6 +92,7 @@ fn campaign_of(req: CampaignRequest, emails: &[String]) -> ValidCampaign {
         validate::json_rows(rows),
         Path::new("/nonexistent"),
         &Default::default(),
+        Default::default(),
     )
     .unwrap()
 }
@@ -123,6 +126,7 @@ fn rules(want: u32, now: Millis, cap: u32) -> LeaseRules {
         domains: vec![],
         margin_ms: 2_000,
         ttl_ms: 30_000,
+        safety: Default::default(),
     }
 }
 
@@ -1094,4 +1098,131 @@ async fn a_campaign_cap_change_applies_next_minute_and_is_audited(store: Arc<dyn
         store.set_limits(&id, Some(Some(1)), None, M + 72_000).await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+/// Unsubscribed after a send that failed, one in doubt and one deferred: the retry on request and
+/// the deferral coming due lease none of them. The list's spelling and the event's differ in case and
+/// in how the domain is written (Unicode or IDNA), as they do in life.
+async fn a_suppressed_address_is_never_leased_by_any_path(store: Arc<dyn Store>) {
+    let emails: Vec<String> = [
+        "a@example.com",
+        "Zoë@Bücher.de",
+        "c@example.com",
+        "d@example.com",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let id = create_valid(&store, &campaign_of(request(), &emails), 100, M).await;
+    let l = lease(store.lease(rules(4, M, 6_000)).await.unwrap());
+    assert_eq!(l.recipients, vec![0, 1, 2, 3]);
+    let mut report = outcomes(&[0], sent(), M);
+    report.extend(outcomes(
+        &[1],
+        Outcome::Failed {
+            reason: "mailbox full".into(),
+        },
+        M,
+    ));
+    report.extend(outcomes(
+        &[2],
+        Outcome::Unknown {
+            reason: "no answer".into(),
+        },
+        M,
+    ));
+    report.extend(outcomes(
+        &[3],
+        Outcome::Deferred {
+            reason: "try later".into(),
+            retry_after_ms: Some(1_000),
+        },
+        M,
+    ));
+    store
+        .report(&l.lease_id, &report, true, report_rules(M))
+        .await
+        .unwrap();
+    for (n, email) in ["ZOË@xn--bcher-kva.de", "C@EXAMPLE.com", "d@example.com"]
+        .iter()
+        .enumerate()
+    {
+        let event = conductor::feedback::Event {
+            key: format!("list-unsubscribe:{n}"),
+            provider: "list-unsubscribe",
+            kind: conductor::feedback::Kind::Unsubscribe,
+            email: email.to_string(),
+            campaign_id: Some(id.clone()),
+            recipient_id: None,
+            detail: None,
+        };
+        assert!(store.record_feedback(&event, M + 1_000).await.unwrap());
+    }
+    let requeued = store
+        .retry(
+            &id,
+            &["failed".to_string(), "unknown".to_string()],
+            M + 2_000,
+        )
+        .await
+        .unwrap();
+    assert!(requeued <= 2);
+    // Two minutes on, everything that could be leased is asked for: nothing comes.
+    let reply = store.lease(rules(10, M + 120_000, 6_000)).await.unwrap();
+    assert!(matches!(reply, LeaseReply::Idle), "{reply:?}");
+    let all = store.recipients(&id, None, -1, 10).await.unwrap();
+    let states: Vec<(&str, &str)> = all
+        .iter()
+        .map(|r| (r.email.as_str(), r.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("a@example.com", "sent"),
+            ("Zoë@Bücher.de", "suppressed"),
+            ("c@example.com", "suppressed"),
+            ("d@example.com", "suppressed"),
+        ]
+    );
+    // New campaigns store the address as suppressed whichever way it is written.
+    let again = store
+        .create_campaign(
+            &campaign_of(request(), &["zoë@bücher.DE".to_string()]),
+            100,
+            M,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.counts.suppressed, 1);
+}
+
+/// The sandbox is read at each lease: turned on after creation, it stops the next send to a stranger.
+async fn the_sandbox_in_force_at_lease_time_decides(store: Arc<dyn Store>) {
+    let emails: Vec<String> = ["ok@example.com", "real.person@customer.test"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let id = create_valid(&store, &campaign_of(request(), &emails), 100, M).await;
+    let sandbox = sender::safety::Safety {
+        sandbox: true,
+        allow_domains: vec!["example.com".into()],
+        allow_addresses: vec![],
+    };
+    let l = lease(
+        store
+            .lease(LeaseRules {
+                safety: sandbox,
+                ..rules(5, M, 6_000)
+            })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(l.recipients, vec![0]);
+    let stranger = store.recipients(&id, Some("failed"), -1, 10).await.unwrap();
+    assert_eq!(stranger.len(), 1);
+    assert_eq!(stranger[0].email, "real.person@customer.test");
+    assert!(
+        stranger[0].reason.as_deref().unwrap().contains("sandbox"),
+        "{stranger:?}"
+    );
 }
