@@ -287,7 +287,19 @@ async fn retry(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let req: RetryRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let mut req: RetryRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    // Each state is one statement in the writer: the same state twice is once, and a list longer
+    // than there are states is refused unread.
+    if req.states.len() > STATES.len() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/validation",
+            "Invalid retry request",
+            format!("`states` lists at most {} states", STATES.len()),
+        ));
+    }
+    req.states.sort();
+    req.states.dedup();
     if req.states.is_empty()
         || req
             .states

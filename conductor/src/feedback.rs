@@ -779,3 +779,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any bytes posted as a Mailgun webhook are an event or a clear error, and nothing but a
+        /// correct signature gets past verification.
+        #[test]
+        fn any_mailgun_post_is_judged_without_panic(raw in prop::collection::vec(any::<u8>(), 0..400)) {
+            let r = mailgun(&raw, "key-signing-0123456789", 1_700_000_000_000);
+            prop_assert!(r.is_err());
+        }
+
+        #[test]
+        fn signed_posts_with_any_event_are_read_without_panic(
+            event in "\\PC{0,12}", severity in "\\PC{0,10}", recipient in "\\PC{0,30}", token in "[a-z0-9]{1,40}",
+        ) {
+            let ts = "1700000000";
+            let raw = serde_json::to_vec(&serde_json::json!({
+                "signature": {"timestamp": ts, "token": token, "signature": mailgun_signature("k", ts, &token)},
+                "event-data": {"event": event, "severity": severity, "recipient": recipient},
+            })).unwrap();
+            let v = mailgun_verify(&raw, "k", 1_700_000_000_000).unwrap();
+            prop_assert_eq!(&v.token_key, &format!("mailgun:{token}"));
+            let _ = v.event();
+        }
+    }
+}

@@ -133,6 +133,9 @@ pub struct PlanQuery {
 }
 
 /// Whether a campaign finishes by `finish_by` as things stand, and what per-minute rate it would need.
+/// How far ahead `/plan?finish_by=` may look.
+const PLAN_HORIZON_MS: i64 = 31 * 86_400_000;
+
 pub async fn plan(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
@@ -148,16 +151,29 @@ pub async fn plan(
             ))
         })?
         .timestamp_millis();
-    let c = svc.store.campaign(&id).await?;
     let now = svc.work.clock.now_ms();
+    // Each minute up to the deadline is looked at once: the horizon bounds the work of a request.
+    if deadline > now + PLAN_HORIZON_MS {
+        return Err(Problem::bad_query(format!(
+            "`finish_by` must be within {} days from now",
+            PLAN_HORIZON_MS / 86_400_000
+        )));
+    }
+    let c = svc.store.campaign(&id).await?;
     let o = Outlook::of(&svc, &c).await?;
     let remaining = c.counts.pending as u64;
     let d = deferral_rate(&c);
     let eta = forecast(&svc, &c, &o, now).await;
     let finishes = eta.is_some_and(|t| t <= deadline);
     // The least steady rate that makes it, given the minutes the campaign may send in at all.
-    let needed = eta::rate_needed(remaining, d, now, deadline, |m| o.open(m), 10_000_000);
     let share = o.share_of_global(sender::clock::minute_start(now));
+    let rate = o.rate(&c, sender::clock::minute_start(now));
+    // Up to a month of minutes is CPU work: off the async threads.
+    let needed = tokio::task::spawn_blocking(move || {
+        eta::rate_needed(remaining, d, now, deadline, |m| o.open(m), 10_000_000)
+    })
+    .await
+    .map_err(|_| Problem::internal())?;
     let advice = match needed {
         _ if finishes => "finishes in time as configured".to_string(),
         None => "cannot finish by then at any rate: too little sending time before finish_by (windows, quiet hours, send_at)".into(),
@@ -174,7 +190,7 @@ pub async fn plan(
         "eta": eta.map(rfc3339),
         "finishes": finishes,
         "rate_needed_per_minute": needed,
-        "rate_per_minute": o.rate(&c, sender::clock::minute_start(now)),
+        "rate_per_minute": rate,
         "share_of_global_per_minute": share,
         "advice": advice,
     }))

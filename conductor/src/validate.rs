@@ -12,6 +12,12 @@ use serde::Deserialize;
 
 /// How many problems one answer lists; the first is in `detail`.
 const MAX_ERRORS: usize = 20;
+/// Columns of a recipients CSV (email, name and data fields).
+pub const MAX_COLUMNS: usize = 100;
+/// One CSV field, or a column name.
+pub const MAX_FIELD_BYTES: usize = 8 * 1024;
+/// One recipient's data: a CSV row, or the JSON of a recipient's `data`.
+pub const MAX_ROW_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +271,18 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Invalid> {
         .iter()
         .map(|h| h.to_ascii_lowercase())
         .collect();
+    if headers.len() > MAX_COLUMNS {
+        return Err(Invalid::Csv(format!(
+            "recipients CSV header has {} columns; at most {MAX_COLUMNS} are taken",
+            headers.len()
+        )));
+    }
+    if let Some(i) = headers.iter().position(|h| h.len() > 128) {
+        return Err(Invalid::Csv(format!(
+            "recipients CSV header: column {} has a name over 128 bytes",
+            i + 1
+        )));
+    }
     let col = |name: &str| headers.iter().position(|h| h == name);
     let email_col = col("email").ok_or_else(|| {
         Invalid::Csv(format!(
@@ -302,6 +320,17 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Invalid> {
         let line = line_of(record.position());
         if record.iter().all(str::is_empty) {
             continue;
+        }
+        if let Some(i) = record.iter().position(|f| f.len() > MAX_FIELD_BYTES) {
+            return Err(Invalid::Csv(format!(
+                "recipients CSV line {line}: field `{}` is over {MAX_FIELD_BYTES} bytes",
+                headers[i]
+            )));
+        }
+        if record.as_slice().len() > MAX_ROW_BYTES {
+            return Err(Invalid::Csv(format!(
+                "recipients CSV line {line}: the row is over {MAX_ROW_BYTES} bytes"
+            )));
         }
         let mut data = serde_json::Map::new();
         for (i, value) in record.iter().enumerate() {
@@ -416,6 +445,16 @@ pub fn validate(
             errors.push(field(
                 format!("{}.email", row.at),
                 format!("{email} may not be mailed: sandbox mode allows only [safety] allow_domains and allow_addresses"),
+            ));
+            continue;
+        }
+        let data_bytes = r.data.as_ref().map_or(0, |d| {
+            serde_json::to_string(d).map_or(usize::MAX, |s| s.len())
+        });
+        if data_bytes > MAX_ROW_BYTES || r.name.as_deref().is_some_and(|n| n.len() > 256) {
+            errors.push(field(
+                format!("{}.data", row.at),
+                format!("a recipient's data is at most {MAX_ROW_BYTES} bytes of JSON and its name 256 bytes"),
             ));
             continue;
         }
@@ -773,5 +812,46 @@ mod tests {
             err.to_string(),
             "recipients CSV line 3: 3 fields where the header has 2"
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Any bytes are recipients or a clear error; each row names its line.
+        #[test]
+        fn any_csv_parses_or_says_why(raw in prop::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(rows) = parse_csv(&raw) {
+                for r in rows {
+                    prop_assert!(r.at.starts_with("line "));
+                }
+            }
+        }
+
+        #[test]
+        fn csv_shaped_text_parses_or_says_why(
+            text in "(email|name|city|Email)(,(email|name|city|x)){0,3}\n([a-z@.,\"\r\n ]{0,30}\n){0,10}"
+        ) {
+            let _ = parse_csv(text.as_bytes());
+        }
+
+        /// Addresses: checked, parsed as a mailbox and put in canonical form without a panic, and a
+        /// valid one keeps its canonical form stable.
+        #[test]
+        fn any_address_is_judged_without_panic(s in "\\PC{0,80}", at in "[a-zA-Z0-9._%+-]{1,20}@[a-zA-Zäöü0-9-]{1,20}\\.[a-z]{2,6}") {
+            let _ = check_email(&s);
+            let _ = parse_mailbox("from", &s);
+            let _ = sender::safety::canonical(&s);
+            if check_email(&at).is_ok() {
+                let once = sender::safety::canonical(&at);
+                prop_assert_eq!(sender::safety::canonical(&once), once.clone());
+            }
+        }
     }
 }

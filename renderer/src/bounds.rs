@@ -906,3 +906,82 @@ mod tests {
         assert!(out.text.contains('x'));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::template::{CompiledTemplate, TemplateSource};
+
+    /// Pieces of handlebars that, in any order, make every shape this module has to bound: blocks
+    /// left open or closed twice, partials that include each other, inline definitions, layouts.
+    fn piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "x",
+            "<p>",
+            "</p>",
+            "{{name}}",
+            "{{{raw}}}",
+            "{{#if name}}",
+            "{{/if}}",
+            "{{else}}",
+            "{{#each xs}}",
+            "{{/each}}",
+            "{{@index}}",
+            "{{> a}}",
+            "{{> b}}",
+            "{{#> a}}",
+            "{{/a}}",
+            "{{> @partial-block}}",
+            "{{#*inline \"a\"}}",
+            "{{#*inline \"b\"}}",
+            "{{/inline}}",
+            "{{!-- c --}}",
+            "{{",
+            "}}",
+            "\\{{",
+            "{{> (x)}}",
+            "{{#with o}}",
+            "{{/with}}",
+            "{{../name}}",
+        ])
+    }
+
+    fn source() -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(), 0..40).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Whatever the template and data, compiling and rendering under the limits gives a value
+        /// or an error: never a panic, never a stack overflow.
+        #[test]
+        fn any_template_compiles_and_renders_or_says_why(
+            html in source(), a in source(), b in source(),
+            xs in prop::collection::vec(0u32..5, 0..50),
+        ) {
+            let src = TemplateSource {
+                subject: "s".into(),
+                html,
+                text: None,
+                partials: BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]),
+            };
+            let limits = RenderLimits { max_message_bytes: 64 * 1024, max_render_ms: 200 };
+            if let Ok(t) = CompiledTemplate::compile_with(&src, limits) {
+                let data = serde_json::json!({"name": "n", "raw": "<b>", "xs": xs, "o": {"name": "m"}});
+                if let Ok(parts) = t.render(&data) {
+                    prop_assert!(parts.subject.len() + parts.html.len() + parts.text.len() <= 64 * 1024);
+                }
+            }
+        }
+
+        #[test]
+        fn nesting_count_never_panics(s in "\\PC{0,200}") {
+            let _ = check_nesting("html", &s, 8);
+        }
+    }
+}

@@ -143,7 +143,26 @@ fn quoteless(e: &toml::de::Error, text: Option<&str>) -> String {
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         format!("line {line}, column {column}: ")
     });
-    format!("{}{}", at.unwrap_or_default(), e.message().trim())
+    format!("{}{}", at.unwrap_or_default(), unquoted(e.message().trim()))
+}
+
+/// `message` with every double-quoted value (serde quotes the value it could not take) elided.
+fn unquoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Sets `path` in `table` to `value`, read as a TOML value when it is one (numbers, booleans) and as a
@@ -233,7 +252,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_but_never_quote_the_line() {
-        let text = "[store]\nurl = \"postgres://u:hunter2@db/x\"\npool = \"many\"\n";
+        let text = "[store]\nurl = \"postgres://u:hunter2@db/x\"\npool = \"hunter2\"\n";
         let e = from_toml::<Probe>(text, Vec::new())
             .unwrap_err()
             .to_string();

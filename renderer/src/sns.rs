@@ -412,3 +412,38 @@ mod tests {
         assert!(!seen.first_time("c"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any bytes are an envelope or a clear error; the string to sign is built or refused.
+        #[test]
+        fn any_bytes_parse_or_are_refused(raw in prop::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(m) = SnsMessage::parse(&raw) {
+                let _ = m.message_type();
+                let _ = m.string_to_sign();
+            }
+        }
+
+        #[test]
+        fn any_envelope_shape_is_read_without_panic(
+            kind in prop::sample::select(vec!["Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation", "Other"]),
+            message in "\\PC{0,50}",
+            subject in proptest::option::of("\\PC{0,20}"),
+        ) {
+            let raw = serde_json::json!({
+                "Type": kind, "MessageId": "m", "TopicArn": "arn:aws:sns:us-east-1:1:t",
+                "Message": message, "Subject": subject, "Timestamp": "2026-01-01T00:00:00Z",
+                "SignatureVersion": "1", "Signature": "c2ln", "SigningCertURL": "https://sns.us-east-1.amazonaws.com/c.pem",
+            });
+            if let Ok(m) = SnsMessage::parse(raw.to_string().as_bytes()) {
+                let _ = m.message_type();
+                let _ = m.string_to_sign();
+            }
+        }
+    }
+}

@@ -81,12 +81,15 @@ pub enum Outcome {
     AccountStop { reason: String },
     /// Not attempted (the minute ran out, or the send was stopped); no request was made.
     Released,
+    /// Not attempted: the lease's rendered batch could not be read (missing, corrupt). The
+    /// conductor renders the batch again from what it stored.
+    Unreadable { reason: String },
 }
 
 impl Outcome {
     /// Whether a provider request was made, i.e. a token was spent.
     pub fn attempted(&self) -> bool {
-        !matches!(self, Outcome::Released)
+        !matches!(self, Outcome::Released | Outcome::Unreadable { .. })
     }
 
     /// Its name on the wire (and in metrics).
@@ -99,6 +102,7 @@ impl Outcome {
             Outcome::Unknown { .. } => "unknown",
             Outcome::AccountStop { .. } => "account_stop",
             Outcome::Released => "released",
+            Outcome::Unreadable { .. } => "unreadable",
         }
     }
 }

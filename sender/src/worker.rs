@@ -153,8 +153,24 @@ impl Sender {
         let batch = match self.batch(&lease.body_key).await {
             Ok(b) => b,
             Err(e) => {
-                // Hand every recipient back unsent; the tokens are forfeit, nothing else is lost.
-                self.source.report(&lease.lease_id, vec![], true).await?;
+                // Every recipient back unsent, saying why, so the conductor renders the batch again;
+                // the tokens are forfeit, nothing else is lost.
+                let now = self.clock.now_ms();
+                let unreadable = lease
+                    .recipients
+                    .iter()
+                    .map(|&recipient_id| RecipientOutcome {
+                        recipient_id,
+                        outcome: Outcome::Unreadable {
+                            reason: e.to_string(),
+                        },
+                        at: now,
+                        latency_ms: None,
+                    })
+                    .collect();
+                self.source
+                    .report(&lease.lease_id, unreadable, true)
+                    .await?;
                 return Err(e);
             }
         };

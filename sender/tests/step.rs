@@ -345,13 +345,34 @@ async fn no_tokens_and_idle_are_passed_on() {
 }
 
 #[tokio::test]
-async fn a_missing_batch_hands_the_lease_back() {
-    let (_clock, source, _provider, sender, _dir) = setup(1, |_| Outcome::Released).await;
-    let mut l = lease(vec![0], T0, 0, T0 + 58_000);
+async fn a_missing_batch_hands_the_lease_back_saying_it_is_unreadable() {
+    let (_clock, source, provider, sender, _dir) = setup(1, |_| Outcome::Released).await;
+    let mut l = lease(vec![0, 1], T0, 0, T0 + 58_000);
     l.body_key = "nope".into();
     source.replies.lock().unwrap().push(LeaseReply::Lease(l));
     assert!(sender.try_one_lease().await.is_err());
-    assert_eq!(source.reports.lock().unwrap().clone(), vec![(vec![], true)]);
+    let reports = source.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1);
+    let (outcomes, last) = &reports[0];
+    assert!(*last, "the lease is closed");
+    assert_eq!(
+        outcomes.iter().map(|o| o.recipient_id).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(&o.outcome, Outcome::Unreadable { reason } if !reason.is_empty())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| !o.outcome.attempted()),
+        "no token was spent on a request"
+    );
+    assert!(
+        provider.calls.lock().unwrap().is_empty(),
+        "nothing was sent"
+    );
 }
 
 #[tokio::test]

@@ -14,3 +14,6 @@ CREATE TABLE webhook_tokens (
     seen_ms BIGINT NOT NULL
 );
 CREATE INDEX webhook_tokens_by_age ON webhook_tokens (seen_ms);
+
+-- How often a batch was rendered again because a sender could not read its body.
+ALTER TABLE batches ADD COLUMN rerenders BIGINT NOT NULL DEFAULT 0;

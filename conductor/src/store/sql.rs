@@ -39,6 +39,9 @@ struct Pick {
     domain: Option<(String, u32)>,
 }
 
+/// Times a batch is rendered again because its senders could not read it.
+const MAX_RERENDERS: i64 = 3;
+
 const RUNNING: &str = "SELECT id, priority, per_minute, send_at_ms, window_json FROM campaigns \
      WHERE status = 'running' ORDER BY created_ms, id";
 
@@ -317,6 +320,67 @@ impl SqlStore {
             after = batch;
         }
         Ok(None)
+    }
+
+    /// A lease's batch could not be read by its sender. Bodies are derived from what the store holds,
+    /// so the batch is rendered again: its waiting recipients go back to `pending` and the batch is
+    /// handed out for rendering. After [`MAX_RERENDERS`] such reports the recipients fail with the
+    /// reason instead, so a body that can never be read cannot cost tokens forever.
+    async fn render_again(
+        tx: &mut Transaction<'_, Any>,
+        cid: &str,
+        lease_id: &str,
+        reason: &str,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let batch: i64 = sqlx::query_scalar("SELECT batch FROM leases WHERE id = $1")
+            .bind(lease_id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let rerenders: i64 = sqlx::query_scalar(
+            "UPDATE batches SET rerenders = rerenders + 1 WHERE campaign_id = $1 AND n = $2 RETURNING rerenders",
+        )
+        .bind(cid)
+        .bind(batch)
+        .fetch_one(&mut **tx)
+        .await?;
+        // Another sender's lease of the same batch is left alone: its report is still to come.
+        let waiting = "campaign_id = $3 AND batch = $4 \
+                       AND (state IN ('rendered', 'deferred') OR (state = 'leased' AND lease_id = $5))";
+        if rerenders > MAX_RERENDERS {
+            tracing::warn!(campaign = cid, batch, %reason, "rendered batch still unreadable: its recipients fail");
+            sqlx::query(&format!(
+                "UPDATE recipients SET state = 'failed', reason = $1, lease_id = NULL, updated_ms = $2 WHERE {waiting}"
+            ))
+            .bind(format!("the rendered message could not be read after {MAX_RERENDERS} renders: {reason}"))
+            .bind(now)
+            .bind(cid)
+            .bind(batch)
+            .bind(lease_id)
+            .execute(&mut **tx)
+            .await?;
+            return Ok(());
+        }
+        tracing::warn!(campaign = cid, batch, %reason, "rendered batch unreadable: rendering it again");
+        sqlx::query(&format!(
+            "UPDATE recipients SET state = 'pending', reason = $1, lease_id = NULL, updated_ms = $2 WHERE {waiting}"
+        ))
+        .bind(format!("rendering again: {reason}"))
+        .bind(now)
+        .bind(cid)
+        .bind(batch)
+        .bind(lease_id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE batches SET rendered_ms = NULL, body_key = NULL, dispatched_ms = NULL, render_claim_ms = NULL \
+             WHERE campaign_id = $1 AND n = $2",
+        )
+        .bind(cid)
+        .bind(batch)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// [`Self::sendable`], less whoever may not be mailed now: an address on the suppression list
@@ -999,6 +1063,7 @@ impl Store for SqlStore {
         let back = Self::back_state(&mut tx, &cid).await?;
         let (mut used, mut sent) = (0i64, 0i64);
         let mut stopped = None;
+        let mut unreadable = None;
         for o in outcomes {
             // A token was spent if a request was made; a released recipient spent none.
             let counted = o.outcome.attempted();
@@ -1063,6 +1128,10 @@ impl Store for SqlStore {
                     (back, Some(reason.clone()), None, None)
                 }
                 Outcome::Released => (back, None, None, None),
+                Outcome::Unreadable { reason } => {
+                    unreadable = Some(reason.clone());
+                    (back, None, None, None)
+                }
             };
             let changed = sqlx::query(
                 "UPDATE recipients SET state = $1, reason = $2, provider_id = coalesce($3, provider_id), retry_at_ms = $4, \
@@ -1101,6 +1170,9 @@ impl Store for SqlStore {
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        if let Some(reason) = unreadable {
+            Self::render_again(&mut tx, &cid, lease_id, &reason, r.now).await?;
         }
         if last {
             sqlx::query("UPDATE recipients SET state = $1, lease_id = NULL, updated_ms = $2 WHERE lease_id = $3 AND state = 'leased'")

@@ -9,6 +9,7 @@ mod e2e;
 mod events;
 mod feedback;
 mod governor;
+mod hostile;
 mod moto;
 mod ses_feedback;
 mod sink;

@@ -59,6 +59,7 @@ on_every_backend!(
     a_campaign_cap_change_applies_next_minute_and_is_audited,
     a_suppressed_address_is_never_leased_by_any_path,
     the_sandbox_in_force_at_lease_time_decides,
+    an_unreadable_batch_is_rendered_again_then_its_recipients_fail,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -1224,5 +1225,63 @@ async fn the_sandbox_in_force_at_lease_time_decides(store: Arc<dyn Store>) {
     assert!(
         stranger[0].reason.as_deref().unwrap().contains("sandbox"),
         "{stranger:?}"
+    );
+}
+
+/// A sender that cannot read a lease's batch says so; the batch is rendered again from the store, and
+/// a batch that stays unreadable fails its recipients with the reason instead of being leased forever.
+async fn an_unreadable_batch_is_rendered_again_then_its_recipients_fail(store: Arc<dyn Store>) {
+    let id = create(&store, 3, 100, M).await;
+    let unreadable = |ids: &[i64]| {
+        outcomes(
+            ids,
+            Outcome::Unreadable {
+                reason: "no such object".into(),
+            },
+            M,
+        )
+    };
+    let mut now = M;
+    for round in 1..=4 {
+        let l = lease(store.lease(rules(3, now, 6_000)).await.unwrap());
+        assert_eq!(l.recipients, vec![0, 1, 2], "round {round}");
+        store
+            .report(
+                &l.lease_id,
+                &unreadable(&l.recipients),
+                true,
+                report_rules(now),
+            )
+            .await
+            .unwrap();
+        let c = store.campaign(&id).await.unwrap();
+        assert_eq!(c.counts.requests, 0, "nothing was attempted");
+        if round < 4 {
+            // Back to be rendered: nothing to lease until it is.
+            let reply = store.lease(rules(3, now, 6_000)).await.unwrap();
+            assert!(matches!(reply, LeaseReply::Idle), "{reply:?}");
+            let jobs = store.batches_to_render(now, now, 10).await.unwrap();
+            assert_eq!(jobs.len(), 1, "round {round}");
+            assert!(store
+                .claim_render(&jobs[0], now, 30_000)
+                .await
+                .unwrap()
+                .is_some());
+            store
+                .batch_rendered(&jobs[0], "k/0", &[], now)
+                .await
+                .unwrap();
+        }
+        now += 60_000;
+    }
+    let failed = store.recipients(&id, Some("failed"), -1, 10).await.unwrap();
+    assert_eq!(failed.len(), 3);
+    assert!(
+        failed[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("could not be read"),
+        "{failed:?}"
     );
 }

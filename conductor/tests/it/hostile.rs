@@ -1,0 +1,407 @@
+//! Requests meant to hurt, through the real HTTP API: each is refused with a problem document, the
+//! server still answers afterwards, and nothing half-made is stored.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+async fn refused(app: &TestApp, body: &Value, status: u16) -> Value {
+    let r = app.post_json("/v1/campaigns", body).await;
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    still_well(app).await;
+    problem
+}
+
+/// The server answers and holds no campaign.
+async fn still_well(app: &TestApp) {
+    let r = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.campaign_count().await, 0, "nothing half-made is stored");
+}
+
+fn with_html(html: &str) -> Value {
+    let mut c = inline_campaign(recipients(3));
+    c["html"] = json!(html);
+    c
+}
+
+#[tokio::test]
+async fn templates_that_would_recurse_or_explode_are_refused_naming_why() {
+    let app = spawn_app().await;
+    let p = refused(
+        &app,
+        &with_html(r#"{{#*inline "r"}}x{{> r}}{{/inline}}{{> r}}"#),
+        422,
+    )
+    .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("partial `r` includes itself"),
+        "{p}"
+    );
+    let mutual = r#"{{#*inline "a"}}<b>{{> b}}</b>{{/inline}}{{#*inline "b"}}<i>{{> a}}</i>{{/inline}}{{> a}}"#;
+    let p = refused(&app, &with_html(mutual), 422).await;
+    assert!(p["detail"].as_str().unwrap().contains("a → b → a"), "{p}");
+    // Seven levels of inline partials, each including the one below ten times: 10^7 renders.
+    let mut html = String::from(r#"{{#*inline "p0"}}x{{/inline}}"#);
+    for level in 1..=7 {
+        html.push_str(&format!(
+            "{{{{#*inline \"p{level}\"}}}}{}{{{{/inline}}}}",
+            format!("{{{{> p{}}}}}", level - 1).repeat(10)
+        ));
+    }
+    html.push_str("{{> p7}}");
+    let started = std::time::Instant::now();
+    let p = refused(&app, &with_html(&html), 422).await;
+    assert!(p["detail"].as_str().unwrap().contains("more than"), "{p}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let p = refused(&app, &with_html(&"{{#if name}}".repeat(5_000)), 422).await;
+    assert!(p["detail"].as_str().unwrap().contains("nested"), "{p}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_refuses_the_campaign_naming_the_row() {
+    let app = spawn_app_with(|c| c.campaigns.max_message_bytes = 20_000).await;
+    let mut people = recipients(3);
+    people[1]["data"]["bio"] = json!("y".repeat(15_000));
+    for p in people.iter_mut().filter(|p| p["data"]["bio"].is_null()) {
+        p["data"]["bio"] = json!("short");
+    }
+    let mut c = inline_campaign(people);
+    c["html"] = json!("<p>{{bio}}</p><p>{{bio}}</p>");
+    let p = refused(&app, &c, 422).await;
+    let first = &p["errors"][0];
+    assert_eq!(first["field"], "recipients[1] (r1@example.com)", "{p}");
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_message_bytes"),
+        "{p}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn another_site_cannot_post_and_a_foreign_host_is_not_served() {
+    let app = spawn_app().await;
+    let form = reqwest::multipart::Form::new()
+        .text(
+            "campaign",
+            inline_campaign(vec![])
+                .to_string()
+                .replace(",\"recipients\":[]", ""),
+        )
+        .text("recipients", "email\nvictim@example.com\n");
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .header("origin", "https://evil.example")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["type"],
+        "/problems/cross-site"
+    );
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .header("sec-fetch-site", "cross-site")
+        .json(&inline_campaign(recipients(2)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    still_well(&app).await;
+    // DNS rebinding: the browser connects to 127.0.0.1 but says whose page it is.
+    let r = app
+        .client
+        .get(app.url("/v1/campaigns"))
+        .header("host", "rebind.evil")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 421);
+    // The server's own page may post.
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns"))
+        .header("origin", app.base.clone())
+        .header("sec-fetch-site", "same-origin")
+        .json(&inline_campaign(recipients(2)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    app.stop().await;
+}
+
+/// Sends `Content-Length: 60 MiB` and writes until the server answers; returns the status line and
+/// how much was written by then.
+async fn post_huge(app: &TestApp, path: &str, headers: &str) -> (String, usize) {
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let total = 60 * 1024 * 1024;
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{headers}Content-Length: {total}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut written = 0usize;
+    let mut answer = vec![0u8; 256];
+    let n = loop {
+        tokio::select! {
+            n = rd.read(&mut answer) => break n.unwrap(),
+            w = wr.write_all(&chunk), if written < total => match w {
+                Ok(()) => written += chunk.len(),
+                Err(_) => break rd.read(&mut answer).await.unwrap_or(0),
+            },
+        }
+    };
+    let text = String::from_utf8_lossy(&answer[..n]).to_string();
+    (text.lines().next().unwrap_or_default().to_string(), written)
+}
+
+#[tokio::test]
+async fn huge_bodies_are_refused_before_they_are_read() {
+    let app = spawn_app_with(|c| {
+        c.feedback.mailgun.signing_key = Some("key-0123456789abcdef".into());
+        c.workers.secret = Some("worker-secret-0123456789".into());
+    })
+    .await;
+    let limit = 60 * 1024 * 1024;
+    // The worker API checks its secret in the header: nothing of the body is needed.
+    let (status, written) = post_huge(&app, "/internal/v1/leases", "").await;
+    assert!(status.contains(" 401 "), "{status}");
+    assert!(
+        written < limit / 4,
+        "wrote {written} bytes before the answer"
+    );
+    // A webhook's signature is in its body: read up to a webhook's size, not further.
+    let (status, written) = post_huge(&app, "/v1/feedback/mailgun", "").await;
+    assert!(status.contains(" 413 "), "{status}");
+    assert!(
+        written < limit / 4,
+        "wrote {written} bytes before the answer"
+    );
+    // An authorised worker is held to its route's limit too.
+    let (status, _) = post_huge(
+        &app,
+        "/internal/v1/leases",
+        "Authorization: Bearer worker-secret-0123456789\r\n",
+    )
+    .await;
+    assert!(status.contains(" 413 "), "{status}");
+    still_well(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn csv_columns_fields_and_rows_are_bounded() {
+    let app = spawn_app().await;
+    let campaign =
+        json!({"name": "x", "from": "news@example.com", "subject": "s", "html": "<p>x</p>"});
+    let post = |csv: String| {
+        let form = reqwest::multipart::Form::new()
+            .text("campaign", campaign.to_string())
+            .text("recipients", csv);
+        app.client
+            .post(app.url("/v1/campaigns"))
+            .multipart(form)
+            .send()
+    };
+    let wide = format!(
+        "email,{}\n",
+        (0..150)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let r = post(wide).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("columns"));
+    let long = format!(
+        "email,bio\na@example.com,ok\nb@example.com,{}\n",
+        "z".repeat(10_000)
+    );
+    let r = post(long).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("line 3") && text.contains("bio"), "{text}");
+    still_well(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_states_are_bounded() {
+    let app = spawn_app().await;
+    let id = app.create(&inline_campaign(recipients(2))).await;
+    let many: Vec<&str> = std::iter::repeat_n("unknown", 2_000).collect();
+    let r = app
+        .post_json(
+            &format!("/v1/campaigns/{id}/retry"),
+            &json!({ "states": many }),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let r = app
+        .post_json(
+            &format!("/v1/campaigns/{id}/retry"),
+            &json!({ "states": ["unknown", "unknown"] }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let plan = app
+        .client
+        .get(app.url(&format!(
+            "/v1/campaigns/{id}/plan?finish_by=2099-01-01T00:00:00Z"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.status(),
+        400,
+        "a plan a lifetime ahead is refused, not computed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn turning_the_sandbox_on_protects_the_next_send_and_refused_edits_keep_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conductor.toml");
+    let root = dir.path().to_path_buf();
+    let toml = move |extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{0}/c.db\"\n[bodies]\nurl = \"file://{0}/bodies\"\n\
+             [campaigns]\ntemplates_dir = \"{1}\"\n[provider.outbox]\ndir = \"{0}/outbox\"\n{extra}",
+            root.display(),
+            templates_dir().display()
+        )
+    };
+    std::fs::write(&file, toml("")).unwrap();
+    let config = conductor::config::Config::load(Some(&file), Vec::new()).unwrap();
+    let app = spawn_app_in(dir, config, Some(file.clone())).await;
+    let send_at = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let mut c = inline_campaign(vec![
+        json!({"email": "ok@example.com", "data": {"city": "Köln"}}),
+        json!({"email": "real.person@customer.test", "data": {"city": "Köln"}}),
+    ]);
+    c["send_at"] = json!(send_at.to_rfc3339());
+    let id = app.create(&c).await;
+    std::fs::write(
+        &file,
+        toml("[safety]\nsandbox = true\nallow_domains = [\"example.com\"]\n"),
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if app.config.borrow().safety.sandbox {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(app.config.borrow().safety.sandbox, "the edit applied live");
+    let done = app
+        .wait_for(&id, Duration::from_secs(30), |c| c["status"] == "completed")
+        .await;
+    assert_eq!(
+        (
+            done["counts"]["sent"].as_i64(),
+            done["counts"]["failed"].as_i64()
+        ),
+        (Some(1), Some(1)),
+        "{done}"
+    );
+    let failed = app
+        .get_json(&format!("/v1/campaigns/{id}/recipients?state=failed"))
+        .await;
+    assert_eq!(
+        failed["recipients"][0]["email"],
+        "real.person@customer.test"
+    );
+    let outbox: Vec<String> = walk(&app.dir.path().join("outbox"));
+    assert!(
+        outbox.iter().all(|f| !f.contains("customer.test")),
+        "{outbox:?}"
+    );
+    assert_eq!(outbox.len(), 1, "{outbox:?}");
+
+    // A restart-only edit carrying a password, and a broken one: refused, and no audit entry (served
+    // by GET /v1/governor) or log holds the password.
+    let sandbox = "[safety]\nsandbox = true\nallow_domains = [\"example.com\"]\n";
+    let secret = "hunter2-secret";
+    std::fs::write(
+        &file,
+        toml(sandbox).replace(
+            &format!("sqlite://{}/c.db", root_of(&file)),
+            &format!("postgres://user:{secret}@db.internal/prod"),
+        ),
+    )
+    .unwrap();
+    let g = audited_rejection(&app, "store").await;
+    assert!(!g.contains(secret), "{g}");
+    std::fs::write(
+        &file,
+        format!(
+            "{}[governor]\nper_minute = \"postgres://u:{secret}@x\"\n",
+            toml(sandbox)
+        ),
+    )
+    .unwrap();
+    let g = audited_rejection(&app, "per_minute").await;
+    assert!(!g.contains(secret), "{g}");
+    app.stop().await;
+}
+
+fn root_of(file: &std::path::Path) -> String {
+    file.parent().unwrap().display().to_string()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(
+                std::fs::read_to_string(&p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("To:"))
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Waits until the audit log has a refusal mentioning `what`; returns the whole governor document.
+async fn audited_rejection(app: &TestApp, what: &str) -> String {
+    for _ in 0..200 {
+        let g = app.get_json("/v1/governor").await;
+        let hit = g["changes"].as_array().into_iter().flatten().any(|e| {
+            e["kind"] == "rejected" && e["new"].as_str().is_some_and(|n| n.contains(what))
+        });
+        if hit {
+            return g.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no refusal mentioning {what} was audited");
+}
