@@ -84,6 +84,8 @@ pub enum Refusal {
         "the template alone is over {limit} bytes per message ([campaigns] max_message_bytes)"
     )]
     TooLarge { limit: usize },
+    #[error("more than {limit} `{{{{{{…}}}}}}` expressions inside layout blocks per message: write `{{{{…}}}}`, or use fewer")]
+    Unescaped { limit: usize },
     #[error("partial `{0}` is not defined")]
     UnknownPartial(String),
     #[error("partial names must be written out: `{{{{> (…)}}}}` chooses a partial from data and cannot be checked")]
@@ -123,7 +125,15 @@ struct Walk<'t> {
     bytes: u64,
     /// Partials being walked, outermost first, for the messages.
     chain: Vec<String>,
+    /// How many `{{#> p}}…{{/p}}` bodies enclose the walk now.
+    in_body: usize,
+    /// `{{{x}}}` met inside such bodies: handlebars renders a body to a string of its own before
+    /// any output sees it, and an unescaped value is charged nowhere on the way.
+    unescaped: usize,
 }
+
+/// `{{{x}}}` inside layout bodies per message; each writes at most a recipient's data (64 KiB).
+const MAX_UNESCAPED_IN_BODIES: usize = 32;
 
 /// Walks the roots of `registry` (by name) as a render would and refuses what could not render within
 /// `limits`. Cost: at most `max_expansion` partial walks, each linear in its template.
@@ -145,6 +155,8 @@ pub fn check(
             expansions: 0,
             bytes: 0,
             chain: vec![root.to_string()],
+            in_body: 0,
+            unescaped: 0,
         };
         let scope = Rc::new(Scope {
             inline: inline_partials(t),
@@ -253,6 +265,14 @@ impl<'t> Walk<'t> {
         for e in &t.elements {
             match e {
                 TemplateElement::RawString(s) => self.add_bytes(s.len() as u64)?,
+                TemplateElement::HtmlExpression(_) if self.in_body > 0 => {
+                    self.unescaped += 1;
+                    if self.unescaped > MAX_UNESCAPED_IN_BODIES {
+                        return Err(Refusal::Unescaped {
+                            limit: MAX_UNESCAPED_IN_BODIES,
+                        });
+                    }
+                }
                 TemplateElement::Expression(_)
                 | TemplateElement::HtmlExpression(_)
                 | TemplateElement::Comment(_) => {}
@@ -321,7 +341,9 @@ impl<'t> Walk<'t> {
                 parent: Some(scope.clone()),
                 block_bytes: scope.block_bytes,
             });
+            self.in_body += 1;
             self.template(body, depth, &body_scope)?;
+            self.in_body -= 1;
             block_bytes = Some(self.bytes - before);
             // Written where the partial says, not here.
             self.bytes = before;
@@ -791,6 +813,18 @@ mod tests {
             refusal(&src("{{> n0}}", &p)),
             Refusal::TooDeep { .. }
         ));
+    }
+
+    #[test]
+    fn unescaped_values_inside_layout_bodies_are_bounded() {
+        let body = "{{{raw}}}".repeat(MAX_UNESCAPED_IN_BODIES + 1);
+        let t = src(
+            &format!("{{{{#> l}}}}{body}{{{{/l}}}}"),
+            &[("l", "{{> @partial-block}}")],
+        );
+        assert!(matches!(refusal(&t), Refusal::Unescaped { .. }));
+        // Outside a body they reach the bounded output directly.
+        CompiledTemplate::compile(&src(&body, &[])).unwrap();
     }
 
     #[test]

@@ -61,10 +61,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let clock = Arc::new(SystemClock);
     let source = Arc::new(HttpWorkSource::new(&args.conductor, secret, clock.clone())?);
     let stop = CancellationToken::new();
+    // [safety] is read again every few seconds: turning the sandbox on protects the next request
+    // here too, not only the conductor's next lease.
+    let safety = Arc::new(std::sync::RwLock::new(cfg.safety.clone()));
+    if let Some(path) = args.config.clone() {
+        tokio::spawn(watch_safety(path, safety.clone(), stop.clone()));
+    }
+    let live = safety.clone();
+    let provider = sender::safety::Safety::guard_live(
+        cfg.provider.build(clock.clone())?,
+        Arc::new(move || live.read().expect("safety lock poisoned").clone()),
+    );
     let sender = Arc::new(Sender::new(
         source,
         bodies,
-        cfg.safety.guard(cfg.provider.build(clock.clone())?),
+        provider,
         clock,
         cfg.sender.sender_config(&cfg.provider),
         stop.clone(),
@@ -78,4 +89,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stop.cancel();
     worker.await.context("sender task")?;
     Ok(())
+}
+
+/// Re-reads `path` every two seconds and takes its `[safety]` when that is valid; a file that does
+/// not load keeps the settings in force (and says so once).
+async fn watch_safety(
+    path: PathBuf,
+    safety: Arc<std::sync::RwLock<sender::safety::Safety>>,
+    stop: CancellationToken,
+) {
+    let mut refused = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let loaded = sender::config::load::<FileConfig>(Some(&path), std::env::vars())
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                c.safety
+                    .check()
+                    .map(|()| c.safety)
+                    .map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok(new) => {
+                refused = None;
+                let mut current = safety.write().expect("safety lock poisoned");
+                if *current != new {
+                    tracing::info!(
+                        sandbox = new.sandbox,
+                        "[safety] changed; applies to the next send"
+                    );
+                    *current = new;
+                }
+            }
+            Err(e) if refused.as_ref() != Some(&e) => {
+                tracing::error!(error = %e, "config change refused; keeping the [safety] in force");
+                refused = Some(e);
+            }
+            Err(_) => {}
+        }
+    }
 }

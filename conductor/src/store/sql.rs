@@ -347,31 +347,31 @@ impl SqlStore {
         // Another sender's lease of the same batch is left alone: its report is still to come.
         let waiting = "campaign_id = $3 AND batch = $4 \
                        AND (state IN ('rendered', 'deferred') OR (state = 'leased' AND lease_id = $5))";
-        if rerenders > MAX_RERENDERS {
+        let give_up = rerenders > MAX_RERENDERS;
+        let (state, why) = if give_up {
             tracing::warn!(campaign = cid, batch, %reason, "rendered batch still unreadable: its recipients fail");
-            sqlx::query(&format!(
-                "UPDATE recipients SET state = 'failed', reason = $1, lease_id = NULL, updated_ms = $2 WHERE {waiting}"
-            ))
-            .bind(format!("the rendered message could not be read after {MAX_RERENDERS} renders: {reason}"))
-            .bind(now)
-            .bind(cid)
-            .bind(batch)
-            .bind(lease_id)
-            .execute(&mut **tx)
-            .await?;
-            return Ok(());
-        }
-        tracing::warn!(campaign = cid, batch, %reason, "rendered batch unreadable: rendering it again");
+            (
+                "failed",
+                format!("the rendered message could not be read after {MAX_RERENDERS} renders: {reason}"),
+            )
+        } else {
+            tracing::warn!(campaign = cid, batch, %reason, "rendered batch unreadable: rendering it again");
+            ("pending", format!("rendering again: {reason}"))
+        };
         sqlx::query(&format!(
-            "UPDATE recipients SET state = 'pending', reason = $1, lease_id = NULL, updated_ms = $2 WHERE {waiting}"
+            "UPDATE recipients SET state = $6, reason = $1, lease_id = NULL, updated_ms = $2 WHERE {waiting}"
         ))
-        .bind(format!("rendering again: {reason}"))
+        .bind(why)
         .bind(now)
         .bind(cid)
         .bind(batch)
         .bind(lease_id)
+        .bind(state)
         .execute(&mut **tx)
         .await?;
+        if give_up {
+            return Ok(());
+        }
         sqlx::query(
             "UPDATE batches SET rendered_ms = NULL, body_key = NULL, dispatched_ms = NULL, render_claim_ms = NULL \
              WHERE campaign_id = $1 AND n = $2",

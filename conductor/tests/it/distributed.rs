@@ -16,7 +16,7 @@ use crate::support::*;
 const SECRET: &str = "test-workers-secret-0123456789";
 
 /// `target/<profile>/NAME`, built beside this test binary (`target/<profile>/deps/it-…`).
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join(name);
     assert!(

@@ -316,24 +316,7 @@ async fn turning_the_sandbox_on_protects_the_next_send_and_refused_edits_keep_se
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(app.config.borrow().safety.sandbox, "the edit applied live");
-    let done = app
-        .wait_for(&id, Duration::from_secs(30), |c| c["status"] == "completed")
-        .await;
-    assert_eq!(
-        (
-            done["counts"]["sent"].as_i64(),
-            done["counts"]["failed"].as_i64()
-        ),
-        (Some(1), Some(1)),
-        "{done}"
-    );
-    let failed = app
-        .get_json(&format!("/v1/campaigns/{id}/recipients?state=failed"))
-        .await;
-    assert_eq!(
-        failed["recipients"][0]["email"],
-        "real.person@customer.test"
-    );
+    only_the_allowed_one_was_sent(&app, &id).await;
     let outbox: Vec<String> = walk(&app.dir.path().join("outbox"));
     assert!(
         outbox.iter().all(|f| !f.contains("customer.test")),
@@ -404,4 +387,210 @@ async fn audited_rejection(app: &TestApp, what: &str) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no refusal mentioning {what} was audited");
+}
+
+/// A send in doubt (the provider got it, its answer came after the timeout), then the one-click
+/// unsubscribe from that very message, then an operator's retry of everything `unknown`: the
+/// unsubscribed address is not mailed again; the others are.
+#[tokio::test]
+async fn unsubscribe_then_retry_never_mails_the_address_again() {
+    use crate::sink::{send_to, Sink};
+    use std::sync::atomic::Ordering;
+    let (sink, base) = Sink::start().await;
+    sink.answer_after_ms.store(1_500, Ordering::SeqCst);
+    let app = spawn_app_with(|c| {
+        send_to(c, &base);
+        c.provider.timeout_ms = 300;
+        c.unsubscribe.base_url = Some("https://mail.example.com".into());
+        c.unsubscribe.secret = Some("unsubscribe-secret-for-tests-0123456789".into());
+    })
+    .await;
+    let id = app.create(&inline_campaign(recipients(3))).await;
+    let c = app
+        .wait_for(&id, Duration::from_secs(60), is_completed)
+        .await;
+    assert_eq!(c["counts"]["unknown"], 3, "{c}");
+    let first = sink.received.lock().unwrap().clone();
+    assert_eq!(first.len(), 3, "each message reached the provider once");
+    let r1 = first
+        .iter()
+        .find(|r| r.to.contains("<r1@example.com>"))
+        .unwrap();
+    let link = r1.list_unsubscribe.trim_matches(|c| c == '<' || c == '>');
+    let token = link.strip_prefix("https://mail.example.com/u/").unwrap();
+    let r = app
+        .client
+        .post(app.url(&format!("/u/{token}")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    sink.answer_after_ms.store(0, Ordering::SeqCst);
+    let r = app
+        .post_json(
+            &format!("/v1/campaigns/{id}/retry"),
+            &json!({"states": ["unknown"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let c = app
+        .wait_for(&id, Duration::from_secs(60), is_completed)
+        .await;
+    assert_eq!(
+        (
+            c["counts"]["sent"].as_i64(),
+            c["counts"]["suppressed"].as_i64()
+        ),
+        (Some(2), Some(1)),
+        "{c}"
+    );
+    let to_r1 = sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.to.contains("<r1@example.com>"))
+        .count();
+    assert_eq!(
+        to_r1, 1,
+        "the unsubscribed address got only the message it unsubscribed from"
+    );
+    assert_eq!(sink.received.lock().unwrap().len(), 5);
+    app.stop().await;
+}
+
+/// A `sender` process reads `[safety]` again while it runs: turned on in its config file, the sandbox
+/// refuses the next stranger even though the conductor (whose config did not change) leased it.
+#[tokio::test]
+async fn a_sender_process_applies_a_safety_edit_to_its_next_send() {
+    use tokio::io::AsyncBufReadExt;
+    const SECRET: &str = "hostile-workers-secret-0123456789";
+    let app = spawn_app_with(|c| {
+        c.workers.embedded_sender = false;
+        c.workers.secret = Some(SECRET.into());
+    })
+    .await;
+    let root = app.dir.path().to_path_buf();
+    let file = root.join("sender.toml");
+    let toml = |extra: &str| {
+        format!(
+            "[bodies]\nurl = \"file://{0}/bodies\"\n[provider.outbox]\ndir = \"{0}/remote-outbox\"\n{extra}",
+            root.display()
+        )
+    };
+    std::fs::write(&file, toml("")).unwrap();
+    let mut sender = tokio::process::Command::new(crate::distributed::binary("sender"))
+        .args(["--conductor", &app.base, "--config", file.to_str().unwrap()])
+        .env("CONDUCTOR__WORKERS__SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = tokio::io::BufReader::new(sender.stderr.take().unwrap()).lines();
+    let mut c = inline_campaign(vec![
+        json!({"email": "ok@example.com", "data": {"city": "Köln"}}),
+        json!({"email": "real.person@customer.test", "data": {"city": "Köln"}}),
+    ]);
+    c["send_at"] = json!((chrono::Utc::now() + chrono::Duration::seconds(6)).to_rfc3339());
+    let id = app.create(&c).await;
+    std::fs::write(
+        &file,
+        toml("[safety]\nsandbox = true\nallow_domains = [\"example.com\"]\n"),
+    )
+    .unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if line.contains("[safety] changed") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the sender reloaded [safety]");
+    only_the_allowed_one_was_sent(&app, &id).await;
+    let outbox = walk(&root.join("remote-outbox"));
+    assert_eq!(outbox.len(), 1, "{outbox:?}");
+    assert!(outbox[0].contains("ok@example.com"), "{outbox:?}");
+    sender.kill().await.unwrap();
+    app.stop().await;
+}
+
+fn mailgun_post(key: &str, token: &str, event: &str) -> Value {
+    let ts = chrono::Utc::now().timestamp().to_string();
+    json!({
+        "signature": {"timestamp": ts, "token": token,
+                      "signature": conductor::feedback::mailgun_signature(key, &ts, token)},
+        "event-data": {"event": event, "recipient": "r1@example.com"},
+    })
+}
+
+/// A rotated signing key applies at once; a signature is good for one post whatever its event, so a
+/// captured `opened` cannot come back as `unsubscribed`.
+#[tokio::test]
+async fn webhook_secrets_apply_live_and_a_token_is_spent_on_any_event() {
+    let app =
+        spawn_app_with(|c| c.feedback.mailgun.signing_key = Some("key-old-0123456789".into()))
+            .await;
+    let post = |body: Value| {
+        let app = &app;
+        async move { app.post_json("/v1/feedback/mailgun", &body).await }
+    };
+    assert_eq!(
+        post(mailgun_post("key-old-0123456789", "t1", "opened"))
+            .await
+            .status(),
+        200
+    );
+    let mut replay = mailgun_post("key-old-0123456789", "t1", "unsubscribed");
+    replay["event-data"]["event"] = json!("unsubscribed");
+    assert_eq!(
+        post(replay).await.status(),
+        406,
+        "the token was spent by the `opened` post"
+    );
+    let mut rotated = (**app.config.borrow()).clone();
+    rotated.feedback.mailgun.signing_key = Some("key-new-0123456789".into());
+    app.config.send_replace(std::sync::Arc::new(rotated));
+    assert_eq!(
+        post(mailgun_post("key-old-0123456789", "t2", "delivered"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(mailgun_post("key-new-0123456789", "t3", "delivered"))
+            .await
+            .status(),
+        200
+    );
+    app.stop().await;
+}
+
+/// The campaign of `ok@example.com` and `real.person@customer.test` completed with the first sent
+/// and the stranger failed by the sandbox.
+async fn only_the_allowed_one_was_sent(app: &TestApp, id: &str) {
+    let done = app
+        .wait_for(id, Duration::from_secs(60), is_completed)
+        .await;
+    let counts = &done["counts"];
+    assert_eq!(
+        (counts["sent"].as_i64(), counts["failed"].as_i64()),
+        (Some(1), Some(1)),
+        "{done}"
+    );
+    let failed = app
+        .get_json(&format!("/v1/campaigns/{id}/recipients?state=failed"))
+        .await;
+    let stranger = &failed["recipients"][0];
+    assert_eq!(stranger["email"], "real.person@customer.test");
+    assert!(
+        stranger["reason"].as_str().unwrap().contains("sandbox"),
+        "{failed}"
+    );
 }
