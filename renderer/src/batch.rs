@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Largest decompressed rendered batch a reader takes (1 GiB).
+pub const MAX_DECODED_BYTES: u64 = 1 << 30;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RenderedBatch {
     pub version: u32,
@@ -57,6 +60,8 @@ impl std::fmt::Display for Mailbox {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchCodecError {
+    #[error("rendered batch decompresses to more than {0} bytes")]
+    TooLarge(u64),
     #[error("rendered batch is not valid zstd: {0}")]
     Compression(#[from] std::io::Error),
     #[error("rendered batch is not valid JSON: {0}")]
@@ -76,9 +81,18 @@ impl RenderedBatch {
         Ok(zstd::bulk::compress(&json, 3)?)
     }
 
+    /// Decompresses whole, then parses: `serde_json::from_reader` over a decoder reads one byte per
+    /// call, which made decoding the sender's largest cost. A batch that would decompress past
+    /// [`MAX_DECODED_BYTES`] is refused rather than held.
     pub fn decode(bytes: &[u8]) -> Result<Self, BatchCodecError> {
-        let mut decoder = zstd::Decoder::new(bytes)?;
-        let batch: Self = serde_json::from_reader(&mut decoder)?;
+        use std::io::Read;
+        let decoder = zstd::Decoder::new(bytes)?;
+        let mut json = Vec::with_capacity(bytes.len().saturating_mul(4));
+        decoder.take(MAX_DECODED_BYTES + 1).read_to_end(&mut json)?;
+        if json.len() as u64 > MAX_DECODED_BYTES {
+            return Err(BatchCodecError::TooLarge(MAX_DECODED_BYTES));
+        }
+        let batch: Self = serde_json::from_slice(&json)?;
         if batch.version != FORMAT_VERSION {
             return Err(BatchCodecError::Version(batch.version));
         }
