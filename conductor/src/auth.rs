@@ -1,5 +1,5 @@
 //! Bearer tokens for the API: `[server] api_tokens` holds SHA-256 digests of the tokens (never the
-//! tokens), and when any are set every mutating route and the event stream require one. The config is
+//! tokens), and when any are set every `/v1` route and the event stream require one. The config is
 //! read at each request, so adding or revoking a token is a config edit away. Routes with their own
 //! proof stay as they are: provider webhooks (signatures), one-click unsubscribe (the link's HMAC),
 //! the worker API (the workers' secret).

@@ -3,7 +3,6 @@
 //! spare: a webhook event is a few KiB, a worker's report at most a batch of outcomes.
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
 
 use crate::problem::Problem;
 
@@ -22,12 +21,7 @@ pub const WORKER_REPORT: usize = 32 * 1024 * 1024;
 /// The whole body, or 413 naming the limit once more than `limit` bytes arrived (the rest is never
 /// read).
 pub async fn read(body: Body, limit: usize, what: &str) -> Result<Bytes, Problem> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "/problems/payload-too-large",
-            "The request body is too large",
-            format!("{what} takes at most {limit} bytes"),
-        )
-    })
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Problem::too_large_for(what, limit))
 }

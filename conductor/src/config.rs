@@ -50,8 +50,8 @@ pub struct Server {
     pub listen: String,
     /// Largest request body accepted (a campaign with its recipient list), in bytes.
     pub max_body_bytes: usize,
-    /// `sha256:HEX` digests of the API's bearer tokens; when any are set, mutating routes and event
-    /// streams need one. Read at each request, so edits apply at once.
+    /// `sha256:HEX` digests of the API's bearer tokens; when any are set, every `/v1` route and the
+    /// event streams need one. Read at each request, so edits apply at once.
     pub api_tokens: Vec<String>,
     /// Host names (the `Host` header, without port) this server answers to; anything else is refused,
     /// which defeats DNS rebinding. The listen address, when it is an IP, is always allowed. `"*"`
@@ -294,13 +294,7 @@ impl Config {
                 format!("listening on {ip} (not loopback) with no API tokens would let anyone on the network create campaigns: list token digests (`conductor token new`), or set [server] allow_open_api = true if that is meant"),
             ));
         }
-        if let Some(h) = self.server.allowed_hosts.iter().find(|h| {
-            h.trim().is_empty()
-                || h.contains(['/', ' ', '@'])
-                || h.contains(':')
-                    && !h.starts_with('[')
-                    && h.parse::<std::net::Ipv6Addr>().is_err()
-        }) {
+        if let Some(h) = self.server.allowed_hosts.iter().find(|h| !is_host(h)) {
             return Err(invalid(
                 "server.allowed_hosts",
                 format!("{h:?} is not a host name or IP address (no scheme, port or path)"),
@@ -391,6 +385,17 @@ impl Config {
             ))
         }
     }
+}
+
+/// A host name, an IPv4 address, `"*"`, or an IPv6 address bare or in brackets; no scheme, port or path.
+fn is_host(h: &str) -> bool {
+    let h = h.trim();
+    let bare_ipv6 = h.parse::<std::net::Ipv6Addr>().is_ok();
+    let bracketed = h
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    !h.is_empty() && (bare_ipv6 || bracketed || !h.contains(['/', ' ', '@', ':']))
 }
 
 #[cfg(test)]
@@ -489,6 +494,8 @@ mod tests {
             ("[governor]\nper_minute = \"lots\"", "per_minute"),
             ("[campaigns]\nbatch_size = 0", "campaigns.batch_size"),
             ("[server]\nlisten = \"nowhere\"", "server.listen"),
+            ("[server]\nallowed_hosts = [\"http://x.example\"]", "server.allowed_hosts"),
+            ("[server]\nallowed_hosts = [\"x.example:8080\"]", "server.allowed_hosts"),
             ("[store]\nurl = \"mysql://x\"", "store.url"),
             ("[governor]\nper_minit = 5", "per_minit"),
             ("[provider]\nkind = \"pigeon\"", "pigeon"),

@@ -27,7 +27,6 @@ pub fn router() -> Router<Arc<Service>> {
 pub struct SesIntake {
     pub verifier: renderer::sns::Verifier,
     pub confirm: reqwest::Client,
-    pub topics: Vec<String>,
     /// The section it was built from: a config edit builds a new one.
     pub built_from: feedback::SesFeedback,
 }
@@ -48,7 +47,6 @@ impl SesIntake {
                 certs,
             ),
             confirm: renderer::sns::confirm_client(),
-            topics: cfg.topic_arns.clone(),
             built_from: cfg.clone(),
         })
     }
@@ -241,7 +239,7 @@ async fn ses(
     let topic = headers
         .get("x-amz-sns-topic-arn")
         .and_then(|v| v.to_str().ok());
-    if topic.is_some_and(|t| !intake.topics.iter().any(|known| known == t)) {
+    if topic.is_some_and(|t| !intake.built_from.topic_arns.iter().any(|known| known == t)) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "/problems/bad-signature",

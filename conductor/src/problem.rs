@@ -79,6 +79,16 @@ impl Problem {
         )
     }
 
+    /// 413 for a route with a fixed limit of its own (`what` takes at most `limit` bytes).
+    pub fn too_large_for(what: &str, limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "/problems/payload-too-large",
+            "The request body is too large",
+            format!("{what} takes at most {limit} bytes"),
+        )
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -474,7 +474,7 @@ pub fn validate(
             ));
             continue;
         }
-        if !seen.insert(email.to_lowercase()) {
+        if !seen.insert(sender::safety::canonical(&email)) {
             duplicates += 1;
             continue;
         }

@@ -118,7 +118,7 @@ pub fn from_toml<T: DeserializeOwned>(
 /// The dotted key whose line holds byte `at` of a TOML text (section headers followed), without its
 /// value.
 fn key_at(text: &str, at: usize) -> Option<String> {
-    let before = &text[..at.min(text.len())];
+    let before = text.get(..at).unwrap_or(text);
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next()?;
     let key = line.split_once('=')?.0.trim().trim_matches('"');
@@ -138,7 +138,7 @@ fn key_at(text: &str, at: usize) -> Option<String> {
 /// the message names the key, and the position is given for the file as written.
 fn quoteless(e: &toml::de::Error, text: Option<&str>) -> String {
     let at = text.zip(e.span()).map(|(t, span)| {
-        let before = &t[..span.start.min(t.len())];
+        let before = t.get(..span.start).unwrap_or(t);
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         format!("line {line}, column {column}: ")

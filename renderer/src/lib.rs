@@ -19,7 +19,7 @@ pub mod worker;
 
 pub use batch::{BatchCodecError, Mailbox, RenderedBatch, RenderedMessage};
 pub use body_store::{BodyError, BodyStore, LocalBodyStore};
-pub use bounds::{RenderLimits, TemplateLimits};
+pub use bounds::RenderLimits;
 pub use job::{
     context, RecipientData, RenderInput, RenderJob, RenderSource, SourceError, UnsubscribeLink,
 };

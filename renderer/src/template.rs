@@ -223,10 +223,6 @@ impl CompiledTemplate {
         })
     }
 
-    pub fn limits(&self) -> RenderLimits {
-        self.limits
-    }
-
     /// Renders one recipient. `ctx` is the recipient's data object. A message over
     /// `max_message_bytes` or a render over `max_render_ms` is an error naming the limit.
     pub fn render(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {

@@ -67,16 +67,6 @@ impl Safety {
         })
     }
 
-    /// The provider, behind the send-time check when sandboxed.
-    pub fn guard(&self, provider: Arc<dyn Provider>) -> Arc<dyn Provider> {
-        if self.sandbox {
-            let fixed = self.clone();
-            Self::guard_live(provider, Arc::new(move || fixed.clone()))
-        } else {
-            provider
-        }
-    }
-
     /// The provider behind a check that asks `live` for the settings at every send, so turning the
     /// sandbox on in a watched config protects the very next message.
     pub fn guard_live(provider: Arc<dyn Provider>, live: Arc<LiveSafety>) -> Arc<dyn Provider> {
@@ -159,11 +149,14 @@ impl Provider for Sandboxed {
 
 fn refused(msg: OutgoingMessage<'_>) -> Outcome {
     Outcome::Failed {
-        reason: format!(
-            "sandbox: {} is not in [safety] allow_domains or allow_addresses",
-            msg.message.to
-        ),
+        reason: refusal(&msg.message.to),
     }
+}
+
+/// Why `email` is not mailed in sandbox mode: the reason a refused recipient ends `failed` with,
+/// whether the conductor's lease or a sender's last check refused it.
+pub fn refusal(email: &str) -> String {
+    format!("sandbox: {email} is not in [safety] allow_domains or allow_addresses")
 }
 
 #[cfg(test)]
@@ -243,7 +236,8 @@ mod tests {
     #[tokio::test]
     async fn a_sandboxed_provider_never_sees_a_stranger() {
         let inner = Arc::new(Counting(AtomicUsize::new(0)));
-        let guarded = sandbox().guard(inner.clone());
+        let fixed = sandbox();
+        let guarded = Safety::guard_live(inner.clone(), Arc::new(move || fixed.clone()));
         let batch = RenderedBatch {
             version: renderer::batch::FORMAT_VERSION,
             campaign_id: "c".into(),

@@ -424,13 +424,7 @@ impl SqlStore {
                 if let Some(why) = suppressed.get(key) {
                     refused.push((*id, "suppressed", format!("suppressed: {why}")));
                 } else if !r.safety.allows(email) {
-                    refused.push((
-                        *id,
-                        "failed",
-                        format!(
-                            "sandbox: {email} is not in [safety] allow_domains or allow_addresses"
-                        ),
-                    ));
+                    refused.push((*id, "failed", sender::safety::refusal(email)));
                 } else {
                     kept.0.push(*id);
                     kept.1.push(email.clone());

@@ -10,9 +10,13 @@ use crate::support::*;
 
 /// Every `.eml` in a campaign's outbox folder, by recipient address.
 pub fn outbox(app: &TestApp, id: &str) -> HashMap<String, String> {
-    let dir = app.dir.path().join("outbox").join(id);
+    outbox_in(&app.dir.path().join("outbox").join(id))
+}
+
+/// Every `.eml` in one outbox folder (an `[provider.outbox] dir` and a campaign id), by address.
+pub fn outbox_in(dir: &std::path::Path) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         assert_eq!(
             path.extension().unwrap(),
@@ -22,7 +26,11 @@ pub fn outbox(app: &TestApp, id: &str) -> HashMap<String, String> {
         );
         let text = std::fs::read_to_string(&path).unwrap();
         let to = text.lines().find(|l| l.starts_with("To: ")).unwrap();
-        let addr = to[to.find('<').unwrap() + 1..to.find('>').unwrap()].to_string();
+        // `To: Name <addr>`, or `To: addr` for a recipient without a name.
+        let addr = match (to.find('<'), to.find('>')) {
+            (Some(a), Some(b)) => to[a + 1..b].to_string(),
+            _ => to["To: ".len()..].trim().to_string(),
+        };
         assert!(
             out.insert(addr.clone(), text).is_none(),
             "{addr} mailed twice"

@@ -317,12 +317,12 @@ async fn turning_the_sandbox_on_protects_the_next_send_and_refused_edits_keep_se
     }
     assert!(app.config.borrow().safety.sandbox, "the edit applied live");
     only_the_allowed_one_was_sent(&app, &id).await;
-    let outbox: Vec<String> = walk(&app.dir.path().join("outbox"));
-    assert!(
-        outbox.iter().all(|f| !f.contains("customer.test")),
+    let outbox = crate::e2e::outbox(&app, &id);
+    assert_eq!(
+        outbox.keys().collect::<Vec<_>>(),
+        ["ok@example.com"],
         "{outbox:?}"
     );
-    assert_eq!(outbox.len(), 1, "{outbox:?}");
 
     // A restart-only edit carrying a password, and a broken one: refused, and no audit entry (served
     // by GET /v1/governor) or log holds the password.
@@ -353,25 +353,6 @@ async fn turning_the_sandbox_on_protects_the_next_send_and_refused_edits_keep_se
 
 fn root_of(file: &std::path::Path) -> String {
     file.parent().unwrap().display().to_string()
-}
-
-fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(
-                std::fs::read_to_string(&p)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| l.starts_with("To:"))
-                    .collect(),
-            );
-        }
-    }
-    out
 }
 
 /// Waits until the audit log has a refusal mentioning `what`; returns the whole governor document.
@@ -492,6 +473,17 @@ async fn a_sender_process_applies_a_safety_edit_to_its_next_send() {
         .spawn()
         .unwrap();
     let mut log = tokio::io::BufReader::new(sender.stderr.take().unwrap()).lines();
+    // The edit must come after the sender has read its file once, or it would start sandboxed.
+    let started = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if line.contains("sender started") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(started, Ok(true), "the sender started");
     let mut c = inline_campaign(vec![
         json!({"email": "ok@example.com", "data": {"city": "Köln"}}),
         json!({"email": "real.person@customer.test", "data": {"city": "Köln"}}),
@@ -514,9 +506,12 @@ async fn a_sender_process_applies_a_safety_edit_to_its_next_send() {
     .await;
     assert_eq!(seen, Ok(true), "the sender reloaded [safety]");
     only_the_allowed_one_was_sent(&app, &id).await;
-    let outbox = walk(&root.join("remote-outbox"));
-    assert_eq!(outbox.len(), 1, "{outbox:?}");
-    assert!(outbox[0].contains("ok@example.com"), "{outbox:?}");
+    let outbox = crate::e2e::outbox_in(&root.join("remote-outbox").join(&id));
+    assert_eq!(
+        outbox.keys().collect::<Vec<_>>(),
+        ["ok@example.com"],
+        "{outbox:?}"
+    );
     sender.kill().await.unwrap();
     app.stop().await;
 }
