@@ -474,16 +474,7 @@ async fn a_sender_process_applies_a_safety_edit_to_its_next_send() {
         .unwrap();
     let mut log = tokio::io::BufReader::new(sender.stderr.take().unwrap()).lines();
     // The edit must come after the sender has read its file once, or it would start sandboxed.
-    let started = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = log.next_line().await {
-            if line.contains("sender started") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(started, Ok(true), "the sender started");
+    said(&mut log, "sender started", 30).await;
     let mut c = inline_campaign(vec![
         json!({"email": "ok@example.com", "data": {"city": "Köln"}}),
         json!({"email": "real.person@customer.test", "data": {"city": "Köln"}}),
@@ -495,16 +486,7 @@ async fn a_sender_process_applies_a_safety_edit_to_its_next_send() {
         toml("[safety]\nsandbox = true\nallow_domains = [\"example.com\"]\n"),
     )
     .unwrap();
-    let seen = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Ok(Some(line)) = log.next_line().await {
-            if line.contains("[safety] changed") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(seen, Ok(true), "the sender reloaded [safety]");
+    said(&mut log, "[safety] changed", 15).await;
     only_the_allowed_one_was_sent(&app, &id).await;
     let outbox = crate::e2e::outbox_in(&root.join("remote-outbox").join(&id));
     assert_eq!(
@@ -588,4 +570,22 @@ async fn only_the_allowed_one_was_sent(app: &TestApp, id: &str) {
         stranger["reason"].as_str().unwrap().contains("sandbox"),
         "{failed}"
     );
+}
+
+/// Reads a process's log until a line contains `needle`; fails the test after `secs`.
+async fn said(
+    log: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    needle: &str,
+    secs: u64,
+) {
+    let seen = tokio::time::timeout(Duration::from_secs(secs), async {
+        while let Ok(Some(line)) = log.next_line().await {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(seen, Ok(true), "the process did not log {needle:?}");
 }
