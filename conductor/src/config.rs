@@ -104,9 +104,18 @@ pub struct Campaigns {
     pub max_message_bytes: usize,
     /// Time one recipient's render may take.
     pub max_render_ms: u64,
+    /// Recipients per campaign rendered ahead of sending (at least two minutes at the global cap):
+    /// rendering follows the send cursor, so a large campaign's bodies are not all made, and stored,
+    /// before its first minute.
+    pub render_ahead: u32,
 }
 
 impl Campaigns {
+    /// The render-ahead window in force: `render_ahead`, or two minutes at the global cap if more.
+    pub fn render_ahead(&self, governor: &Governor) -> u32 {
+        self.render_ahead.max(governor.per_minute.saturating_mul(2))
+    }
+
     pub fn render_limits(&self) -> renderer::RenderLimits {
         renderer::RenderLimits {
             max_message_bytes: self.max_message_bytes,
@@ -132,6 +141,7 @@ impl Default for Campaigns {
             on_ambiguous: OnAmbiguous::Hold,
             max_message_bytes: renderer::RenderLimits::default().max_message_bytes,
             max_render_ms: renderer::RenderLimits::default().max_render_ms,
+            render_ahead: 12_000,
         }
     }
 }
@@ -339,6 +349,9 @@ impl Config {
                 "campaigns.max_render_ms",
                 "must be between 10 and 60000",
             ));
+        }
+        if self.campaigns.render_ahead == 0 {
+            return Err(invalid("campaigns.render_ahead", "must be at least 1"));
         }
         self.governor.check()?;
         if self.workers.embedded_sender {

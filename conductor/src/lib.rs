@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod planner;
 pub mod problem;
 pub mod progress;
+pub mod recipient;
 pub mod retry;
 pub mod schedule;
 pub mod secret;

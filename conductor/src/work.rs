@@ -48,7 +48,12 @@ impl Work {
         let redispatch = cfg.dispatch.redispatch_after_ms as i64;
         let jobs = self
             .store
-            .batches_to_render(now - redispatch, now, 10_000)
+            .batches_to_render(
+                now - redispatch,
+                now,
+                cfg.campaigns.render_ahead(&cfg.governor),
+                10_000,
+            )
             .await?;
         if !jobs.is_empty() {
             let n = jobs.len();
@@ -58,6 +63,10 @@ impl Work {
                     tracing::warn!(error = %e, "render jobs not handed out; retried after dispatch.redispatch_after_ms")
                 }
             }
+        }
+        // What a cancel left waiting is marked a chunk at a time; the next pass follows at once.
+        if self.store.sweep_cancelled(now, 50_000).await? > 0 {
+            self.wake.notify_one();
         }
         let resend = cfg.campaigns.on_ambiguous == OnAmbiguous::Resend;
         let lost = self.store.expire_leases(now, resend).await?;

@@ -91,7 +91,8 @@ pub fn canonical(email: &str) -> String {
     }
 }
 
-fn canonical_domain(domain: &str) -> String {
+/// A domain in the form [`canonical`] gives it: IDNA ASCII, lower case.
+pub fn canonical_domain(domain: &str) -> String {
     idna::domain_to_ascii(domain.trim()).unwrap_or_else(|_| domain.trim().to_lowercase())
 }
 

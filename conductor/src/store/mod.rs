@@ -2,6 +2,7 @@
 //! channels and notifications only say "look again".
 
 mod sql;
+mod tally;
 
 use async_trait::async_trait;
 use renderer::{RenderInput, RenderJob};
@@ -135,6 +136,8 @@ pub struct Running {
     pub per_minute: Option<u32>,
     pub send_at_ms: Option<Millis>,
     pub window: Option<crate::schedule::SendWindow>,
+    /// Recipients per batch: batch `n` holds ids `n × batch_size ..`.
+    pub batch_size: i64,
 }
 
 impl Running {
@@ -218,12 +221,15 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> Result<(Campaign, bool), StoreError>;
 
-    /// Batches not rendered and not handed out since `stale_before` (never, or too long ago); marks
-    /// them handed out at `now`.
+    /// Batches to render next, lowest first, of each running or paused campaign: those not handed
+    /// out since `stale_before` (never, or too long ago), as many as keep about `ahead` recipients
+    /// per campaign rendered and not yet sent (batches waiting or being rendered count); marks them
+    /// handed out at `now`. Rendering follows the send cursor instead of running ahead of it.
     async fn batches_to_render(
         &self,
         stale_before: Millis,
         now: Millis,
+        ahead: u32,
         limit: u32,
     ) -> Result<Vec<RenderJob>, StoreError>;
     /// Forgets that unrendered batches were handed out (an in-process queue died with its process).
@@ -257,6 +263,12 @@ pub trait Store: Send + Sync + 'static {
     /// Closes leases past their expiry; returns how many recipients were in doubt (`unknown`, or
     /// queued again when `resend_ambiguous`).
     async fn expire_leases(&self, now: Millis, resend_ambiguous: bool) -> Result<u64, StoreError>;
+    /// Marks up to about `budget` recipients still waiting in cancelled campaigns as cancelled, a
+    /// chunk per transaction (a cancel marks the first chunks itself); returns how many.
+    async fn sweep_cancelled(&self, now: Millis, budget: u64) -> Result<u64, StoreError>;
+    /// Counts a campaign's recipients row by row — O(N), for checks and repair, never on a request
+    /// path — and lists where the kept counters differ from the rows; empty when they agree.
+    async fn recount(&self, id: &str) -> Result<Vec<String>, StoreError>;
     /// Marks running campaigns with nothing left to send as completed; returns their ids.
     async fn complete_finished(&self, now: Millis) -> Result<Vec<String>, StoreError>;
     /// Marks campaigns that have had their first lease as started; returns those newly marked.
@@ -293,7 +305,7 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RecipientRow>, StoreError>;
     /// Puts a campaign's recipients in `states` (a subset of [`RETRYABLE`]) back in the queue and the
-    /// campaign back to running; returns how many.
+    /// campaign back to running, a chunk per transaction; returns how many.
     async fn retry(&self, id: &str, states: &[String], now: Millis) -> Result<u64, StoreError>;
 
     /// Lowers this minute's global cap (throttling), never below what it has already granted.

@@ -14,35 +14,53 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use renderer::{Mailbox, RecipientData, RenderInput, RenderJob, TemplateSource};
-use sender::{LeaseReply, Millis, Outcome, RecipientOutcome, SendLease};
+use sender::{LeaseReply, Millis, RecipientOutcome, SendLease};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+use super::tally::{domain_of, Tally};
 use super::{
     rfc3339, Action, AuditEntry, Campaign, Counts, LeaseRules, MinuteStats, RecipientRow,
-    ReportRules, Running, Status, Store, StoreError, RETRYABLE,
+    ReportRules, Running, Status, Store, StoreError,
 };
 use crate::fair::Fair;
 use crate::feedback;
 use crate::ledger::{self, MinuteRow};
 use crate::planner;
-use crate::retry::retry_delay_ms;
+use crate::recipient::{self, Effect, RecipientState, SettleRules};
 use crate::validate::ValidCampaign;
 
 const GLOBAL: &str = "global";
 
-/// Recipients one lease could take, and the capped domain they are all in (if any).
+/// Recipients one lease could take (all of one batch), and the capped domain they are all in (if any).
 struct Pick {
     batch: i64,
-    ids: Vec<i64>,
-    emails: Vec<String>,
+    rows: Vec<Candidate>,
     domain: Option<(String, u32)>,
 }
+
+struct Candidate {
+    id: i64,
+    email: String,
+    key: String,
+    state: RecipientState,
+}
+
+/// Rows moved per statement by the chunked sweeps (cancel, retry): each its own short transaction,
+/// so SQLite's one writer is never held for long.
+const SWEEP_CHUNK: i64 = 5_000;
+
+/// The next [`SWEEP_CHUNK`] (`$4`) of campaign `$2`'s recipients in state `$3`, found through the
+/// state index and updated by primary key. `state || ''` keeps SQLite's planner from walking every
+/// row of the state in the outer loop; the repeated test guards against a concurrent change.
+const CHUNK_OF_STATE: &str = "campaign_id = $2 AND id IN \
+     (SELECT id FROM recipients WHERE campaign_id = $2 AND state = $3 LIMIT $4) AND (state || '') = $3";
 
 /// Times a batch is rendered again because its senders could not read it.
 const MAX_RERENDERS: i64 = 3;
 
-const RUNNING: &str = "SELECT id, priority, per_minute, send_at_ms, window_json FROM campaigns \
+const RUNNING: &str =
+    "SELECT id, priority, per_minute, send_at_ms, window_json, batch_size FROM campaigns \
      WHERE status = 'running' ORDER BY created_ms, id";
 
 fn running_row(row: &AnyRow) -> Result<Running, StoreError> {
@@ -53,14 +71,18 @@ fn running_row(row: &AnyRow) -> Result<Running, StoreError> {
             .get::<Option<i64>, _>("per_minute")
             .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
         send_at_ms: row.get("send_at_ms"),
+        batch_size: row.get::<i64, _>("batch_size").max(1),
         window: row
             .get::<Option<String>, _>("window_json")
             .map(|w| json(&w))
             .transpose()?,
     })
 }
-/// States from which a recipient may still be sent.
+/// States from which a recipient may still be sent, as SQL.
 const OPEN_STATES: &str = "('pending', 'rendered', 'leased', 'deferred')";
+
+/// `RETURNING` of a statement that moves recipients, for [`Tally::moved_rows`].
+const MOVED: &str = " RETURNING batch, email_key";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -161,55 +183,45 @@ impl SqlStore {
         }
     }
 
-    async fn counts(&self, id: &str) -> Result<(Counts, u32, u32), StoreError> {
-        let mut c = Counts::default();
-        let rows = sqlx::query(
-            "SELECT state, count(*) AS n FROM recipients WHERE campaign_id = $1 GROUP BY state",
-        )
-        .bind(id)
-        .fetch_all(&self.read)
-        .await?;
-        for row in rows {
-            let n: i64 = row.get("n");
-            c.total += n;
-            match row.get::<&str, _>("state") {
-                "pending" | "rendered" => c.pending += n,
-                "leased" => {
-                    c.pending += n;
-                    c.in_flight += n
-                }
-                "deferred" => {
-                    c.pending += n;
-                    c.deferred += n
-                }
-                "sent" => c.sent += n,
-                "failed" => c.failed += n,
-                "unknown" => c.unknown += n,
-                "suppressed" => c.suppressed += n,
-                "cancelled" => c.cancelled += n,
-                other => return Err(StoreError::Corrupt(format!("recipient state {other:?}"))),
+    /// The kept counters of the campaigns `ids`, by campaign.
+    async fn counts(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Counts>, StoreError> {
+        let mut out: std::collections::HashMap<String, Counts> = ids
+            .iter()
+            .map(|id| (id.clone(), Counts::default()))
+            .collect();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT campaign_id, state, n FROM recipient_counts WHERE campaign_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.read).await? {
+                let state: String = row.get("state");
+                let state = RecipientState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("recipient state {state:?}")))?;
+                let c = out.entry(row.get("campaign_id")).or_default();
+                add_count(c, state, row.get("n"));
             }
         }
-        let b = sqlx::query(
-            "SELECT count(*) AS batches, count(rendered_ms) AS done, \
-             CAST(coalesce(sum(CASE WHEN rendered_ms IS NOT NULL THEN size ELSE 0 END), 0) AS BIGINT) AS rendered \
-             FROM batches WHERE campaign_id = $1",
-        )
-        .bind(id)
-        .fetch_one(&self.read)
-        .await?;
-        c.rendered = b.get("rendered");
-        Ok((
-            c,
-            b.get::<i64, _>("batches") as u32,
-            b.get::<i64, _>("done") as u32,
-        ))
+        Ok(out)
     }
 
     async fn load(&self, row: AnyRow) -> Result<Campaign, StoreError> {
         let id: String = row.get("id");
-        let (mut counts, batches, batches_rendered) = self.counts(&id).await?;
+        let counts = self.counts(std::slice::from_ref(&id)).await?.remove(&id);
+        Self::campaign_of(row, counts.unwrap_or_default())
+    }
+
+    fn campaign_of(row: AnyRow, mut counts: Counts) -> Result<Campaign, StoreError> {
+        let id: String = row.get("id");
         counts.requests = row.get("requests");
+        counts.rendered = row.get("rendered_total");
         let from: Mailbox = json(row.get("from_json"))?;
         let reply_to: Option<Mailbox> = row
             .get::<Option<String>, _>("reply_to_json")
@@ -224,8 +236,8 @@ impl SqlStore {
             reply_to: reply_to.map(|r| r.to_string()),
             template: row.get("template_name"),
             batch_size: row.get::<i64, _>("batch_size") as u32,
-            batches,
-            batches_rendered,
+            batches: row.get::<i64, _>("batches_total") as u32,
+            batches_rendered: row.get::<i64, _>("batches_rendered") as u32,
             duplicates_removed: row.get("duplicates"),
             created_at: rfc3339(row.get("created_ms")),
             completed_at: row.get::<Option<i64>, _>("completed_ms").map(rfc3339),
@@ -242,48 +254,71 @@ impl SqlStore {
         })
     }
 
-    /// Up to `want` sendable recipients of one batch of a campaign: the lowest batch with any that no
-    /// other conductor holds right now (on PostgreSQL they are locked until the transaction ends), all
-    /// in one domain group — one capped domain, or every domain without a cap — so a lease draws on
-    /// one domain scope at most. Recipients of domains whose cap is spent this minute (`full`) are
-    /// passed over, so one throttled domain does not stall the others.
+    /// Up to `want` sendable recipients of one batch of a campaign, none of which another conductor
+    /// holds right now (on PostgreSQL they are locked until the transaction ends), all in one domain
+    /// group — one capped domain, or every domain without a cap — so a lease draws on one domain scope
+    /// at most. Recipients of domains whose cap is spent this minute (`full`) are passed over, so one
+    /// throttled domain does not stall the others.
+    ///
+    /// The batch is the one of the deferred recipient that came due first, else the lowest batch with
+    /// rendered recipients waiting (`batches.ready`); both are read from the low end of an index, and
+    /// the recipients by id within the batch's range, so the cost does not grow with the campaign.
     async fn sendable(
         &self,
         tx: &mut Transaction<'_, Any>,
-        campaign_id: &str,
+        c: &Running,
         r: &LeaseRules,
         full: &[String],
     ) -> Result<Option<Pick>, StoreError> {
+        let in_full = |email: &str| {
+            let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            full.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        };
         let skip: String = (0..full.len())
-            .map(|k| format!(" AND lower(email) NOT LIKE ${}", 4 + k))
+            .map(|k| format!(" AND lower(email) NOT LIKE ${}", 6 + k))
             .collect();
         let patterns: Vec<String> = full.iter().map(|d| format!("%@{d}")).collect();
-        let mut after = -1i64;
+        // Deferred recipients that came due have waited longest. A few dozen are looked at, past
+        // those of spent domains: enough to find another domain's, never a scan of the queue.
+        let due: Option<i64> = sqlx::query(
+            "SELECT batch, email FROM recipients WHERE campaign_id = $1 AND state = 'deferred'              AND retry_at_ms <= $2 ORDER BY retry_at_ms LIMIT 64",
+        )
+        .bind(&c.id)
+        .bind(r.now)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .find(|row| !in_full(row.get::<&str, _>("email")))
+        .map(|row| row.get("batch"));
         // A handful of batches is plenty: rows are locked only for the instant a lease is granted.
-        for _ in 0..8 {
-            let sql = format!(
-                "SELECT min(batch) FROM recipients WHERE campaign_id = $1 AND batch > $2 \
-                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3)){skip}"
-            );
-            let mut q = sqlx::query_scalar(&sql)
-                .bind(campaign_id)
-                .bind(after)
-                .bind(r.now);
-            for p in &patterns {
-                q = q.bind(p);
+        let ready: Vec<i64> = sqlx::query_scalar(
+            "SELECT n FROM batches WHERE campaign_id = $1 AND ready > 0 ORDER BY n LIMIT 8",
+        )
+        .bind(&c.id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut tried = Vec::with_capacity(9);
+        for batch in due.into_iter().chain(ready) {
+            if tried.contains(&batch) {
+                continue;
             }
-            let batch: Option<i64> = q.fetch_one(&mut **tx).await?;
-            let Some(batch) = batch else {
-                return Ok(None);
-            };
+            tried.push(batch);
+            let first = batch * c.batch_size;
             let sql = format!(
-                "SELECT id, email FROM recipients WHERE campaign_id = $1 AND batch = $2 \
-                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $3)){skip} \
+                "SELECT id, email, email_key, state FROM recipients WHERE campaign_id = $1 \
+                 AND id >= $2 AND id < $3 AND batch = $4 \
+                 AND (state = 'rendered' OR (state = 'deferred' AND retry_at_ms <= $5)){skip} \
                  ORDER BY id LIMIT ${}{}",
-                4 + patterns.len(),
+                6 + patterns.len(),
                 self.backend.skip_locked("recipients")
             );
-            let mut q = sqlx::query(&sql).bind(campaign_id).bind(batch).bind(r.now);
+            // Rows of spent domains are passed over within the batch's range: at most a batch's worth.
+            let mut q = sqlx::query(&sql)
+                .bind(&c.id)
+                .bind(first)
+                .bind(first + c.batch_size)
+                .bind(batch)
+                .bind(r.now);
             for p in &patterns {
                 q = q.bind(p);
             }
@@ -296,28 +331,33 @@ impl SqlStore {
                     .cloned()
             };
             let mut domain = None;
-            let mut ids = Vec::with_capacity(rows.len());
-            let mut emails = Vec::with_capacity(rows.len());
-            for (k, row) in rows.iter().enumerate() {
+            let mut picked = Vec::with_capacity((r.want as usize).min(rows.len()));
+            for row in rows {
                 let email: String = row.get("email");
                 let group = group_of(&email);
-                if k == 0 {
+                if picked.is_empty() {
                     domain = group;
                 } else if group != domain {
                     continue;
                 }
-                ids.push(row.get::<i64, _>("id"));
-                emails.push(email);
+                let state: String = row.get("state");
+                picked.push(Candidate {
+                    id: row.get("id"),
+                    key: row
+                        .get::<Option<String>, _>("email_key")
+                        .unwrap_or_else(|| sender::safety::canonical(&email)),
+                    email,
+                    state: RecipientState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("recipient state {state:?}")))?,
+                });
             }
-            if !ids.is_empty() {
+            if !picked.is_empty() {
                 return Ok(Some(Pick {
                     batch,
-                    ids,
-                    emails,
+                    rows: picked,
                     domain,
                 }));
             }
-            after = batch;
         }
         Ok(None)
     }
@@ -328,6 +368,7 @@ impl SqlStore {
     /// reason instead, so a body that can never be read cannot cost tokens forever.
     async fn render_again(
         tx: &mut Transaction<'_, Any>,
+        tally: &mut Tally,
         cid: &str,
         lease_id: &str,
         reason: &str,
@@ -344,42 +385,59 @@ impl SqlStore {
         .bind(batch)
         .fetch_one(&mut **tx)
         .await?;
-        // Another sender's lease of the same batch is left alone: its report is still to come.
-        let waiting = "campaign_id = $3 AND batch = $4 \
-                       AND (state IN ('rendered', 'deferred') OR (state = 'leased' AND lease_id = $5))";
         let give_up = rerenders > MAX_RERENDERS;
-        let (state, why) = if give_up {
+        let (to, why) = if give_up {
             tracing::warn!(campaign = cid, batch, %reason, "rendered batch still unreadable: its recipients fail");
             (
-                "failed",
+                RecipientState::Failed,
                 format!("the rendered message could not be read after {MAX_RERENDERS} renders: {reason}"),
             )
         } else {
             tracing::warn!(campaign = cid, batch, %reason, "rendered batch unreadable: rendering it again");
-            ("pending", format!("rendering again: {reason}"))
+            (
+                RecipientState::Pending,
+                format!("rendering again: {reason}"),
+            )
         };
-        sqlx::query(&format!(
-            "UPDATE recipients SET state = $6, reason = $1, lease_id = NULL, updated_ms = $2 WHERE {waiting}"
-        ))
-        .bind(why)
-        .bind(now)
-        .bind(cid)
-        .bind(batch)
-        .bind(lease_id)
-        .bind(state)
-        .execute(&mut **tx)
-        .await?;
+        // Another sender's lease of the same batch is left alone: its report is still to come.
+        for from in [
+            RecipientState::Rendered,
+            RecipientState::Deferred,
+            RecipientState::Leased,
+        ] {
+            let leased = from == RecipientState::Leased;
+            let sql = format!(
+                "UPDATE recipients SET state = $1, reason = $2, lease_id = NULL, updated_ms = $3 \
+                 WHERE campaign_id = $4 AND batch = $5 AND state = $6{}{MOVED}",
+                if leased { " AND lease_id = $7" } else { "" }
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(to.as_str())
+                .bind(&why)
+                .bind(now)
+                .bind(cid)
+                .bind(batch)
+                .bind(from.as_str());
+            if leased {
+                q = q.bind(lease_id);
+            }
+            let rows = q.fetch_all(&mut **tx).await?;
+            tally.moved_rows(cid, &rows, from, to);
+        }
         if give_up {
             return Ok(());
         }
-        sqlx::query(
+        let size: Option<i64> = sqlx::query_scalar(
             "UPDATE batches SET rendered_ms = NULL, body_key = NULL, dispatched_ms = NULL, render_claim_ms = NULL \
-             WHERE campaign_id = $1 AND n = $2",
+             WHERE campaign_id = $1 AND n = $2 AND rendered_ms IS NOT NULL RETURNING size",
         )
         .bind(cid)
         .bind(batch)
-        .execute(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
+        if let Some(size) = size {
+            tally.batch_rendered(cid, size, -1);
+        }
         Ok(())
     }
 
@@ -390,27 +448,23 @@ impl SqlStore {
     async fn mailable(
         &self,
         tx: &mut Transaction<'_, Any>,
-        campaign_id: &str,
+        tally: &mut Tally,
+        c: &Running,
         r: &LeaseRules,
         full: &[String],
     ) -> Result<Option<Pick>, StoreError> {
         // A pick wholly refused is looked past, a few times; the rest wait for the next lease.
         for _ in 0..4 {
-            let Some(mut pick) = self.sendable(tx, campaign_id, r, full).await? else {
+            let Some(mut pick) = self.sendable(tx, c, r, full).await? else {
                 return Ok(None);
             };
-            let keys: Vec<String> = pick
-                .emails
-                .iter()
-                .map(|e| sender::safety::canonical(e))
-                .collect();
             let sql = format!(
                 "SELECT email, reason FROM suppressions WHERE email IN ({})",
-                placeholders(1, keys.len())
+                placeholders(1, pick.rows.len())
             );
             let mut q = sqlx::query(&sql);
-            for k in &keys {
-                q = q.bind(k);
+            for row in &pick.rows {
+                q = q.bind(&row.key);
             }
             let suppressed: std::collections::HashMap<String, String> = q
                 .fetch_all(&mut **tx)
@@ -418,40 +472,40 @@ impl SqlStore {
                 .into_iter()
                 .map(|row| (row.get("email"), row.get("reason")))
                 .collect();
-            let mut refused: Vec<(i64, &'static str, String)> = Vec::new();
-            let mut kept = (Vec::new(), Vec::new());
-            for ((id, email), key) in pick.ids.iter().zip(&pick.emails).zip(&keys) {
-                if let Some(why) = suppressed.get(key) {
-                    refused.push((*id, "suppressed", format!("suppressed: {why}")));
-                } else if !r.safety.allows(email) {
-                    refused.push((*id, "failed", sender::safety::refusal(email)));
+            let mut refused = 0;
+            let mut kept = Vec::with_capacity(pick.rows.len());
+            for row in pick.rows {
+                let (to, reason) = if let Some(why) = suppressed.get(&row.key) {
+                    (RecipientState::Suppressed, format!("suppressed: {why}"))
+                } else if !r.safety.allows(&row.email) {
+                    (RecipientState::Failed, sender::safety::refusal(&row.email))
                 } else {
-                    kept.0.push(*id);
-                    kept.1.push(email.clone());
-                }
-            }
-            for (id, state, reason) in &refused {
+                    kept.push(row);
+                    continue;
+                };
                 sqlx::query(
                     "UPDATE recipients SET state = $1, reason = $2, lease_id = NULL, updated_ms = $3 \
                      WHERE campaign_id = $4 AND id = $5",
                 )
-                .bind(*state)
+                .bind(to.as_str())
                 .bind(reason)
                 .bind(r.now)
-                .bind(campaign_id)
-                .bind(*id)
+                .bind(&c.id)
+                .bind(row.id)
                 .execute(&mut **tx)
                 .await?;
+                tally.moved(&c.id, pick.batch, &row.key, row.state, to);
+                refused += 1;
             }
-            if !refused.is_empty() {
+            if refused > 0 {
                 tracing::info!(
-                    campaign = campaign_id,
-                    refused = refused.len(),
+                    campaign = c.id,
+                    refused,
                     "recipients not mailed: suppressed or outside the sandbox"
                 );
             }
-            (pick.ids, pick.emails) = kept;
-            if !pick.ids.is_empty() {
+            pick.rows = kept;
+            if !pick.rows.is_empty() {
                 return Ok(Some(pick));
             }
         }
@@ -496,25 +550,63 @@ impl SqlStore {
         Ok(rows)
     }
 
-    /// Where a recipient goes when it was not sent and may be again: back to the queue, unless its
-    /// campaign was cancelled meanwhile.
-    async fn back_state(
+    /// Whether a campaign was cancelled: what was not sent then goes nowhere.
+    async fn cancelled(
         tx: &mut Transaction<'_, Any>,
         campaign_id: &str,
-    ) -> Result<&'static str, StoreError> {
+    ) -> Result<bool, StoreError> {
         let status: String = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
             .bind(campaign_id)
             .fetch_one(&mut **tx)
             .await?;
-        Ok(if status == "cancelled" {
-            "cancelled"
-        } else {
-            "rendered"
-        })
+        Ok(status == Status::Cancelled.as_str())
     }
 }
 
+/// Recipients a cancel marks before it answers; a larger campaign's rest follows within seconds.
+const CANCEL_NOW: u64 = 50_000;
+
 impl SqlStore {
+    /// Marks up to about `budget` of a cancelled campaign's waiting recipients cancelled, a chunk per
+    /// transaction; returns how many. In-flight recipients finish their send and their reports
+    /// land them in a final state.
+    async fn sweep_cancelled_one(
+        &self,
+        cid: &str,
+        now: Millis,
+        budget: u64,
+    ) -> Result<u64, StoreError> {
+        let mut moved = 0;
+        for from in [
+            RecipientState::Pending,
+            RecipientState::Rendered,
+            RecipientState::Deferred,
+        ] {
+            while moved < budget {
+                let mut tx = self.write.begin().await?;
+                let rows = sqlx::query(&format!(
+                    "UPDATE recipients SET state = 'cancelled', updated_ms = $1 \
+                     WHERE {CHUNK_OF_STATE}{MOVED}"
+                ))
+                .bind(now)
+                .bind(cid)
+                .bind(from.as_str())
+                .bind(SWEEP_CHUNK)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut tally = Tally::default();
+                tally.moved_rows(cid, &rows, from, RecipientState::Cancelled);
+                tally.apply(&mut tx).await?;
+                tx.commit().await?;
+                moved += rows.len() as u64;
+                if (rows.len() as i64) < SWEEP_CHUNK {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
     async fn insert_audit(
         tx: &mut Transaction<'_, Any>,
         entries: &[AuditEntry],
@@ -553,6 +645,25 @@ fn sqlite_pragmas(
     })
 }
 
+/// Adds `n` recipients in `state` to a campaign's counts.
+fn add_count(c: &mut Counts, state: RecipientState, n: i64) {
+    use RecipientState::*;
+    c.total += n;
+    if state.is_open() {
+        c.pending += n;
+    }
+    match state {
+        Pending | Rendered => {}
+        Leased => c.in_flight += n,
+        Deferred => c.deferred += n,
+        Sent => c.sent += n,
+        Failed => c.failed += n,
+        Unknown => c.unknown += n,
+        Suppressed => c.suppressed += n,
+        Cancelled => c.cancelled += n,
+    }
+}
+
 /// `$from, $from+1, …`: `n` numbered placeholders.
 fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
@@ -562,7 +673,7 @@ fn placeholders(from: usize, n: usize) -> String {
 }
 
 /// `($1, $2, $3), ($4, $5, $6), …`: `rows` tuples of `cols` numbered placeholders.
-fn values(rows: usize, cols: usize) -> String {
+pub(super) fn values(rows: usize, cols: usize) -> String {
     (0..rows)
         .map(|r| format!("({})", placeholders(r * cols + 1, cols)))
         .collect::<Vec<_>>()
@@ -597,11 +708,12 @@ impl Store for SqlStore {
     ) -> Result<Campaign, StoreError> {
         let id = format!("c{}", uuid::Uuid::now_v7().simple());
         let plan = planner::plan(c.recipients.len(), batch_size);
+        let mut tally = Tally::default();
         let mut tx = self.write.begin().await?;
         sqlx::query(
             "INSERT INTO campaigns (id, name, from_json, reply_to_json, template_name, template_json, status, \
-             batch_size, total, duplicates, created_ms, per_minute, priority, send_at_ms, window_json) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11, $12, $13, $14)",
+             batch_size, total, duplicates, created_ms, per_minute, priority, send_at_ms, window_json, batches_total) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&id)
         .bind(&c.name)
@@ -617,6 +729,7 @@ impl Store for SqlStore {
         .bind(i64::from(c.limits.priority))
         .bind(c.limits.send_at_ms)
         .bind(c.limits.window.as_ref().map(to_json))
+        .bind(plan.len() as i64)
         .execute(&mut *tx)
         .await?;
         for chunk in plan.chunks(1000) {
@@ -636,11 +749,14 @@ impl Store for SqlStore {
             let rows: Vec<serde_json::Value> = chunk
                 .iter()
                 .map(|r| {
+                    let batch = planner::batch_of(r.id, batch_size);
+                    let key = sender::safety::canonical(&r.email);
+                    tally.added(&id, i64::from(batch), &key, RecipientState::Pending);
                     serde_json::json!({
                         "id": r.id,
-                        "batch": planner::batch_of(r.id, batch_size),
+                        "batch": batch,
                         "email": r.email,
-                        "key": sender::safety::canonical(&r.email),
+                        "key": key,
                         "name": r.name,
                         "data": to_json(&r.data),
                     })
@@ -654,13 +770,20 @@ impl Store for SqlStore {
                 .await?;
         }
         // Addresses that bounced hard, complained or unsubscribed are kept, counted, never mailed.
-        sqlx::query(
+        let rows = sqlx::query(&format!(
             "UPDATE recipients SET state = 'suppressed', reason = 'on the suppression list' \
-             WHERE campaign_id = $1 AND email_key IN (SELECT email FROM suppressions)",
-        )
+             WHERE campaign_id = $1 AND state = 'pending' AND email_key IN (SELECT email FROM suppressions){MOVED}"
+        ))
         .bind(&id)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        tally.moved_rows(
+            &id,
+            &rows,
+            RecipientState::Pending,
+            RecipientState::Suppressed,
+        );
+        tally.apply(&mut tx).await?;
         tx.commit().await?;
         self.campaign(&id).await
     }
@@ -670,11 +793,12 @@ impl Store for SqlStore {
             sqlx::query("SELECT * FROM campaigns ORDER BY created_ms DESC, id DESC LIMIT 500")
                 .fetch_all(&self.read)
                 .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.load(row).await?);
-        }
-        Ok(out)
+        let ids: Vec<String> = rows.iter().map(|r| r.get("id")).collect();
+        let mut counts = self.counts(&ids).await?;
+        rows.into_iter()
+            .zip(&ids)
+            .map(|(row, id)| Self::campaign_of(row, counts.remove(id).unwrap_or_default()))
+            .collect()
     }
 
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError> {
@@ -726,18 +850,12 @@ impl Store for SqlStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        if next == Cancelled {
-            // In-flight recipients finish their send; their reports land them in a final state.
-            sqlx::query(
-                "UPDATE recipients SET state = 'cancelled', updated_ms = $1 \
-                 WHERE campaign_id = $2 AND state IN ('pending', 'rendered', 'deferred')",
-            )
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
+        if next == Cancelled {
+            // Nothing is leased from it any more; what was waiting is marked cancelled in chunks,
+            // the first here and the rest by the reconcile loop.
+            self.sweep_cancelled_one(id, now, CANCEL_NOW).await?;
+        }
         Ok((self.campaign(id).await?, next != status))
     }
 
@@ -745,35 +863,77 @@ impl Store for SqlStore {
         &self,
         stale_before: Millis,
         now: Millis,
+        ahead: u32,
         limit: u32,
     ) -> Result<Vec<RenderJob>, StoreError> {
-        let mut tx = self.write.begin().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT b.campaign_id, b.n FROM batches b JOIN campaigns c ON c.id = b.campaign_id \
-             WHERE b.rendered_ms IS NULL AND c.status IN ('running', 'paused') \
-             AND (b.dispatched_ms IS NULL OR b.dispatched_ms < $1) \
-             ORDER BY c.created_ms, b.n LIMIT $2{}",
-            self.backend.skip_locked("b")
-        ))
-        .bind(stale_before)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        let campaigns = sqlx::query(
+            "SELECT id, batch_size FROM campaigns WHERE status IN ('running', 'paused') ORDER BY created_ms, id",
+        )
+        .fetch_all(&self.read)
         .await?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in rows {
-            let job = RenderJob {
-                campaign_id: row.get("campaign_id"),
-                batch: row.get::<i64, _>("n") as u32,
-            };
-            sqlx::query("UPDATE batches SET dispatched_ms = $1 WHERE campaign_id = $2 AND n = $3")
+        let mut jobs = Vec::new();
+        for c in campaigns {
+            let room = limit as usize - jobs.len();
+            if room == 0 {
+                break;
+            }
+            let cid: String = c.get("id");
+            let size = c.get::<i64, _>("batch_size").max(1);
+            // The window, in batches: rendered ones still waiting to be sent, and ones handed out
+            // and not yet rendered, together at most this many.
+            let window = (i64::from(ahead) + size - 1) / size;
+            let window = window.max(2);
+            let mut tx = self.write.begin().await?;
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM batches WHERE campaign_id = $1 AND ready > 0 LIMIT $2) w",
+            )
+            .bind(&cid)
+            .bind(window)
+            .fetch_one(&mut *tx)
+            .await?;
+            let next = sqlx::query(&format!(
+                "SELECT n, dispatched_ms FROM batches WHERE campaign_id = $1 AND rendered_ms IS NULL \
+                 ORDER BY n LIMIT $2{}",
+                self.backend.skip_locked("batches")
+            ))
+            .bind(&cid)
+            .bind(window)
+            .fetch_all(&mut *tx)
+            .await?;
+            let rendering = next
+                .iter()
+                .filter(|b| {
+                    b.get::<Option<i64>, _>("dispatched_ms")
+                        .is_some_and(|t| t >= stale_before)
+                })
+                .count() as i64;
+            let free = (window - waiting - rendering).max(0) as usize;
+            let mut mine = Vec::new();
+            for b in next
+                .iter()
+                .filter(|b| {
+                    b.get::<Option<i64>, _>("dispatched_ms")
+                        .is_none_or(|t| t < stale_before)
+                })
+                .take(free.min(room))
+            {
+                let n: i64 = b.get("n");
+                sqlx::query(
+                    "UPDATE batches SET dispatched_ms = $1 WHERE campaign_id = $2 AND n = $3",
+                )
                 .bind(now)
-                .bind(&job.campaign_id)
-                .bind(i64::from(job.batch))
+                .bind(&cid)
+                .bind(n)
                 .execute(&mut *tx)
                 .await?;
-            jobs.push(job);
+                mine.push(RenderJob {
+                    campaign_id: cid.clone(),
+                    batch: n as u32,
+                });
+            }
+            tx.commit().await?;
+            jobs.extend(mine);
         }
-        tx.commit().await?;
         Ok(jobs)
     }
 
@@ -809,16 +969,24 @@ impl Store for SqlStore {
             return Ok(None);
         }
         let c = sqlx::query(
-            "SELECT from_json, reply_to_json, template_json FROM campaigns WHERE id = $1",
+            "SELECT from_json, reply_to_json, template_json, batch_size FROM campaigns WHERE id = $1",
         )
         .bind(&job.campaign_id)
         .fetch_one(&self.read)
         .await?;
-        let rows = sqlx::query("SELECT id, email, name, data FROM recipients WHERE campaign_id = $1 AND batch = $2 ORDER BY id")
-            .bind(&job.campaign_id)
-            .bind(i64::from(job.batch))
-            .fetch_all(&self.read)
-            .await?;
+        // A batch is a range of ids: read by the primary key, whatever the campaign's size.
+        let size = c.get::<i64, _>("batch_size").max(1);
+        let first = i64::from(job.batch) * size;
+        let rows = sqlx::query(
+            "SELECT id, email, name, data FROM recipients WHERE campaign_id = $1 AND id >= $2 AND id < $3 \
+             AND batch = $4 ORDER BY id",
+        )
+        .bind(&job.campaign_id)
+        .bind(first)
+        .bind(first + size)
+        .bind(i64::from(job.batch))
+        .fetch_all(&self.read)
+        .await?;
         let recipients = rows
             .into_iter()
             .map(|r| {
@@ -852,32 +1020,51 @@ impl Store for SqlStore {
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut tx = self.write.begin().await?;
-        let first = sqlx::query("UPDATE batches SET body_key = $1, rendered_ms = $2 WHERE campaign_id = $3 AND n = $4 AND rendered_ms IS NULL")
-            .bind(key)
-            .bind(now)
-            .bind(&job.campaign_id)
-            .bind(i64::from(job.batch))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if first == 0 {
+        let size: Option<i64> = sqlx::query_scalar(
+            "UPDATE batches SET body_key = $1, rendered_ms = $2 WHERE campaign_id = $3 AND n = $4 \
+             AND rendered_ms IS NULL RETURNING size",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(&job.campaign_id)
+        .bind(i64::from(job.batch))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(size) = size else {
             return Ok(()); // rendered twice: the same bytes, already recorded
-        }
+        };
+        let cid = &job.campaign_id;
+        let mut tally = Tally::default();
+        tally.batch_rendered(cid, size, 1);
         for (id, reason) in failed {
-            sqlx::query("UPDATE recipients SET state = 'failed', reason = $1, updated_ms = $2 WHERE campaign_id = $3 AND id = $4 AND state = 'pending'")
-                .bind(format!("render: {reason}"))
-                .bind(now)
-                .bind(&job.campaign_id)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("UPDATE recipients SET state = 'rendered', updated_ms = $1 WHERE campaign_id = $2 AND batch = $3 AND state = 'pending'")
+            let rows = sqlx::query(&format!(
+                "UPDATE recipients SET state = 'failed', reason = $1, updated_ms = $2 \
+                 WHERE campaign_id = $3 AND id = $4 AND state = 'pending'{MOVED}"
+            ))
+            .bind(format!("render: {reason}"))
             .bind(now)
-            .bind(&job.campaign_id)
-            .bind(i64::from(job.batch))
-            .execute(&mut *tx)
+            .bind(cid)
+            .bind(id)
+            .fetch_all(&mut *tx)
             .await?;
+            tally.moved_rows(cid, &rows, RecipientState::Pending, RecipientState::Failed);
+        }
+        let rows = sqlx::query(&format!(
+            "UPDATE recipients SET state = 'rendered', updated_ms = $1 \
+             WHERE campaign_id = $2 AND batch = $3 AND state = 'pending'{MOVED}"
+        ))
+        .bind(now)
+        .bind(cid)
+        .bind(i64::from(job.batch))
+        .fetch_all(&mut *tx)
+        .await?;
+        tally.moved_rows(
+            cid,
+            &rows,
+            RecipientState::Pending,
+            RecipientState::Rendered,
+        );
+        tally.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -909,14 +1096,15 @@ impl Store for SqlStore {
         .filter_map(|s: String| s.strip_prefix("domain:").map(str::to_string))
         .collect();
         let mut blocked = false;
+        let mut tally = Tally::default();
         for cid in &order {
-            let Some(pick) = self.mailable(&mut tx, cid, &r, &full).await? else {
+            let Some(c) = runnable.iter().find(|c| &c.id == cid) else {
                 continue;
             };
-            let own = runnable
-                .iter()
-                .find(|c| &c.id == cid)
-                .and_then(|c| c.per_minute);
+            let Some(pick) = self.mailable(&mut tx, &mut tally, c, &r, &full).await? else {
+                continue;
+            };
+            let own = c.per_minute;
             let mut scopes = vec![(GLOBAL.to_string(), r.cap)];
             if let Some(cap) = own {
                 scopes.push((format!("campaign:{cid}"), cap));
@@ -933,11 +1121,12 @@ impl Store for SqlStore {
                 .map(|(row, (_, cap))| (Some(*row), *cap))
                 .collect();
             let (grant, next) =
-                ledger::claim_all(&input, pick.ids.len() as u32, r.now, r.margin_ms);
+                ledger::claim_all(&input, pick.rows.len() as u32, r.now, r.margin_ms);
             if grant.tokens == 0 {
                 let global = rows[scopes.iter().position(|(s, _)| s == GLOBAL).unwrap_or(0)];
                 if global.granted >= global.cap || r.now >= grant.deadline {
                     // The account's budget is spent: nobody gets anything before the next minute.
+                    tally.apply(&mut tx).await?;
                     tx.commit().await?;
                     return Ok(LeaseReply::NoTokens {
                         until: sender::clock::minute_end(r.now),
@@ -957,7 +1146,11 @@ impl Store for SqlStore {
                     .await?;
             }
 
-            let ids = &pick.ids[..grant.tokens as usize];
+            let taken = &pick.rows[..grant.tokens as usize];
+            let ids: Vec<i64> = taken.iter().map(|row| row.id).collect();
+            for row in taken {
+                tally.moved(cid, pick.batch, &row.key, row.state, RecipientState::Leased);
+            }
             let lease_id = uuid::Uuid::new_v4().simple().to_string();
             let sql = format!(
                 "UPDATE recipients SET state = 'leased', lease_id = $1, updated_ms = $2 \
@@ -965,7 +1158,7 @@ impl Store for SqlStore {
                 placeholders(4, ids.len())
             );
             let mut q = sqlx::query(&sql).bind(&lease_id).bind(r.now).bind(cid);
-            for id in ids {
+            for id in &ids {
                 q = q.bind(*id);
             }
             q.execute(&mut *tx).await?;
@@ -994,6 +1187,7 @@ impl Store for SqlStore {
             .bind(pick.batch)
             .fetch_one(&mut *tx)
             .await?;
+            tally.apply(&mut tx).await?;
             tx.commit().await?;
             self.fair
                 .lock()
@@ -1009,13 +1203,14 @@ impl Store for SqlStore {
                         pick.batch
                     ))
                 })?,
-                recipients: ids.to_vec(),
+                recipients: ids,
                 minute: grant.minute,
                 first_at: grant.first_at,
                 spacing_us: grant.spacing_us,
                 deadline: grant.spend_by,
             }));
         }
+        tally.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(if blocked {
             LeaseReply::NoTokens {
@@ -1054,107 +1249,66 @@ impl Store for SqlStore {
             .bind(lease_id)
             .execute(&mut *tx)
             .await?;
-        let back = Self::back_state(&mut tx, &cid).await?;
+        let cancelled = Self::cancelled(&mut tx, &cid).await?;
+        // The recipients this lease still holds, with the requests each has made so far.
+        let held: std::collections::HashMap<i64, u32> = sqlx::query(
+            "SELECT id, attempts FROM recipients WHERE lease_id = $1 AND state = 'leased'",
+        )
+        .bind(lease_id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| (row.get("id"), row.get::<i64, _>("attempts").max(0) as u32))
+        .collect();
+        let rules = SettleRules {
+            max_attempts: r.max_attempts,
+            resend_ambiguous: r.resend_ambiguous,
+        };
+        let mut tally = Tally::default();
         let (mut used, mut sent) = (0i64, 0i64);
-        let mut stopped = None;
+        let mut pause = None;
         let mut unreadable = None;
         for o in outcomes {
-            // A token was spent if a request was made; a released recipient spent none.
-            let counted = o.outcome.attempted();
-            // `on_ambiguous = "resend"`: a send in doubt is tried again like a deferred one.
-            let resent;
-            let outcome = match &o.outcome {
-                Outcome::Unknown { reason } if r.resend_ambiguous => {
-                    resent = Outcome::Deferred {
-                        reason: format!("in doubt, sent again (on_ambiguous = resend): {reason}"),
-                        retry_after_ms: None,
-                    };
-                    &resent
-                }
-                other => other,
+            let Some(&attempts) = held.get(&o.recipient_id) else {
+                continue; // not this lease's, or settled before
             };
-            let (state, reason, provider_id, retry_at) = match outcome {
-                Outcome::Sent { provider_id } => ("sent", None, provider_id.clone(), None),
-                Outcome::Failed { reason } => ("failed", Some(reason.clone()), None, None),
-                Outcome::Unknown { reason } => ("unknown", Some(reason.clone()), None, None),
-                Outcome::Deferred {
-                    reason,
-                    retry_after_ms,
-                }
-                | Outcome::Throttled {
-                    reason,
-                    retry_after_ms,
-                } => {
-                    let attempts: Option<i64> = sqlx::query_scalar(
-                        "SELECT attempts FROM recipients WHERE campaign_id = $1 AND id = $2 AND lease_id = $3 AND state = 'leased'",
-                    )
-                    .bind(&cid)
-                    .bind(o.recipient_id)
-                    .bind(lease_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let attempts = attempts.unwrap_or(0) as u32 + 1;
-                    if attempts >= r.max_attempts {
-                        (
-                            "failed",
-                            Some(format!("gave up after {attempts} attempts; last: {reason}")),
-                            None,
-                            None,
-                        )
-                    } else if back == "cancelled" {
-                        ("cancelled", Some(reason.clone()), None, None)
-                    } else {
-                        let delay =
-                            retry_delay_ms(attempts, *retry_after_ms, rand::random::<f64>());
-                        ("deferred", Some(reason.clone()), None, Some(r.now + delay))
-                    }
-                }
-                Outcome::AccountStop { reason } => {
-                    let paused = sqlx::query("UPDATE campaigns SET status = 'paused', status_reason = $1 WHERE id = $2 AND status = 'running'")
-                        .bind(format!("provider refused the account: {reason}"))
-                        .bind(&cid)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if paused > 0 {
-                        stopped = Some(cid.clone());
-                    }
-                    (back, Some(reason.clone()), None, None)
-                }
-                Outcome::Released => (back, None, None, None),
-                Outcome::Unreadable { reason } => {
-                    unreadable = Some(reason.clone());
-                    (back, None, None, None)
-                }
-            };
-            let changed = sqlx::query(
+            let t = recipient::settle(
+                &o.outcome,
+                attempts,
+                rules,
+                cancelled,
+                r.now,
+                rand::random::<f64>(),
+            );
+            match t.effect {
+                Some(Effect::PauseCampaign(reason)) => pause = Some(reason),
+                Some(Effect::RenderAgain(reason)) => unreadable = Some(reason),
+                None => {}
+            }
+            let moved = sqlx::query(&format!(
                 "UPDATE recipients SET state = $1, reason = $2, provider_id = coalesce($3, provider_id), retry_at_ms = $4, \
                  attempts = attempts + $5, lease_id = NULL, updated_ms = $6 \
-                 WHERE campaign_id = $7 AND id = $8 AND lease_id = $9 AND state = 'leased'",
-            )
-            .bind(state)
-            .bind(reason)
-            .bind(provider_id)
-            .bind(retry_at)
-            .bind(i64::from(counted))
+                 WHERE campaign_id = $7 AND id = $8 AND lease_id = $9 AND state = 'leased'{MOVED}"
+            ))
+            .bind(t.to.as_str())
+            .bind(t.reason)
+            .bind(t.provider_id)
+            .bind(t.retry_at)
+            .bind(i64::from(t.attempted))
             .bind(r.now)
             .bind(&cid)
             .bind(o.recipient_id)
             .bind(lease_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 1 && counted {
+            .fetch_all(&mut *tx)
+            .await?;
+            tally.moved_rows(&cid, &moved, RecipientState::Leased, t.to);
+            if !moved.is_empty() && t.attempted {
                 used += 1;
-                sent += i64::from(state == "sent");
+                sent += i64::from(t.to == RecipientState::Sent);
             }
         }
         if used > 0 {
-            sqlx::query("UPDATE campaigns SET requests = requests + $1 WHERE id = $2")
-                .bind(used)
-                .bind(&cid)
-                .execute(&mut *tx)
-                .await?;
+            tally.requests(&cid, used);
             for scope in &scopes {
                 sqlx::query("UPDATE minute_ledger SET used = used + $1, sent = sent + $2 WHERE scope = $3 AND minute_ms = $4")
                     .bind(used)
@@ -1166,20 +1320,40 @@ impl Store for SqlStore {
             }
         }
         if let Some(reason) = unreadable {
-            Self::render_again(&mut tx, &cid, lease_id, &reason, r.now).await?;
+            Self::render_again(&mut tx, &mut tally, &cid, lease_id, &reason, r.now).await?;
         }
         if last {
-            sqlx::query("UPDATE recipients SET state = $1, lease_id = NULL, updated_ms = $2 WHERE lease_id = $3 AND state = 'leased'")
-                .bind(back)
-                .bind(r.now)
-                .bind(lease_id)
-                .execute(&mut *tx)
-                .await?;
+            let back = RecipientState::back(cancelled);
+            let rows = sqlx::query(&format!(
+                "UPDATE recipients SET state = $1, lease_id = NULL, updated_ms = $2 \
+                 WHERE lease_id = $3 AND state = 'leased'{MOVED}"
+            ))
+            .bind(back.as_str())
+            .bind(r.now)
+            .bind(lease_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tally.moved_rows(&cid, &rows, RecipientState::Leased, back);
             sqlx::query("UPDATE leases SET closed_ms = $1 WHERE id = $2")
                 .bind(r.now)
                 .bind(lease_id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        tally.apply(&mut tx).await?;
+        let mut stopped = None;
+        if let Some(reason) = pause {
+            let paused = sqlx::query(
+                "UPDATE campaigns SET status = 'paused', status_reason = $1 WHERE id = $2 AND status = 'running'",
+            )
+            .bind(reason)
+            .bind(&cid)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if paused > 0 {
+                stopped = Some(cid.clone());
+            }
         }
         tx.commit().await?;
         Ok(stopped)
@@ -1195,6 +1369,7 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut lost = 0;
+        let mut tally = Tally::default();
         for lease in leases {
             let id: String = lease.get("id");
             let campaign: String = lease.get("campaign_id");
@@ -1220,36 +1395,27 @@ impl Store for SqlStore {
                 ),
                 _ => (unreported, Vec::new()),
             };
-            let back = Self::back_state(&mut tx, &campaign).await?;
-            let (doubt_state, doubt_reason) = if resend_ambiguous && back != "cancelled" {
-                (
-                    back,
-                    "sender fell silent; this send may have started and is sent again (on_ambiguous = resend)",
-                )
-            } else {
-                ("unknown", "sender fell silent; this send may have started")
-            };
-            for (ids, state, reason, doubt) in [
-                (&in_doubt, doubt_state, Some(doubt_reason), true),
-                (&never_started, back, None, false),
-            ] {
+            let cancelled = Self::cancelled(&mut tx, &campaign).await?;
+            for (ids, doubt) in [(&in_doubt, true), (&never_started, false)] {
+                let (to, reason) = recipient::silent(doubt, resend_ambiguous, cancelled);
                 for chunk in ids.chunks(500) {
                     let sql = format!(
                         "UPDATE recipients SET state = $1, reason = $2, lease_id = NULL, updated_ms = $3 \
-                         WHERE lease_id = $4 AND state = 'leased' AND id IN ({})",
+                         WHERE lease_id = $4 AND state = 'leased' AND id IN ({}){MOVED}",
                         placeholders(5, chunk.len())
                     );
                     let mut q = sqlx::query(&sql)
-                        .bind(state)
+                        .bind(to.as_str())
                         .bind(reason)
                         .bind(now)
                         .bind(&id);
                     for rid in chunk {
                         q = q.bind(*rid);
                     }
-                    let n = q.execute(&mut *tx).await?.rows_affected();
+                    let rows = q.fetch_all(&mut *tx).await?;
+                    tally.moved_rows(&campaign, &rows, RecipientState::Leased, to);
                     if doubt {
-                        lost += n;
+                        lost += rows.len() as u64;
                     }
                 }
             }
@@ -1259,14 +1425,146 @@ impl Store for SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        tally.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(lost)
+    }
+
+    async fn sweep_cancelled(&self, now: Millis, budget: u64) -> Result<u64, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT c.id FROM campaigns c JOIN recipient_counts k ON k.campaign_id = c.id \
+             WHERE c.status = 'cancelled' AND k.state IN ('pending', 'rendered', 'deferred') AND k.n > 0",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut moved = 0;
+        for id in ids {
+            if moved >= budget {
+                break;
+            }
+            moved += self.sweep_cancelled_one(&id, now, budget - moved).await?;
+        }
+        Ok(moved)
+    }
+
+    async fn recount(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        use std::collections::BTreeMap;
+        let mut wrong = Vec::new();
+        let kept: BTreeMap<String, i64> =
+            sqlx::query("SELECT state, n FROM recipient_counts WHERE campaign_id = $1")
+                .bind(id)
+                .fetch_all(&self.read)
+                .await?
+                .iter()
+                .map(|r| (r.get("state"), r.get("n")))
+                .collect();
+        let rows = sqlx::query(
+            "SELECT state, batch, email_key FROM recipients WHERE campaign_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        let mut states: BTreeMap<String, i64> = BTreeMap::new();
+        let mut open: BTreeMap<String, i64> = BTreeMap::new();
+        let mut ready: BTreeMap<i64, i64> = BTreeMap::new();
+        for r in &rows {
+            let state: String = r.get("state");
+            let parsed = RecipientState::parse(&state);
+            if parsed.is_some_and(RecipientState::is_open) {
+                let key: Option<String> = r.get("email_key");
+                *open
+                    .entry(domain_of(key.as_deref().unwrap_or("")).to_string())
+                    .or_default() += 1;
+            }
+            if parsed == Some(RecipientState::Rendered) {
+                *ready.entry(r.get("batch")).or_default() += 1;
+            }
+            *states.entry(state).or_default() += 1;
+        }
+        let differ = |what: String, kept: i64, counted: i64, wrong: &mut Vec<String>| {
+            if kept != counted {
+                wrong.push(format!("{what}: kept {kept}, counted {counted}"));
+            }
+        };
+        for s in RecipientState::ALL {
+            let k = kept.get(s.as_str()).copied().unwrap_or(0);
+            let c = states.get(s.as_str()).copied().unwrap_or(0);
+            differ(format!("state {}", s.as_str()), k, c, &mut wrong);
+        }
+        for (s, c) in &states {
+            if RecipientState::parse(s).is_none() {
+                wrong.push(format!("{c} recipients in unknown state {s:?}"));
+            }
+        }
+        let kept_open: BTreeMap<String, i64> =
+            sqlx::query("SELECT domain, open FROM domain_counts WHERE campaign_id = $1")
+                .bind(id)
+                .fetch_all(&self.read)
+                .await?
+                .iter()
+                .map(|r| (r.get("domain"), r.get("open")))
+                .collect();
+        for d in kept_open
+            .keys()
+            .chain(open.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let k = kept_open.get(d).copied().unwrap_or(0);
+            let c = open.get(d).copied().unwrap_or(0);
+            differ(format!("open at {d}"), k, c, &mut wrong);
+        }
+        let batches = sqlx::query(
+            "SELECT n, size, ready, rendered_ms FROM batches WHERE campaign_id = $1 ORDER BY n",
+        )
+        .bind(id)
+        .fetch_all(&self.read)
+        .await?;
+        let (mut done, mut rendered) = (0i64, 0i64);
+        for b in &batches {
+            let n: i64 = b.get("n");
+            differ(
+                format!("batch {n} ready"),
+                b.get("ready"),
+                ready.get(&n).copied().unwrap_or(0),
+                &mut wrong,
+            );
+            if b.get::<Option<i64>, _>("rendered_ms").is_some() {
+                done += 1;
+                rendered += b.get::<i64, _>("size");
+            }
+        }
+        let c = sqlx::query(
+            "SELECT batches_total, batches_rendered, rendered_total FROM campaigns WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        differ(
+            "batches".into(),
+            c.get("batches_total"),
+            batches.len() as i64,
+            &mut wrong,
+        );
+        differ(
+            "batches rendered".into(),
+            c.get("batches_rendered"),
+            done,
+            &mut wrong,
+        );
+        differ(
+            "recipients rendered".into(),
+            c.get("rendered_total"),
+            rendered,
+            &mut wrong,
+        );
+        Ok(wrong)
     }
 
     async fn complete_finished(&self, now: Millis) -> Result<Vec<String>, StoreError> {
         let candidates: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT c.id FROM campaigns c WHERE c.status = 'running' AND NOT EXISTS \
-             (SELECT 1 FROM recipients r WHERE r.campaign_id = c.id AND r.state IN {OPEN_STATES})"
+             (SELECT 1 FROM recipient_counts k WHERE k.campaign_id = c.id AND k.state IN {OPEN_STATES} AND k.n > 0)"
         ))
         .fetch_all(&self.read)
         .await?;
@@ -1275,7 +1573,8 @@ impl Store for SqlStore {
             // Conditional, so that of several conductors exactly one completes it (and says so).
             let changed = sqlx::query(&format!(
                 "UPDATE campaigns SET status = 'completed', completed_ms = $1 WHERE id = $2 AND status = 'running' \
-                 AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.campaign_id = $3 AND r.state IN {OPEN_STATES})"
+                 AND NOT EXISTS (SELECT 1 FROM recipient_counts k WHERE k.campaign_id = $3 \
+                 AND k.state IN {OPEN_STATES} AND k.n > 0)"
             ))
             .bind(now)
             .bind(&id)
@@ -1305,7 +1604,7 @@ impl Store for SqlStore {
         Ok(sqlx::query_scalar(
             "SELECT c.id FROM campaigns c WHERE c.status IN ('completed', 'cancelled') \
              AND c.bodies_purged_ms IS NULL AND c.completed_ms < $1 \
-             AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.campaign_id = c.id AND r.state = 'leased') \
+             AND NOT EXISTS (SELECT 1 FROM recipient_counts k WHERE k.campaign_id = c.id AND k.state = 'leased' AND k.n > 0) \
              ORDER BY c.completed_ms LIMIT 100",
         )
         .bind(ended_before)
@@ -1353,15 +1652,33 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
             // Whoever is still waiting to be mailed at this address, in any campaign, is not.
-            sqlx::query(
-                "UPDATE recipients SET state = 'suppressed', reason = $1, updated_ms = $2 \
-                 WHERE email_key = $3 AND state IN ('pending', 'rendered', 'deferred')",
-            )
-            .bind(format!("suppressed: {reason}"))
-            .bind(now)
-            .bind(sender::safety::canonical(&e.email))
-            .execute(&mut *tx)
-            .await?;
+            let mut tally = Tally::default();
+            for from in [
+                RecipientState::Pending,
+                RecipientState::Rendered,
+                RecipientState::Deferred,
+            ] {
+                let rows = sqlx::query(
+                    "UPDATE recipients SET state = 'suppressed', reason = $1, updated_ms = $2 \
+                     WHERE email_key = $3 AND state = $4 RETURNING campaign_id, batch, email_key",
+                )
+                .bind(format!("suppressed: {reason}"))
+                .bind(now)
+                .bind(sender::safety::canonical(&e.email))
+                .bind(from.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in &rows {
+                    let cid: String = row.get("campaign_id");
+                    tally.moved_rows(
+                        &cid,
+                        std::slice::from_ref(row),
+                        from,
+                        RecipientState::Suppressed,
+                    );
+                }
+            }
+            tally.apply(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(new)
@@ -1398,14 +1715,22 @@ impl Store for SqlStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<RecipientRow>, StoreError> {
-        self.campaign(id).await?; // 404 for an unknown campaign, not an empty page
-        let rows = sqlx::query(
-            "SELECT id, email, name, state, reason, attempts, provider_id, updated_ms FROM recipients \
-             WHERE campaign_id = $1 AND ($2 = '' OR state = $3) AND id > $4 ORDER BY id LIMIT $5",
-        )
-        .bind(id)
-        .bind(state.unwrap_or(""))
-        .bind(state.unwrap_or(""))
+        let c = self.campaign(id).await?; // 404 for an unknown campaign, not an empty page
+                                          // Ids grow with batches, so (state, batch, id) order is id order: one state's page is read
+                                          // from the state index, however few of the campaign's recipients are in it.
+        let batch = after.max(0) / i64::from(c.batch_size.max(1));
+        let cols = "id, email, name, state, reason, attempts, provider_id, updated_ms";
+        let by_state = format!(
+            "SELECT {cols} FROM recipients WHERE campaign_id = $1 AND state = $2 AND batch >= $3 \
+             AND id > $4 ORDER BY batch, id LIMIT $5"
+        );
+        let all = format!(
+            "SELECT {cols} FROM recipients WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
+        let rows = match state {
+            Some(state) => sqlx::query(&by_state).bind(id).bind(state).bind(batch),
+            None => sqlx::query(&all).bind(id),
+        }
         .bind(after)
         .bind(i64::from(limit))
         .fetch_all(&self.read)
@@ -1426,10 +1751,9 @@ impl Store for SqlStore {
     }
 
     async fn retry(&self, id: &str, states: &[String], now: Millis) -> Result<u64, StoreError> {
-        let mut tx = self.write.begin().await?;
         let row = sqlx::query("SELECT status, bodies_purged_ms FROM campaigns WHERE id = $1")
             .bind(id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&self.read)
             .await?
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let status = Status::parse(row.get("status"))?;
@@ -1443,29 +1767,51 @@ impl Store for SqlStore {
                 "campaign {id}'s rendered bodies were deleted after its retention period"
             )));
         }
-        let mut moved = 0;
-        for state in states.iter().filter(|s| RETRYABLE.contains(&s.as_str())) {
-            moved += sqlx::query(
-                "UPDATE recipients SET state = CASE WHEN EXISTS (SELECT 1 FROM batches b WHERE b.campaign_id = recipients.campaign_id \
-                 AND b.n = recipients.batch AND b.rendered_ms IS NOT NULL) THEN 'rendered' ELSE 'pending' END, \
-                 attempts = 0, reason = NULL, retry_at_ms = NULL, updated_ms = $1 WHERE campaign_id = $2 AND state = $3",
-            )
-            .bind(now)
-            .bind(id)
-            .bind(state)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let mut moved = 0u64;
+        let from_states = RecipientState::RETRYABLE
+            .into_iter()
+            .filter(|s| states.iter().any(|x| x == s.as_str()));
+        for from in from_states {
+            // A chunk per transaction: the first chunk can be leased while the rest are moved.
+            loop {
+                let mut tx = self.write.begin().await?;
+                let rows = sqlx::query(&format!(
+                    "UPDATE recipients SET state = CASE WHEN EXISTS (SELECT 1 FROM batches b \
+                     WHERE b.campaign_id = recipients.campaign_id AND b.n = recipients.batch AND b.rendered_ms IS NOT NULL) \
+                     THEN 'rendered' ELSE 'pending' END, \
+                     attempts = 0, reason = NULL, retry_at_ms = NULL, updated_ms = $1 \
+                     WHERE {CHUNK_OF_STATE} RETURNING batch, email_key, state",
+                ))
+                .bind(now)
+                .bind(id)
+                .bind(from.as_str())
+                .bind(SWEEP_CHUNK)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut tally = Tally::default();
+                for row in &rows {
+                    let to: String = row.get("state");
+                    let to = RecipientState::parse(&to)
+                        .ok_or_else(|| StoreError::Corrupt(format!("recipient state {to:?}")))?;
+                    tally.moved_rows(id, std::slice::from_ref(row), from, to);
+                }
+                tally.apply(&mut tx).await?;
+                if !rows.is_empty() {
+                    sqlx::query(
+                        "UPDATE campaigns SET status = 'running', status_reason = NULL, completed_ms = NULL \
+                         WHERE id = $1 AND status = 'completed'",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                moved += rows.len() as u64;
+                if (rows.len() as i64) < SWEEP_CHUNK {
+                    break;
+                }
+            }
         }
-        if moved > 0 {
-            sqlx::query(
-                "UPDATE campaigns SET status = 'running', status_reason = NULL, completed_ms = NULL WHERE id = $1 AND status = 'completed'",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(moved)
     }
 
@@ -1581,8 +1927,9 @@ impl Store for SqlStore {
         .map(|r| (r.get("scope"), count(r, "granted"), count(r, "forfeited")))
         .collect();
         let queue = sqlx::query(
-            "SELECT r.state, count(*) AS n FROM recipients r JOIN campaigns c ON c.id = r.campaign_id \
-             WHERE c.status = 'running' GROUP BY r.state ORDER BY r.state",
+            "SELECT k.state, CAST(sum(k.n) AS BIGINT) AS n FROM recipient_counts k \
+             JOIN campaigns c ON c.id = k.campaign_id WHERE c.status = 'running' AND k.n > 0 \
+             GROUP BY k.state ORDER BY k.state",
         )
         .fetch_all(&self.read)
         .await?
@@ -1616,15 +1963,14 @@ impl Store for SqlStore {
     async fn open_by_domain(&self, id: &str, domains: &[String]) -> Result<Vec<i64>, StoreError> {
         let mut out = Vec::with_capacity(domains.len());
         for d in domains {
-            let n: i64 = sqlx::query_scalar(&format!(
-                "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND state IN {OPEN_STATES} \
-                 AND lower(email) LIKE $2"
-            ))
+            let n: Option<i64> = sqlx::query_scalar(
+                "SELECT open FROM domain_counts WHERE campaign_id = $1 AND domain = $2",
+            )
             .bind(id)
-            .bind(format!("%@{}", d.to_ascii_lowercase()))
-            .fetch_one(&self.read)
+            .bind(sender::safety::canonical_domain(d))
+            .fetch_optional(&self.read)
             .await?;
-            out.push(n);
+            out.push(n.unwrap_or(0).max(0));
         }
         Ok(out)
     }

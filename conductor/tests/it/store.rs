@@ -60,6 +60,9 @@ on_every_backend!(
     a_suppressed_address_is_never_leased_by_any_path,
     the_sandbox_in_force_at_lease_time_decides,
     an_unreadable_batch_is_rendered_again_then_its_recipients_fail,
+    counters_always_equal_a_full_recount,
+    rendering_stays_a_window_ahead_of_sending,
+    leases_follow_the_batch_cursor_and_deferrals_come_due_first,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -110,7 +113,11 @@ async fn create_valid(
     now: Millis,
 ) -> String {
     let id = store.create_campaign(c, batch_size, now).await.unwrap().id;
-    for job in store.batches_to_render(now, now, 1000).await.unwrap() {
+    for job in store
+        .batches_to_render(now, now, u32::MAX, 1000)
+        .await
+        .unwrap()
+    {
         store
             .batch_rendered(&job, &format!("k/{}", job.batch), &[], now)
             .await
@@ -529,14 +536,17 @@ async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded(
         (c.batches, c.counts.pending, c.counts.rendered),
         (3, 250, 0)
     );
-    let jobs = store.batches_to_render(M - 1, M, 100).await.unwrap();
+    let jobs = store
+        .batches_to_render(M - 1, M, u32::MAX, 100)
+        .await
+        .unwrap();
     assert_eq!(
         jobs.iter().map(|j| j.batch).collect::<Vec<_>>(),
         vec![0, 1, 2]
     );
     assert!(
         store
-            .batches_to_render(M - 1, M + 10, 100)
+            .batches_to_render(M - 1, M + 10, u32::MAX, 100)
             .await
             .unwrap()
             .is_empty(),
@@ -562,7 +572,10 @@ async fn render_jobs_are_handed_out_once_until_stale_and_failures_are_recorded(
             .is_none(),
         "nothing left to render"
     );
-    let again = store.batches_to_render(M + 1, M + 2, 100).await.unwrap();
+    let again = store
+        .batches_to_render(M + 1, M + 2, u32::MAX, 100)
+        .await
+        .unwrap();
     assert_eq!(
         again.iter().map(|j| j.batch).collect::<Vec<_>>(),
         vec![0, 1],
@@ -645,7 +658,11 @@ async fn conductors_sharing_postgres_never_grant_past_the_cap_nor_lease_twice() 
 
 async fn one_renderer_holds_a_batch_until_its_claim_lapses(store: Arc<dyn Store>) {
     let c = store.create_campaign(&campaign(10), 100, M).await.unwrap();
-    let job = store.batches_to_render(M, M, 10).await.unwrap().remove(0);
+    let job = store
+        .batches_to_render(M, M, u32::MAX, 10)
+        .await
+        .unwrap()
+        .remove(0);
     // Two renderers hear the same doorbell: the first claims, the second is told to drop it.
     let first = store.claim_render(&job, M, 60_000).await.unwrap();
     assert_eq!(first.unwrap().recipients.len(), 10);
@@ -671,7 +688,11 @@ async fn one_renderer_holds_a_batch_until_its_claim_lapses(store: Arc<dyn Store>
         .is_none());
     store.act(&c.id, Action::Cancel, M).await.unwrap();
     let c2 = store.create_campaign(&campaign(5), 100, M).await.unwrap();
-    let job2 = store.batches_to_render(M, M, 10).await.unwrap().remove(0);
+    let job2 = store
+        .batches_to_render(M, M, u32::MAX, 10)
+        .await
+        .unwrap()
+        .remove(0);
     store.act(&c2.id, Action::Cancel, M).await.unwrap();
     assert!(
         store
@@ -1260,7 +1281,10 @@ async fn an_unreadable_batch_is_rendered_again_then_its_recipients_fail(store: A
             // Back to be rendered: nothing to lease until it is.
             let reply = store.lease(rules(3, now, 6_000)).await.unwrap();
             assert!(matches!(reply, LeaseReply::Idle), "{reply:?}");
-            let jobs = store.batches_to_render(now, now, 10).await.unwrap();
+            let jobs = store
+                .batches_to_render(now, now, u32::MAX, 10)
+                .await
+                .unwrap();
             assert_eq!(jobs.len(), 1, "round {round}");
             assert!(store
                 .claim_render(&jobs[0], now, 30_000)
@@ -1283,5 +1307,282 @@ async fn an_unreadable_batch_is_rendered_again_then_its_recipients_fail(store: A
             .unwrap()
             .contains("could not be read"),
         "{failed:?}"
+    );
+}
+
+/// Drives random transitions — creation with suppressed addresses, rendering with failures, leases
+/// under a spent domain, every kind of outcome, silent senders, cancel, retry, complaints — and
+/// checks after every step that the kept counters equal a full recount of the rows.
+async fn counters_always_equal_a_full_recount(store: Arc<dyn Store>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+    let mut now = M;
+    let complaint = |email: String, key: u32| conductor::feedback::Event {
+        key: format!("mailgun:prop-{key}"),
+        provider: "mailgun",
+        kind: conductor::feedback::Kind::Complaint,
+        email,
+        campaign_id: None,
+        recipient_id: None,
+        detail: None,
+    };
+    store
+        .record_feedback(&complaint("r3@gmail.com".into(), 0), now)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut leases: Vec<SendLease> = Vec::new();
+    let domains = ["gmail.com", "example.com", "Yahoo.com"];
+    for step in 0..120u32 {
+        now += rng.random_range(0..4_000);
+        let what = if ids.is_empty() {
+            0
+        } else {
+            rng.random_range(0..10)
+        };
+        match what {
+            0 => {
+                let n = rng.random_range(1..40);
+                let emails: Vec<String> = (0..n)
+                    .map(|i| format!("r{i}@{}", domains[i % domains.len()]))
+                    .collect();
+                let c = campaign_of(request(), &emails);
+                let id = store.create_campaign(&c, 7, now).await.unwrap().id;
+                ids.push(id);
+            }
+            1 => {
+                for job in store
+                    .batches_to_render(now - 60_000, now, rng.random_range(1..30), 3)
+                    .await
+                    .unwrap()
+                {
+                    let Some(input) = store.claim_render(&job, now, 60_000).await.unwrap() else {
+                        continue;
+                    };
+                    let failed: Vec<(i64, String)> = input
+                        .recipients
+                        .iter()
+                        .filter(|_| rng.random_bool(0.1))
+                        .map(|r| (r.id, "bad data".to_string()))
+                        .collect();
+                    store
+                        .batch_rendered(&job, &format!("k/{step}"), &failed, now)
+                        .await
+                        .unwrap();
+                }
+            }
+            2 | 3 => {
+                let mut r = with_rules(rng.random_range(1..6), now, 1_000, &[("gmail.com", 3)]);
+                r.safety = if rng.random_bool(0.2) {
+                    sender::safety::Safety {
+                        sandbox: true,
+                        allow_domains: vec!["example.com".into()],
+                        ..Default::default()
+                    }
+                } else {
+                    Default::default()
+                };
+                if let LeaseReply::Lease(l) = store.lease(r).await.unwrap() {
+                    leases.push(l);
+                }
+            }
+            4 | 5 if !leases.is_empty() => {
+                let l = leases.swap_remove(rng.random_range(0..leases.len()));
+                let kinds = [
+                    sent(),
+                    Outcome::Failed {
+                        reason: "550".into(),
+                    },
+                    Outcome::Deferred {
+                        reason: "421".into(),
+                        retry_after_ms: Some(rng.random_range(0..5_000)),
+                    },
+                    Outcome::Throttled {
+                        reason: "429".into(),
+                        retry_after_ms: None,
+                    },
+                    Outcome::Unknown {
+                        reason: "timeout".into(),
+                    },
+                    Outcome::Released,
+                    Outcome::AccountStop {
+                        reason: "401".into(),
+                    },
+                    Outcome::Unreadable {
+                        reason: "zstd".into(),
+                    },
+                ];
+                let mut told = Vec::new();
+                for &recipient_id in &l.recipients {
+                    if rng.random_bool(0.8) {
+                        told.push(RecipientOutcome {
+                            recipient_id,
+                            outcome: kinds[rng.random_range(0..kinds.len())].clone(),
+                            at: now,
+                            latency_ms: None,
+                        });
+                    }
+                }
+                let last = rng.random_bool(0.7);
+                let mut rr = report_rules(now);
+                rr.resend_ambiguous = rng.random_bool(0.3);
+                match store.report(&l.lease_id, &told, last, rr).await {
+                    Ok(_) | Err(StoreError::LeaseLost(_)) => {}
+                    Err(e) => panic!("report: {e}"),
+                }
+                if !last {
+                    leases.push(l);
+                }
+            }
+            6 => {
+                now += 120_000;
+                store
+                    .expire_leases(now, rng.random_bool(0.5))
+                    .await
+                    .unwrap();
+            }
+            7 => {
+                let id = &ids[rng.random_range(0..ids.len())];
+                let action =
+                    [Action::Pause, Action::Resume, Action::Cancel][rng.random_range(0..3)];
+                let _ = store.act(id, action, now).await;
+            }
+            8 => {
+                let id = &ids[rng.random_range(0..ids.len())];
+                let states = vec!["failed".to_string(), "unknown".to_string()];
+                let _ = store.retry(id, &states, now).await;
+            }
+            _ => {
+                let i = rng.random_range(0..40);
+                let email = format!("r{i}@{}", domains[i % domains.len()]);
+                store
+                    .record_feedback(&complaint(email, step + 1), now)
+                    .await
+                    .unwrap();
+                store.sweep_cancelled(now, 1_000).await.unwrap();
+            }
+        }
+        for id in &ids {
+            let wrong = store.recount(id).await.unwrap();
+            assert!(
+                wrong.is_empty(),
+                "step {step} ({what}), campaign {id}: {wrong:?}"
+            );
+        }
+    }
+    // The walk reached the states the counters keep, so the check above was not vacuous.
+    let mut seen = conductor::store::Counts::default();
+    for id in &ids {
+        let c = store.campaign(id).await.unwrap().counts;
+        seen.sent += c.sent;
+        seen.failed += c.failed;
+        seen.deferred += c.deferred + c.unknown;
+        seen.suppressed += c.suppressed;
+        seen.cancelled += c.cancelled;
+        seen.in_flight += c.in_flight;
+    }
+    assert!(
+        seen.sent > 0 && seen.failed > 0 && seen.suppressed > 0 && seen.cancelled > 0,
+        "{seen:?}"
+    );
+}
+
+/// Rendering follows sending: only a window of batches is rendered ahead, and it moves on as batches
+/// are sent.
+async fn rendering_stays_a_window_ahead_of_sending(store: Arc<dyn Store>) {
+    let id = store
+        .create_campaign(&campaign(100), 10, M)
+        .await
+        .unwrap()
+        .id;
+    let jobs = store.batches_to_render(M, M, 30, 100).await.unwrap();
+    let batches: Vec<u32> = jobs.iter().map(|j| j.batch).collect();
+    assert_eq!(
+        batches,
+        [0, 1, 2],
+        "30 recipients ahead: three batches of ten"
+    );
+    assert!(
+        store
+            .batches_to_render(M, M, 30, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "batches being rendered fill the window"
+    );
+    for job in &jobs {
+        store.batch_rendered(job, "k", &[], M).await.unwrap();
+    }
+    assert!(store
+        .batches_to_render(M, M, 30, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // Sending batch 0 whole frees one place in the window.
+    let l = lease(store.lease(rules(10, M, 1_000)).await.unwrap());
+    assert_eq!((l.batch, l.recipients.len()), (0, 10));
+    store
+        .report(
+            &l.lease_id,
+            &outcomes(&l.recipients, sent(), M),
+            true,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    let next: Vec<u32> = store
+        .batches_to_render(M, M, 30, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.batch)
+        .collect();
+    assert_eq!(next, [3]);
+    let c = store.campaign(&id).await.unwrap();
+    assert_eq!(
+        (c.batches, c.batches_rendered, c.counts.rendered),
+        (10, 3, 30)
+    );
+    assert!(store.recount(&id).await.unwrap().is_empty());
+}
+
+/// Leases come from the batch cursor: the lowest batch with rendered recipients, or a deferred
+/// recipient that came due (first), wherever it is in the campaign.
+async fn leases_follow_the_batch_cursor_and_deferrals_come_due_first(store: Arc<dyn Store>) {
+    let id = create(&store, 50, 10, M).await;
+    let a = lease(store.lease(rules(10, M, 1_000)).await.unwrap());
+    assert_eq!((a.batch, a.recipients[0]), (0, 0));
+    let deferral = Outcome::Deferred {
+        reason: "421".into(),
+        retry_after_ms: Some(5_000),
+    };
+    let mut told = outcomes(&a.recipients[..2], deferral, M);
+    told.extend(outcomes(&a.recipients[2..], sent(), M));
+    store
+        .report(&a.lease_id, &told, true, report_rules(M))
+        .await
+        .unwrap();
+    // Not due yet: the cursor moves on to batch 1.
+    let b = lease(store.lease(rules(10, M + 1_000, 1_000)).await.unwrap());
+    assert_eq!(b.batch, 1);
+    store
+        .report(
+            &b.lease_id,
+            &outcomes(&b.recipients, sent(), M + 1_000),
+            true,
+            report_rules(M + 1_000),
+        )
+        .await
+        .unwrap();
+    // Due: the two deferred recipients of batch 0 come before batch 2.
+    let c = lease(store.lease(rules(10, M + 6_000, 1_000)).await.unwrap());
+    assert_eq!((c.batch, c.recipients.clone()), (0, vec![0, 1]));
+    let d = lease(store.lease(rules(10, M + 6_000, 1_000)).await.unwrap());
+    assert_eq!((d.batch, d.recipients[0]), (2, 20));
+    assert!(store.recount(&id).await.unwrap().is_empty());
+    let counts = store.campaign(&id).await.unwrap().counts;
+    assert_eq!(
+        (counts.sent, counts.in_flight, counts.pending),
+        (18, 12, 32)
     );
 }
