@@ -91,11 +91,21 @@ async fn main() {
     let svc = runtime.service.clone();
     let started = Instant::now();
     let (req, rows) = campaign("big", "b", big_n);
-    let big = svc.create(req, rows).await.expect("big campaign").0.id;
+    let big = svc
+        .create(req, rows, None)
+        .await
+        .expect("big campaign")
+        .0
+        .id;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let (req, rows) = campaign("small", "s", small_n);
     let small_created = clock.now_ms();
-    let small = svc.create(req, rows).await.expect("small campaign").0.id;
+    let small = svc
+        .create(req, rows, None)
+        .await
+        .expect("small campaign")
+        .0
+        .id;
     println!(
         "small campaign created {:.1} s after the big one",
         started.elapsed().as_secs_f64()

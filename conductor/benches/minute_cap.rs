@@ -172,10 +172,11 @@ async fn distributed(
         // Let the renderers subscribe before the first doorbell rings.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let (created, _) = svc
+    let (created, _, _) = svc
         .create(
             conductor::demo::request(recipients),
             conductor::demo::recipients(recipients),
+            None,
         )
         .await
         .expect("campaign");

@@ -254,7 +254,7 @@ async fn main() {
             let tag = format!("r{round}{}", if loaded { "l" } else { "q" });
             let (req, rows) = campaign(&tag, a.recipients);
             let created = Instant::now();
-            let id = svc.create(req, rows).await.expect("campaign").0.id;
+            let id = svc.create(req, rows, None).await.expect("campaign").0.id;
             let stop = Arc::new(AtomicBool::new(false));
             let load =
                 loaded.then(|| generate(format!("{base}/v1/campaigns/{id}"), a.rps, stop.clone()));

@@ -8,14 +8,22 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
+use crate::ingest::{self, ListFormat, Source};
 use crate::problem::Problem;
-use crate::service::Service;
-use crate::store::Action;
-use crate::validate::{self, CampaignRequest, Row};
+use crate::service::{Open, Service};
+use crate::store::{Action, IdempotencyKey, Status};
+use crate::validate::{self, CampaignRequest};
 
-pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
+pub fn router(service: Arc<Service>) -> Router {
+    // The routes that take a recipient list stream it, counting against `max_upload_bytes`
+    // themselves (an inline JSON list against `max_body_bytes`); every other is held to a small
+    // limit below.
+    let upload =
+        DefaultBodyLimit::max(usize::try_from(service.max_upload_bytes).unwrap_or(usize::MAX));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/", get(dashboard))
@@ -28,19 +36,20 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
                 )
             }),
         )
-        // The one route with large bodies; every other is held to a small limit below.
         .route(
             "/v1/campaigns",
-            post(create_campaign)
-                .layer(DefaultBodyLimit::max(max_body_bytes))
-                .get(list_campaigns),
+            post(create_campaign).layer(upload).get(list_campaigns),
         )
         .route("/v1/campaigns/{id}", get(get_campaign).put(update_campaign))
         .route("/v1/campaigns/{id}/plan", get(crate::governor_api::plan))
         .route("/v1/campaigns/{id}/events", get(crate::progress::events))
         .route("/metrics", get(metrics))
         .route("/v1/governor", get(crate::governor_api::governor))
-        .route("/v1/campaigns/{id}/recipients", get(list_recipients))
+        .route(
+            "/v1/campaigns/{id}/recipients",
+            get(list_recipients).put(put_recipients).layer(upload),
+        )
+        .route("/v1/campaigns/{id}/start", post(start_campaign))
         .route("/v1/campaigns/{id}/retry", post(retry))
         .route("/v1/campaigns/{id}/{action}", post(act))
         .route("/v1/minutes", get(minutes))
@@ -69,52 +78,80 @@ pub fn router(service: Arc<Service>, max_body_bytes: usize) -> Router {
         .with_state(service)
 }
 
+/// `POST /v1/campaigns`: a campaign with its list inline (JSON, read whole up to
+/// `max_body_bytes`), or in a multipart body whose `campaign` JSON part comes first and whose
+/// `recipients` part (CSV, or NDJSON by its media type) is streamed; or a `draft` with no list.
+/// With an `Idempotency-Key`, a retried request returns the first one's campaign.
 async fn create_campaign(
     State(svc): State<Arc<Service>>,
     req: Request,
 ) -> Result<Response, Problem> {
-    let limit = svc.max_body_bytes;
+    let key = idempotency_key(req.headers())?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let (campaign, rows) = if content_type.starts_with("application/json") {
+    let (campaign, warnings, replayed) = if content_type.starts_with("application/json") {
+        let limit = svc.max_body_bytes;
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|_| Problem::too_large(limit))?;
         let mut c: CampaignRequest =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&bytes))
                 .map_err(|e| Problem::bad_json_at(&e))?;
-        let recipients = c.recipients.take().ok_or_else(|| {
-            missing(
-                "recipients",
-                "`recipients` is required (or send multipart/form-data with a recipients CSV part)",
-            )
-        })?;
-        (c, validate::json_rows(recipients))
+        let key = key.map(|k| keyed(k, &bytes));
+        drop(bytes);
+        match (c.recipients.take(), c.draft) {
+            (None, true) => match svc.open(c, Status::Draft, key).await? {
+                Open::New { campaign, .. } => (campaign, Vec::new(), false),
+                Open::Replay(campaign) => (campaign, Vec::new(), true),
+            },
+            (Some(_), true) => {
+                return Err(missing(
+                    "recipients",
+                    "a draft has no list yet: give it one with PUT /v1/campaigns/{id}/recipients",
+                ))
+            }
+            (None, false) => {
+                return Err(missing(
+                    "recipients",
+                    "`recipients` is required (or send multipart/form-data with a recipients part, or `draft`: true)",
+                ))
+            }
+            (Some(recipients), false) => {
+                svc.create(c, validate::json_rows(recipients), key).await?
+            }
+        }
     } else if content_type.starts_with("multipart/form-data") {
-        read_multipart(req, limit).await?
+        create_multipart(&svc, req, key).await?
     } else {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "/problems/unsupported-media-type",
             "Unsupported media type",
-            "send application/json, or multipart/form-data with `campaign` (JSON) and `recipients` (CSV) parts",
+            "send application/json, or multipart/form-data with `campaign` (JSON) and `recipients` (CSV or NDJSON) parts",
         ));
     };
-    let (created, warnings) = svc.create(campaign, rows).await?;
-    let location = format!("/v1/campaigns/{}", created.id);
-    Ok((
-        StatusCode::CREATED,
+    let location = format!("/v1/campaigns/{}", campaign.id);
+    let mut response = (
+        if replayed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
         [(header::LOCATION, location)],
-        Json(Created {
-            campaign: created,
-            warnings,
-        }),
+        Json(Created { campaign, warnings }),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 #[derive(serde::Serialize)]
@@ -133,22 +170,59 @@ fn missing(field: &str, detail: &str) -> Problem {
     .into()
 }
 
-async fn read_multipart(
-    req: Request<Body>,
-    limit: usize,
-) -> Result<(CampaignRequest, Vec<Row>), Problem> {
-    let part_error = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::too_large(limit)
-        } else {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "/problems/invalid-multipart",
-                "The multipart body is not valid",
-                e.body_text(),
-            )
-        }
+/// The `Idempotency-Key` header, if given: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &header::HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
     };
+    match v.to_str() {
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(missing(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// The key with a digest of the request's campaign fields.
+fn keyed(key: String, campaign_json: &[u8]) -> IdempotencyKey {
+    use sha2::Digest;
+    IdempotencyKey {
+        key,
+        fingerprint: format!("{:x}", sha2::Sha256::digest(campaign_json)),
+    }
+}
+
+/// Why a multipart body stopped: its limit, or a broken stream.
+fn cut_of(e: axum::extract::multipart::MultipartError, limit: u64) -> ingest::Cut {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ingest::Cut::TooLarge(limit)
+    } else {
+        ingest::Cut::Broken(e.body_text())
+    }
+}
+
+fn multipart_problem(e: axum::extract::multipart::MultipartError, limit: u64) -> Problem {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ingest::Cut::TooLarge(limit).into()
+    } else {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "/problems/invalid-multipart",
+            "The multipart body is not valid",
+            e.body_text(),
+        )
+    }
+}
+
+async fn create_multipart(
+    svc: &Arc<Service>,
+    req: Request<Body>,
+    key: Option<String>,
+) -> Result<(crate::store::Campaign, Vec<String>, bool), Problem> {
+    let limit = svc.max_upload_bytes;
     let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
@@ -157,39 +231,154 @@ async fn read_multipart(
             e.body_text(),
         )
     })?;
-    let (mut campaign, mut csv) = (None, None);
-    while let Some(field) = multipart.next_field().await.map_err(part_error)? {
+    let mut opened: Option<Open> = None;
+    let mut done = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_problem(e, limit))?
+    {
         let name = field.name().unwrap_or_default().to_string();
-        let bytes = field.bytes().await.map_err(part_error)?;
         match name.as_str() {
-            "campaign" => {
-                campaign = Some(
-                    serde_path_to_error::deserialize::<_, CampaignRequest>(
-                        &mut serde_json::Deserializer::from_slice(&bytes),
-                    )
-                    .map_err(|e| Problem::bad_json_at(&e))?,
+            "campaign" if opened.is_none() => {
+                let bytes = read_part(field, crate::body::CAMPAIGN_PART, limit).await?;
+                let c: CampaignRequest = serde_path_to_error::deserialize(
+                    &mut serde_json::Deserializer::from_slice(&bytes),
                 )
+                .map_err(|e| Problem::bad_json_at(&e))?;
+                if c.recipients.is_some() || c.draft {
+                    return Err(missing(
+                        "recipients",
+                        "give recipients either in the recipients part or in the JSON, not both (and no `draft` with a list)",
+                    ));
+                }
+                let key = key.clone().map(|k| keyed(k, &bytes));
+                opened = Some(svc.open(c, Status::Importing, key).await?);
             }
-            "recipients" => csv = Some(bytes),
+            "recipients" if done.is_none() => {
+                let format = ListFormat::of_media_type(field.content_type().unwrap_or(""))
+                    .ok_or_else(|| {
+                        missing(
+                            "recipients",
+                            "the recipients part is CSV (text/csv) or NDJSON (application/x-ndjson)",
+                        )
+                    })?;
+                match opened.take() {
+                    None => {
+                        return Err(missing(
+                            "campaign",
+                            "the `campaign` JSON part comes before the `recipients` part",
+                        ))
+                    }
+                    Some(Open::Replay(c)) => {
+                        // The list was stored by the first request: this copy is read and dropped.
+                        let field = field.map(|c| c.map_err(|e| cut_of(e, limit)));
+                        ingest::forward(field, mpsc::channel(1).0, limit).await?;
+                        done = Some((c, Vec::new(), true));
+                    }
+                    Some(Open::New { campaign, rules }) => {
+                        let (tx, rx) = mpsc::channel(16);
+                        let (forwarded, filled) = tokio::join!(
+                            ingest::forward(
+                                field.map(|c| c.map_err(|e| cut_of(e, limit))),
+                                tx,
+                                limit
+                            ),
+                            svc.fill(&campaign.id, rules, Source::Stream(format, rx), true)
+                        );
+                        if let Err(cut) = forwarded {
+                            // `fill` has abandoned the import (its list ended in an error).
+                            return Err(cut.into());
+                        }
+                        let (c, warnings) = filled?;
+                        done = Some((c, warnings, false));
+                    }
+                }
+            }
             other => {
                 return Err(missing(
                     other,
-                    &format!("unexpected part `{other}`: send `campaign` and `recipients`"),
+                    &format!("unexpected part `{other}`: send `campaign`, then `recipients`"),
                 ))
             }
         }
     }
-    let campaign =
-        campaign.ok_or_else(|| missing("campaign", "the `campaign` JSON part is required"))?;
-    if campaign.recipients.is_some() {
-        return Err(missing(
-            "recipients",
-            "give recipients either in the CSV part or in the JSON, not both",
-        ));
+    match (done, opened) {
+        (Some(done), _) => Ok(done),
+        (None, Some(Open::New { campaign, .. })) => {
+            svc.store
+                .abandon_import(&campaign.id, svc.work.clock.now_ms())
+                .await?;
+            Err(missing("recipients", "the `recipients` part is required"))
+        }
+        (None, Some(Open::Replay(c))) => Ok((c, Vec::new(), true)),
+        (None, None) => Err(missing("campaign", "the `campaign` JSON part is required")),
     }
-    let csv = csv.ok_or_else(|| missing("recipients", "the `recipients` CSV part is required"))?;
-    let rows = validate::parse_csv(&csv)?;
-    Ok((campaign, rows))
+}
+
+/// A small part, whole, or 413 past `limit`.
+async fn read_part(
+    mut field: axum::extract::multipart::Field<'_>,
+    limit: usize,
+    upload_limit: u64,
+) -> Result<Vec<u8>, Problem> {
+    let mut out = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| multipart_problem(e, upload_limit))?
+    {
+        if out.len() + chunk.len() > limit {
+            return Err(Problem::too_large_for("the `campaign` part", limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// `PUT /v1/campaigns/{id}/recipients`: a draft's list, replaced by the body (CSV, or NDJSON by
+/// its media type), streamed. A problem anywhere leaves the draft with no list.
+async fn put_recipients(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, Problem> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = ListFormat::of_media_type(content_type).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "/problems/unsupported-media-type",
+            "Unsupported media type",
+            "send the list as text/csv or application/x-ndjson",
+        )
+    })?;
+    let rules = svc.rules_of(&id).await?;
+    svc.store.begin_upload(&id, svc.work.clock.now_ms()).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let (forwarded, filled) = tokio::join!(
+        ingest::forward(
+            req.into_body()
+                .into_data_stream()
+                .map(|c| c.map_err(|e| ingest::Cut::Broken(e.to_string()))),
+            tx,
+            svc.max_upload_bytes
+        ),
+        svc.fill(&id, rules, Source::Stream(format, rx), false)
+    );
+    forwarded?;
+    let (campaign, warnings) = filled?;
+    Ok(Json(Created { campaign, warnings }).into_response())
+}
+
+async fn start_campaign(
+    State(svc): State<Arc<Service>>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(Json(svc.start(&id).await?).into_response())
 }
 
 async fn list_campaigns(State(svc): State<Arc<Service>>) -> Result<Response, Problem> {

@@ -8,6 +8,8 @@ use crate::problem::Problem;
 
 /// Routes of the API that take small JSON documents (PUT, retry, actions).
 pub const API: usize = 64 * 1024;
+/// The `campaign` part of a multipart creation: its fields, with an inline template.
+pub const CAMPAIGN_PART: usize = 4 * 1024 * 1024;
 /// One-click unsubscribe: `List-Unsubscribe=One-Click` and little else.
 pub const UNSUBSCRIBE: usize = 16 * 1024;
 /// A provider's webhook post: Mailgun and Postmark send one event, SendGrid a batch of them,

@@ -106,7 +106,10 @@ impl Client {
     }
 
     /// Creates a campaign from a template folder (`subject.hbs`, `html.hbs`, optional `text.hbs`,
-    /// sent inline) and a CSV list.
+    /// sent inline) and a list file (CSV, or NDJSON for `.ndjson`/`.jsonl`) of any length: as a
+    /// draft, its list streamed into it (`PUT …/recipients`, showing bytes sent and rows stored on
+    /// stderr), then started. A retry of the creation cannot make a second campaign: it carries an
+    /// `Idempotency-Key`.
     pub async fn create(
         &self,
         template: &Path,
@@ -122,8 +125,10 @@ impl Client {
         let html =
             read("html.hbs").map_err(|e| usage(format!("{}/html.hbs: {e}", template.display())))?;
         let text = read("text.hbs").ok();
-        let csv = std::fs::read(recipients)
+        let file = tokio::fs::File::open(recipients)
+            .await
             .map_err(|e| usage(format!("{}: {e}", recipients.display())))?;
+        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
         let name = name.map(str::to_string).unwrap_or_else(|| {
             template
                 .file_name()
@@ -131,24 +136,56 @@ impl Client {
         });
         let mut campaign = json!({
             "name": name, "from": from, "subject": subject.trim_end(), "html": html, "text": text,
+            "draft": true,
         });
         if let Some(cap) = per_minute {
             campaign["per_minute"] = cap.into();
         }
-        let form = reqwest::multipart::Form::new()
-            .text("campaign", campaign.to_string())
-            .part(
-                "recipients",
-                reqwest::multipart::Part::bytes(csv)
-                    .file_name("recipients.csv")
-                    .mime_str("text/csv")
-                    .expect("a valid mime type"),
-            );
-        self.send(
-            self.request(reqwest::Method::POST, "/v1/campaigns")
-                .multipart(form),
-        )
-        .await
+        let draft = self
+            .send(
+                self.request(reqwest::Method::POST, "/v1/campaigns")
+                    .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                    .json(&campaign),
+            )
+            .await?;
+        let id = draft["id"].as_str().unwrap_or_default().to_string();
+        let media = match recipients.extension().and_then(|e| e.to_str()) {
+            Some("ndjson" | "jsonl") => "application/x-ndjson",
+            _ => "text/csv",
+        };
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let body = reqwest::Body::wrap_stream(file_chunks(file, sent.clone()));
+        let upload = self.send(
+            self.request(
+                reqwest::Method::PUT,
+                &format!("/v1/campaigns/{id}/recipients"),
+            )
+            .header("content-type", media)
+            .body(body),
+        );
+        let mut upload = std::pin::pin!(upload);
+        let mut shown = UploadProgress::new(size);
+        let listed = loop {
+            tokio::select! {
+                done = &mut upload => match done {
+                    Ok(listed) => break listed,
+                    Err(e) => {
+                        // The draft keeps no part of a refused list; cancelled, it can never send.
+                        let _ = self.act(&id, "cancel").await;
+                        return Err(e);
+                    }
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                    let rows = self.show(&id).await.ok().and_then(|c| c["counts"]["total"].as_u64());
+                    shown.update(sent.load(std::sync::atomic::Ordering::Relaxed), rows);
+                }
+            }
+        };
+        shown.done(
+            sent.load(std::sync::atomic::Ordering::Relaxed),
+            listed["counts"]["total"].as_u64(),
+        );
+        self.act(&id, "start").await
     }
 
     pub async fn list(&self) -> Result<Value, CliError> {
@@ -322,9 +359,110 @@ pub fn progress_line(f: &Value) -> String {
     )
 }
 
+/// A file's bytes, 256 KiB at a time, counted into `sent` as they go.
+fn file_chunks(
+    file: tokio::fs::File,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> {
+    futures::stream::unfold(file, move |mut file| {
+        let sent = sent.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    Some((Ok(buf), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        }
+    })
+}
+
+/// An upload's progress on stderr: a bar on a terminal, a line every few seconds elsewhere.
+struct UploadProgress {
+    bar: Option<indicatif::ProgressBar>,
+    size: u64,
+    last_line: std::time::Instant,
+}
+
+impl UploadProgress {
+    fn new(size: u64) -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(size);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "uploading [{bar:30}] {bytes}/{total_bytes} {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self {
+            bar,
+            size,
+            last_line: std::time::Instant::now(),
+        }
+    }
+
+    fn update(&mut self, sent: u64, rows: Option<u64>) {
+        let rows = rows.map(|r| format!("{r} rows stored")).unwrap_or_default();
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(sent);
+                bar.set_message(rows);
+            }
+            None if self.last_line.elapsed() >= std::time::Duration::from_secs(5) => {
+                self.last_line = std::time::Instant::now();
+                eprintln!("uploading: {}, {rows}", upload_line(sent, self.size));
+            }
+            None => {}
+        }
+    }
+
+    fn done(self, sent: u64, rows: Option<u64>) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "uploaded {}: {} rows stored",
+            upload_line(sent, self.size),
+            rows.unwrap_or(0)
+        );
+    }
+}
+
+/// `12.5 of 40.0 MB (31 %)`.
+pub fn upload_line(sent: u64, size: u64) -> String {
+    let mb = |b: u64| b as f64 / 1_000_000.0;
+    if size == 0 {
+        return format!("{:.1} MB", mb(sent));
+    }
+    format!(
+        "{:.1} of {:.1} MB ({} %)",
+        mb(sent),
+        mb(size),
+        sent.saturating_mul(100) / size
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_lines_say_how_far_an_upload_is() {
+        assert_eq!(
+            upload_line(12_500_000, 40_000_000),
+            "12.5 of 40.0 MB (31 %)"
+        );
+        assert_eq!(upload_line(0, 0), "0.0 MB");
+        assert_eq!(upload_line(3, 3), "0.0 of 0.0 MB (100 %)");
+    }
 
     #[test]
     fn a_progress_frame_reads_as_one_line() {

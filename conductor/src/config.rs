@@ -48,8 +48,11 @@ pub struct Events {
 #[serde(default, deny_unknown_fields)]
 pub struct Server {
     pub listen: String,
-    /// Largest request body accepted (a campaign with its recipient list), in bytes.
+    /// Largest campaign request with an inline JSON list, in bytes (it is read whole).
     pub max_body_bytes: usize,
+    /// Largest recipient list upload (a CSV or NDJSON part or body), in bytes: it is read as it
+    /// arrives and never held whole.
+    pub max_upload_bytes: u64,
     /// `sha256:HEX` digests of the API's bearer tokens; when any are set, every `/v1` route and the
     /// event streams need one. Read at each request, so edits apply at once.
     pub api_tokens: Vec<String>,
@@ -67,6 +70,7 @@ impl Default for Server {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024 * 1024,
+            max_upload_bytes: 8 * 1024 * 1024 * 1024,
             api_tokens: Vec::new(),
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             allow_open_api: false,
@@ -293,6 +297,9 @@ impl Config {
         self.log.validate()?;
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.max_upload_bytes < 1024 {
+            return Err(invalid("server.max_upload_bytes", "must be at least 1024"));
         }
         for t in &self.server.api_tokens {
             crate::auth::check_entry(t).map_err(|e| invalid("server.api_tokens", e))?;

@@ -125,7 +125,7 @@ macro_rules! edits {
 }
 
 edits! {
-    server => Live { listen => OnRestart, max_body_bytes => OnRestart },
+    server => Live { listen => OnRestart, max_body_bytes => OnRestart, max_upload_bytes => OnRestart },
     store => OnRestart,
     bodies => OnRestart,
     campaigns => Live,

@@ -158,8 +158,8 @@ pub async fn run(
     let svc = runtime.service.clone();
     let started = Instant::now();
     let start_ms = clock.now_ms();
-    let (created, _) = svc
-        .create(request(n), recipients(n))
+    let (created, _, _) = svc
+        .create(request(n), recipients(n), None)
         .await
         .map_err(|p| DemoError::Refused(p.detail))?;
     let create_time = started.elapsed();

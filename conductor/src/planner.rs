@@ -1,27 +1,18 @@
 //! Recipients → batches. Pure.
-
-/// One batch: recipient ids `first .. first + len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchPlan {
-    pub n: u32,
-    pub first: i64,
-    pub len: u32,
-}
-
-/// Recipients are numbered `0..total` in list order; batch `n` holds ids `n × size ..`.
-pub fn plan(total: usize, batch_size: u32) -> Vec<BatchPlan> {
-    let size = batch_size.max(1) as usize;
-    (0..total.div_ceil(size))
-        .map(|n| BatchPlan {
-            n: n as u32,
-            first: (n * size) as i64,
-            len: size.min(total - n * size) as u32,
-        })
-        .collect()
-}
+//!
+//! Recipients are numbered in list order as they are read (a duplicate dropped by the store leaves
+//! its number unused); batch `n` holds the ids `n × size .. (n + 1) × size`, so a batch is a range of
+//! the primary key, read without scanning the campaign.
 
 pub fn batch_of(recipient_id: i64, batch_size: u32) -> u32 {
     (recipient_id / i64::from(batch_size.max(1))) as u32
+}
+
+/// The ids batch `n` may hold.
+pub fn ids_of(batch: u32, batch_size: u32) -> std::ops::Range<i64> {
+    let size = i64::from(batch_size.max(1));
+    let first = i64::from(batch) * size;
+    first..first + size
 }
 
 #[cfg(test)]
@@ -29,31 +20,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_cover_every_recipient_once() {
-        let p = plan(2_501, 1_000);
-        assert_eq!(
-            p,
-            vec![
-                BatchPlan {
-                    n: 0,
-                    first: 0,
-                    len: 1_000
-                },
-                BatchPlan {
-                    n: 1,
-                    first: 1_000,
-                    len: 1_000
-                },
-                BatchPlan {
-                    n: 2,
-                    first: 2_000,
-                    len: 501
-                },
-            ]
-        );
+    fn a_batch_is_a_range_of_ids() {
+        assert_eq!(batch_of(0, 1_000), 0);
+        assert_eq!(batch_of(999, 1_000), 0);
         assert_eq!(batch_of(2_500, 1_000), 2);
-        assert_eq!(plan(1_000, 1_000).len(), 1);
-        assert!(plan(0, 1_000).is_empty());
-        assert_eq!(plan(3, 1).len(), 3);
+        assert_eq!(batch_of(7, 0), 7, "a zero size counts as one");
+        assert_eq!(ids_of(2, 1_000), 2_000..3_000);
+        for id in ids_of(5, 7) {
+            assert_eq!(batch_of(id, 7), 5);
+        }
     }
 }

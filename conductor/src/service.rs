@@ -3,16 +3,29 @@
 use std::sync::Arc;
 
 use crate::events::Kind;
+use crate::ingest::{self, Source};
 use crate::problem::Problem;
-use crate::store::{Action, Campaign, Store};
-use crate::validate::{self, CampaignRequest, Row};
+use crate::store::{Action, Campaign, IdempotencyKey, Opened, Status, Store};
+use crate::validate::{self, CampaignRequest, Row, RowRules};
 use crate::work::Work;
+
+/// A campaign stored with no recipients yet, and the rules its rows are checked by.
+pub enum Open {
+    New {
+        campaign: Campaign,
+        rules: Arc<RowRules>,
+    },
+    /// What an earlier request with the same `Idempotency-Key` made.
+    Replay(Campaign),
+}
 
 pub struct Service {
     pub store: Arc<dyn Store>,
     pub work: Arc<Work>,
-    /// Largest campaign request, fixed when the router is built.
+    /// Largest campaign request with an inline list, fixed when the router is built.
     pub max_body_bytes: usize,
+    /// Largest recipient list upload (CSV or NDJSON, streamed), fixed when the router is built.
+    pub max_upload_bytes: u64,
     /// SES feedback through SNS, built from the live `[feedback.ses]` and built again when it changes.
     pub ses: std::sync::Mutex<Option<Arc<crate::feedback_api::SesIntake>>>,
     pub sns_certs: Arc<dyn renderer::sns::CertFetcher>,
@@ -34,49 +47,147 @@ impl Service {
         cached.clone()
     }
 
-    /// Validates everything, then stores the campaign in one transaction; nothing is stored otherwise.
-    /// Returns the campaign and any warnings (a message over Gmail's clip, say).
-    pub async fn create(
+    /// Checks a campaign's own fields (compiling its template off the async threads) and stores it
+    /// with no recipients yet: `importing` (its list follows) or a `draft`. A retried request with
+    /// the same `Idempotency-Key` gets the first one's campaign instead.
+    pub async fn open(
         &self,
         req: CampaignRequest,
-        rows: Vec<Row>,
-    ) -> Result<(Campaign, Vec<String>), Problem> {
-        let (templates, safety, limits) = {
+        status: Status,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Open, Problem> {
+        let (templates, safety, limits, batch_size) = {
             let config = self.work.config.borrow();
             let c = &config.campaigns;
             (
                 c.templates_dir.clone(),
                 config.safety.clone(),
                 c.render_limits(),
+                c.batch_size,
             )
         };
-        // Compiling and trial-rendering a large list is CPU work: keep it off the async threads.
-        let valid = tokio::task::spawn_blocking(move || {
-            validate::validate(req, rows, &templates, &safety, limits)
+        let prepared = tokio::task::spawn_blocking(move || {
+            validate::prepare(&req, &templates, &safety, limits)
         })
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "validation task failed");
             Problem::internal()
         })??;
-        if !valid.css_inlined {
+        if !prepared.css_inlined {
             tracing::debug!("template CSS kept in <style>: it could not be inlined safely");
         }
-        let batch_size = self.work.config.borrow().campaigns.batch_size;
-        let campaign = self
+        let opened = self
             .store
-            .create_campaign(&valid, batch_size, self.work.clock.now_ms())
+            .create_empty(
+                &(&prepared).into(),
+                batch_size,
+                self.work.clock.now_ms(),
+                status,
+                key.as_ref(),
+            )
             .await?;
-        tracing::info!(campaign = %campaign.id, recipients = campaign.counts.total, duplicates = valid.duplicates, "campaign created");
-        for w in &valid.warnings {
-            tracing::warn!(campaign = %campaign.id, warning = %w, "campaign created with a warning");
+        Ok(match opened {
+            Opened::New(campaign) => Open::New {
+                campaign,
+                rules: Arc::new(prepared.rows),
+            },
+            Opened::Replay(campaign) => Open::Replay(campaign),
+        })
+    }
+
+    /// The row rules of a stored campaign's template: for a draft taking a new list.
+    pub async fn rules_of(&self, id: &str) -> Result<Arc<RowRules>, Problem> {
+        let template = self.store.template(id).await?;
+        let (safety, limits) = {
+            let config = self.work.config.borrow();
+            (config.safety.clone(), config.campaigns.render_limits())
+        };
+        let rules = tokio::task::spawn_blocking(move || RowRules::new(&template, &safety, limits))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "validation task failed");
+                Problem::internal()
+            })??;
+        Ok(Arc::new(rules))
+    }
+
+    /// Imports a campaign's list and, when it is whole, starts the campaign (`start`) or leaves it
+    /// a draft. On any problem the import is abandoned — a campaign being created is discarded, a
+    /// draft keeps no part of the list — and the problem returned.
+    pub async fn fill(
+        &self,
+        id: &str,
+        rules: Arc<RowRules>,
+        source: Source,
+        start: bool,
+    ) -> Result<(Campaign, Vec<String>), Problem> {
+        let clock = self.work.clock.clone();
+        let imported = match ingest::import(&self.store, &clock, id, rules, source).await {
+            Ok(i) => i,
+            Err(problem) => {
+                self.abandon(id).await;
+                return Err(problem);
+            }
+        };
+        let campaign = match self.store.finish_import(id, clock.now_ms(), start).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.abandon(id).await;
+                return Err(e.into());
+            }
+        };
+        tracing::info!(campaign = %id, recipients = imported.rows, duplicates = imported.duplicates, start, "recipient list imported");
+        for w in &imported.warnings {
+            tracing::warn!(campaign = %id, warning = %w, "campaign list imported with a warning");
         }
-        self.work.wake.notify_one();
-        self.work
-            .events
-            .emit(Kind::Created, &campaign.id, None)
-            .await;
-        Ok((campaign, valid.warnings))
+        self.work.views.forget(id);
+        if start {
+            self.work.wake.notify_one();
+            self.work.events.emit(Kind::Created, id, None).await;
+        }
+        Ok((campaign, imported.warnings))
+    }
+
+    async fn abandon(&self, id: &str) {
+        if let Err(e) = self
+            .store
+            .abandon_import(id, self.work.clock.now_ms())
+            .await
+        {
+            tracing::warn!(campaign = %id, error = %e, "import not abandoned yet; the reconcile loop will");
+        }
+        self.work.views.forget(id);
+    }
+
+    /// A whole campaign at once, its list in memory (inline JSON, the demo): [`Self::open`] then
+    /// [`Self::fill`]. Returns the campaign and any warnings (a message over Gmail's clip, say).
+    pub async fn create(
+        &self,
+        req: CampaignRequest,
+        rows: Vec<Row>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<(Campaign, Vec<String>, bool), Problem> {
+        match self.open(req, Status::Importing, key).await? {
+            Open::Replay(c) => Ok((c, Vec::new(), true)),
+            Open::New { campaign, rules } => {
+                let (c, warnings) = self
+                    .fill(&campaign.id, rules, Source::Rows(rows), true)
+                    .await?;
+                Ok((c, warnings, false))
+            }
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> Result<Campaign, Problem> {
+        let before = self.store.campaign(id).await?.status;
+        let c = self.store.start(id, self.work.clock.now_ms()).await?;
+        self.work.views.forget(id);
+        if before == Status::Draft {
+            self.work.wake.notify_one();
+            self.work.events.emit(Kind::Created, id, None).await;
+        }
+        Ok(c)
     }
 
     pub async fn act(&self, id: &str, action: Action) -> Result<Campaign, Problem> {

@@ -67,7 +67,15 @@ impl Runtime {
         hooks: Hooks,
     ) -> Result<Self, StartupError> {
         config.validate()?;
-        let store: Arc<dyn Store> = Arc::new(SqlStore::open(&config.store_url()?).await?);
+        let store_url = config.store_url()?;
+        let store: Arc<dyn Store> = Arc::new(SqlStore::open(&store_url).await?);
+        if store_url.starts_with("sqlite:") {
+            // This process alone uses the file: an import under way here before is cut off.
+            let now = clock.now_ms();
+            for id in store.abandon_stale_imports(now + 1, now).await? {
+                tracing::warn!(campaign = %id, "an import cut off by the last stop was abandoned");
+            }
+        }
         let bodies = config.bodies.open().await?;
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -146,6 +154,7 @@ impl Runtime {
             store,
             work,
             max_body_bytes: config.server.max_body_bytes,
+            max_upload_bytes: config.server.max_upload_bytes,
             ses: Default::default(),
             sns_certs: hooks.sns_certs,
             progress: Default::default(),
@@ -221,10 +230,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = crate::api::router(
-            self.runtime.service.clone(),
-            self.runtime.service.max_body_bytes,
-        );
+        let router = crate::api::router(self.runtime.service.clone());
         // Event streams never end by themselves: close them when shutdown begins, or the graceful
         // shutdown would wait for every open browser tab.
         let streams = self.runtime.service.streams.clone();

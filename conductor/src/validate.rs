@@ -35,9 +35,13 @@ pub struct CampaignRequest {
     pub html: Option<String>,
     #[serde(default)]
     pub text: Option<String>,
-    /// Absent when the recipients come as a CSV part.
+    /// Absent when the recipients come as a CSV or NDJSON part, or later (`draft`).
     #[serde(default)]
     pub recipients: Option<Vec<RecipientIn>>,
+    /// Store it as a draft with no list: `PUT /v1/campaigns/{id}/recipients` gives it one (a list
+    /// of any length, streamed) and `POST /v1/campaigns/{id}/start` starts it.
+    #[serde(default)]
+    pub draft: bool,
     /// This campaign's own cap, under the global one.
     #[serde(default)]
     pub per_minute: Option<u32>,
@@ -125,17 +129,12 @@ pub struct Row {
     pub recipient: RecipientIn,
 }
 
-#[derive(Debug, Clone)]
+/// A campaign checked whole, its list in memory (see [`validate`]).
+#[derive(Debug)]
 pub struct ValidCampaign {
-    pub name: String,
-    pub from: Mailbox,
-    pub reply_to: Option<Mailbox>,
-    pub template: TemplateSource,
-    pub template_name: Option<String>,
-    pub css_inlined: bool,
+    pub head: Prepared,
     pub recipients: Vec<RecipientData>,
     pub duplicates: usize,
-    pub limits: Limits,
     /// Things that will not stop the send but that a sender should know (Gmail's clip).
     pub warnings: Vec<String>,
 }
@@ -250,115 +249,9 @@ pub fn parse_mailbox(key: &str, s: &str) -> Result<Mailbox, FieldError> {
 
 /// Parses a recipients CSV: a header row naming `email` (required) and `name` (optional); every other
 /// column becomes a data field. Rows are named by their line number in the file.
+/// A whole CSV in memory, parsed (see [`crate::lists::CsvRows`] for one read as it arrives).
 pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Invalid> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    // The reader's own line count skips blank lines; users count every line of the file.
-    // Records come in file order: newlines are counted once, from where the last count stopped
-    // (counting from the start for every row made a large list quadratic).
-    let counted = std::cell::Cell::new((0usize, 0usize));
-    let line_of = |pos: Option<&csv::Position>| {
-        let mut end = pos.map_or(0, |p| p.byte() as usize).min(bytes.len());
-        // A record's position is where the reader started, before any blank lines it skipped.
-        while end < bytes.len() && matches!(bytes[end], b'\r' | b'\n') {
-            end += 1;
-        }
-        let (mut upto, mut newlines) = counted.get();
-        if end < upto {
-            (upto, newlines) = (0, 0);
-        }
-        newlines += bytes[upto..end].iter().filter(|&&b| b == b'\n').count();
-        counted.set((end, newlines));
-        newlines + 1
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(false)
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| Invalid::Csv(format!("recipients CSV header: {e}")))?
-        .iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
-    if headers.len() > MAX_COLUMNS {
-        return Err(Invalid::Csv(format!(
-            "recipients CSV header has {} columns; at most {MAX_COLUMNS} are taken",
-            headers.len()
-        )));
-    }
-    if let Some(i) = headers.iter().position(|h| h.len() > 128) {
-        return Err(Invalid::Csv(format!(
-            "recipients CSV header: column {} has a name over 128 bytes",
-            i + 1
-        )));
-    }
-    let col = |name: &str| headers.iter().position(|h| h == name);
-    let email_col = col("email").ok_or_else(|| {
-        Invalid::Csv(format!(
-            "recipients CSV has no `email` column (header is: {})",
-            headers.join(", ")
-        ))
-    })?;
-    let name_col = col("name");
-    let mut seen = HashSet::new();
-    for h in &headers {
-        if h.is_empty() {
-            return Err(Invalid::Csv(
-                "recipients CSV header has an empty column name".into(),
-            ));
-        }
-        if !seen.insert(h) {
-            return Err(Invalid::Csv(format!(
-                "recipients CSV header names `{h}` twice"
-            )));
-        }
-    }
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| match e.kind() {
-            csv::ErrorKind::UnequalLengths {
-                pos,
-                expected_len,
-                len,
-            } => Invalid::Csv(format!(
-                "recipients CSV line {}: {len} fields where the header has {expected_len}",
-                line_of(pos.as_ref())
-            )),
-            _ => Invalid::Csv(format!("recipients CSV: {e}")),
-        })?;
-        let line = line_of(record.position());
-        if record.iter().all(str::is_empty) {
-            continue;
-        }
-        if let Some(i) = record.iter().position(|f| f.len() > MAX_FIELD_BYTES) {
-            return Err(Invalid::Csv(format!(
-                "recipients CSV line {line}: field `{}` is over {MAX_FIELD_BYTES} bytes",
-                headers[i]
-            )));
-        }
-        if record.as_slice().len() > MAX_ROW_BYTES {
-            return Err(Invalid::Csv(format!(
-                "recipients CSV line {line}: the row is over {MAX_ROW_BYTES} bytes"
-            )));
-        }
-        let mut data = serde_json::Map::new();
-        for (i, value) in record.iter().enumerate() {
-            if i != email_col && Some(i) != name_col {
-                data.insert(headers[i].clone(), value.into());
-            }
-        }
-        rows.push(Row {
-            at: format!("line {line}"),
-            recipient: RecipientIn {
-                email: record[email_col].to_string(),
-                name: name_col
-                    .map(|c| record[c].to_string())
-                    .filter(|n| !n.is_empty()),
-                data: Some(data),
-            },
-        });
-    }
-    Ok(rows)
+    crate::lists::CsvRows::new(bytes)?.collect()
 }
 
 pub fn json_rows(recipients: Vec<RecipientIn>) -> Vec<Row> {
@@ -372,13 +265,63 @@ pub fn json_rows(recipients: Vec<RecipientIn>) -> Vec<Row> {
         .collect()
 }
 
-pub fn validate(
-    req: CampaignRequest,
-    rows: Vec<Row>,
+/// A campaign's own fields checked and its template compiled: what each recipient row is then
+/// checked against, one chunk at a time ([`RowCheck`]), however long the list.
+pub struct Prepared {
+    pub name: String,
+    pub from: Mailbox,
+    pub reply_to: Option<Mailbox>,
+    pub template: TemplateSource,
+    pub template_name: Option<String>,
+    pub css_inlined: bool,
+    pub limits: Limits,
+    pub rows: RowRules,
+}
+
+/// What each recipient row is checked against: the compiled template (a strict trial render) and
+/// the sandbox in force.
+pub struct RowRules {
+    compiled: CompiledTemplate,
+    safety: Safety,
+}
+
+impl RowRules {
+    /// The rules for a stored campaign's template (a draft taking a new list).
+    pub fn new(
+        template: &TemplateSource,
+        safety: &Safety,
+        render: RenderLimits,
+    ) -> Result<Self, Invalid> {
+        Ok(Self {
+            compiled: compile(template, render)?,
+            safety: safety.clone(),
+        })
+    }
+}
+
+fn compile(template: &TemplateSource, render: RenderLimits) -> Result<CompiledTemplate, Invalid> {
+    CompiledTemplate::compile_with(template, render).map_err(|e| match e {
+        TemplateError::Syntax { .. } => Invalid::TemplateSyntax(e.to_string()),
+        other => Invalid::Fields(vec![field("template", other.to_string())]),
+    })
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("name", &self.name)
+            .field("template_name", &self.template_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks everything about a campaign but its recipients (`req.recipients` is ignored).
+pub fn prepare(
+    req: &CampaignRequest,
     templates: &Path,
     safety: &Safety,
     render: RenderLimits,
-) -> Result<ValidCampaign, Invalid> {
+) -> Result<Prepared, Invalid> {
     let mut errors = Vec::new();
     let name = req.name.trim().to_string();
     if name.is_empty() || name.len() > 200 {
@@ -387,7 +330,7 @@ pub fn validate(
     let from = parse_mailbox("from", &req.from)
         .map_err(|e| errors.push(e))
         .ok();
-    let limits = limits(&req, &mut errors);
+    let limits = limits(req, &mut errors);
     let reply_to = match req.reply_to.as_deref().filter(|r| !r.trim().is_empty()) {
         Some(r) => parse_mailbox("reply_to", r)
             .map_err(|e| errors.push(e))
@@ -431,99 +374,182 @@ pub fn validate(
             return Err(Invalid::Fields(errors));
         }
     };
-    let compiled = CompiledTemplate::compile_with(&template, render).map_err(|e| match e {
-        TemplateError::Syntax { .. } => Invalid::TemplateSyntax(e.to_string()),
-        other => Invalid::Fields(vec![field("template", other.to_string())]),
-    })?;
-
-    // Recipients: valid addresses, no header breaks, first occurrence of an address wins.
-    let mut seen = HashSet::with_capacity(rows.len());
-    let mut kept: Vec<(String, RecipientData)> = Vec::with_capacity(rows.len());
-    let mut duplicates = 0;
-    for row in rows {
-        let r = row.recipient;
-        let email = r.email.trim().to_string();
-        if let Err(why) = check_email(&email) {
-            errors.push(field(
-                format!("{}.email", row.at),
-                format!("{email:?} is not a valid address: it {why}"),
-            ));
-            continue;
-        }
-        if !safety.allows(&email) {
-            errors.push(field(
-                format!("{}.email", row.at),
-                format!("{email} may not be mailed: sandbox mode allows only [safety] allow_domains and allow_addresses"),
-            ));
-            continue;
-        }
-        let data_bytes = r.data.as_ref().map_or(0, |d| {
-            serde_json::to_string(d).map_or(usize::MAX, |s| s.len())
-        });
-        if data_bytes > MAX_ROW_BYTES || r.name.as_deref().is_some_and(|n| n.len() > 256) {
-            errors.push(field(
-                format!("{}.data", row.at),
-                format!("a recipient's data is at most {MAX_ROW_BYTES} bytes of JSON and its name 256 bytes"),
-            ));
-            continue;
-        }
-        if r.name.as_deref().is_some_and(has_line_break) {
-            errors.push(field(
-                format!("{}.name", row.at),
-                "must not contain CR or LF (header injection)",
-            ));
-            continue;
-        }
-        if !seen.insert(sender::safety::canonical(&email)) {
-            duplicates += 1;
-            continue;
-        }
-        let id = kept.len() as i64;
-        kept.push((
-            row.at,
-            RecipientData {
-                id,
-                email,
-                name: r
-                    .name
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty()),
-                data: serde_json::Value::Object(r.data.unwrap_or_default()),
-                unsubscribe: None,
-            },
-        ));
-        if errors.len() >= MAX_ERRORS {
-            break;
-        }
-    }
+    let compiled = compile(&template, render)?;
     if !errors.is_empty() {
-        errors.truncate(MAX_ERRORS);
         return Err(Invalid::Fields(errors));
     }
-    if kept.is_empty() {
-        return Err(Invalid::NoRecipients);
-    }
-    let trial = trial_render(&compiled, &kept);
-    if !trial.errors.is_empty() {
-        return Err(Invalid::Fields(trial.errors));
-    }
-    let mut warnings = Vec::new();
-    if let Some((at, bytes)) = trial.largest_html.filter(|(_, b)| *b > GMAIL_CLIP_BYTES) {
-        warnings.push(format!(
-            "the HTML of {at} is {} KB: Gmail clips messages over about 102 KB behind a \"View entire message\" link",
-            bytes / 1000
-        ));
-    }
-    Ok(ValidCampaign {
+    Ok(Prepared {
         name,
         from: from.expect("no errors means from parsed"),
         reply_to,
+        css_inlined: compiled.css_inlined,
         template,
         template_name,
-        css_inlined: compiled.css_inlined,
-        recipients: kept.into_iter().map(|(_, r)| r).collect(),
-        duplicates,
         limits,
+        rows: RowRules {
+            compiled,
+            safety: safety.clone(),
+        },
+    })
+}
+
+/// Recipient rows checked against a [`Prepared`] campaign a chunk at a time, in list order: each
+/// address, name and data, then a strict trial render of the chunk on every core. Ids are given in
+/// order; the first problems are kept (at most [`MAX_ERRORS`]) with the line or index of their row.
+pub struct RowCheck<'a> {
+    rules: &'a RowRules,
+    next_id: i64,
+    errors: Vec<FieldError>,
+    largest_html: Option<(String, usize)>,
+}
+
+impl<'a> RowCheck<'a> {
+    pub fn new(rules: &'a RowRules) -> Self {
+        Self {
+            rules,
+            next_id: 0,
+            errors: Vec::new(),
+            largest_html: None,
+        }
+    }
+
+    /// Whether enough problems were found that reading on would add none to the answer.
+    pub fn full(&self) -> bool {
+        self.errors.len() >= MAX_ERRORS
+    }
+
+    pub fn failed(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// Rows given ids so far.
+    pub fn rows(&self) -> i64 {
+        self.next_id
+    }
+
+    /// The chunk's valid recipients (none once anything failed: nothing is stored then).
+    pub fn check(&mut self, rows: Vec<Row>) -> Vec<RecipientData> {
+        let mut kept: Vec<(String, RecipientData)> = Vec::with_capacity(rows.len());
+        for row in rows {
+            if self.full() {
+                break;
+            }
+            match check_row(row, &self.rules.safety) {
+                Ok((at, mut r)) => {
+                    r.id = self.next_id;
+                    self.next_id += 1;
+                    kept.push((at, r));
+                }
+                Err(e) => self.errors.push(e),
+            }
+        }
+        let trial = trial_render(&self.rules.compiled, &kept);
+        self.errors.extend(trial.errors);
+        self.errors.truncate(MAX_ERRORS);
+        if let Some((at, bytes)) = trial.largest_html {
+            if self.largest_html.as_ref().is_none_or(|(_, b)| bytes > *b) {
+                self.largest_html = Some((at, bytes));
+            }
+        }
+        if self.failed() {
+            return Vec::new();
+        }
+        kept.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Every problem found, or the warnings for a list that passed.
+    pub fn finish(self) -> Result<Vec<String>, Invalid> {
+        if !self.errors.is_empty() {
+            return Err(Invalid::Fields(self.errors));
+        }
+        if self.next_id == 0 {
+            return Err(Invalid::NoRecipients);
+        }
+        let mut warnings = Vec::new();
+        if let Some((at, bytes)) = self.largest_html.filter(|(_, b)| *b > GMAIL_CLIP_BYTES) {
+            warnings.push(format!(
+                "the HTML of {at} is {} KB: Gmail clips messages over about 102 KB behind a \"View entire message\" link",
+                bytes / 1000
+            ));
+        }
+        Ok(warnings)
+    }
+}
+
+/// One row's address, name and data, or what is wrong with the first of them that is.
+fn check_row(row: Row, safety: &Safety) -> Result<(String, RecipientData), FieldError> {
+    let r = row.recipient;
+    let email = r.email.trim().to_string();
+    if let Err(why) = check_email(&email) {
+        return Err(field(
+            format!("{}.email", row.at),
+            format!("{email:?} is not a valid address: it {why}"),
+        ));
+    }
+    if !safety.allows(&email) {
+        return Err(field(
+            format!("{}.email", row.at),
+            format!("{email} may not be mailed: sandbox mode allows only [safety] allow_domains and allow_addresses"),
+        ));
+    }
+    let data_bytes = r.data.as_ref().map_or(0, |d| {
+        serde_json::to_string(d).map_or(usize::MAX, |s| s.len())
+    });
+    if data_bytes > MAX_ROW_BYTES || r.name.as_deref().is_some_and(|n| n.len() > 256) {
+        return Err(field(
+            format!("{}.data", row.at),
+            format!("a recipient's data is at most {MAX_ROW_BYTES} bytes of JSON and its name 256 bytes"),
+        ));
+    }
+    if r.name.as_deref().is_some_and(has_line_break) {
+        return Err(field(
+            format!("{}.name", row.at),
+            "must not contain CR or LF (header injection)",
+        ));
+    }
+    Ok((
+        row.at,
+        RecipientData {
+            id: 0,
+            email,
+            name: r
+                .name
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty()),
+            data: serde_json::Value::Object(r.data.unwrap_or_default()),
+            unsubscribe: None,
+        },
+    ))
+}
+
+/// A whole campaign checked in memory: a small list, or a test's. Duplicates (by canonical
+/// address, first one kept) are dropped and counted here; a streamed list leaves that to the store.
+pub fn validate(
+    req: CampaignRequest,
+    rows: Vec<Row>,
+    templates: &Path,
+    safety: &Safety,
+    render: RenderLimits,
+) -> Result<ValidCampaign, Invalid> {
+    let prepared = prepare(&req, templates, safety, render)?;
+    let mut seen = HashSet::with_capacity(rows.len());
+    let mut duplicates = 0;
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| {
+            let fresh = check_email(r.recipient.email.trim()).is_err()
+                || seen.insert(sender::safety::canonical(r.recipient.email.trim()));
+            duplicates += usize::from(!fresh);
+            fresh
+        })
+        .collect();
+    let mut check = RowCheck::new(&prepared.rows);
+    let recipients = check.check(rows);
+    let warnings = check.finish()?;
+    Ok(ValidCampaign {
+        head: prepared,
+        recipients,
+        duplicates,
         warnings,
     })
 }
@@ -594,7 +620,11 @@ fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Trial
             .take(MAX_ERRORS)
             .map(|(_, e)| e)
             .collect(),
-        largest_html: largest.map(|(id, b)| (rows[id as usize].0.clone(), b)),
+        largest_html: largest.and_then(|(id, b)| {
+            rows.iter()
+                .find(|(_, r)| r.id == id)
+                .map(|(at, _)| (at.clone(), b))
+        }),
     }
 }
 

@@ -17,6 +17,9 @@ use crate::events::{Events, Kind};
 use crate::store::{LeaseRules, ReportRules, Store, StoreError};
 use crate::throttle::{Aimd, Change};
 
+/// How long an `Idempotency-Key` is remembered.
+const IDEMPOTENCY_KEPT_MS: i64 = 24 * 3_600_000;
+
 pub struct Work {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
@@ -64,8 +67,19 @@ impl Work {
                 }
             }
         }
-        // What a cancel left waiting is marked a chunk at a time; the next pass follows at once.
-        if self.store.sweep_cancelled(now, 50_000).await? > 0 {
+        // What a cancel left waiting is marked a chunk at a time, and the rows of a discarded import
+        // removed; the next pass follows at once while either has more to do.
+        let swept = self.store.sweep_cancelled(now, 50_000).await?;
+        for id in self
+            .store
+            .abandon_stale_imports(now - crate::store::IMPORT_SILENCE_MS, now)
+            .await?
+        {
+            tracing::warn!(campaign = %id, "upload of the recipient list fell silent: import abandoned");
+            self.views.forget(&id);
+        }
+        let purged = self.store.purge(50_000, now - IDEMPOTENCY_KEPT_MS).await?;
+        if swept + purged > 0 {
             self.wake.notify_one();
         }
         let resend = cfg.campaigns.on_ambiguous == OnAmbiguous::Resend;

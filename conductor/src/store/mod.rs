@@ -32,32 +32,98 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Its list is arriving; it sends nothing until the whole list validated.
+    Importing,
+    /// Created without a list (or with one that replaces it): sends nothing until started.
+    Draft,
     Running,
     Paused,
     Cancelled,
     Completed,
+    /// Its import failed or was cut off: never shown, its rows being removed.
+    Discarded,
 }
 
 impl Status {
+    const ALL: [Status; 7] = [
+        Status::Importing,
+        Status::Draft,
+        Status::Running,
+        Status::Paused,
+        Status::Cancelled,
+        Status::Completed,
+        Status::Discarded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Importing => "importing",
+            Status::Draft => "draft",
             Status::Running => "running",
             Status::Paused => "paused",
             Status::Cancelled => "cancelled",
             Status::Completed => "completed",
+            Status::Discarded => "discarded",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self, StoreError> {
-        Ok(match s {
-            "running" => Status::Running,
-            "paused" => Status::Paused,
-            "cancelled" => Status::Cancelled,
-            "completed" => Status::Completed,
-            other => return Err(StoreError::Corrupt(format!("campaign status {other:?}"))),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt(format!("campaign status {s:?}")))
     }
 }
+
+/// A campaign's own fields, checked: what is stored before its recipients.
+#[derive(Debug, Clone, Copy)]
+pub struct CampaignHead<'a> {
+    pub name: &'a str,
+    pub from: &'a renderer::Mailbox,
+    pub reply_to: Option<&'a renderer::Mailbox>,
+    pub template: &'a renderer::TemplateSource,
+    pub template_name: Option<&'a str>,
+    pub limits: &'a crate::validate::Limits,
+}
+
+impl<'a> From<&'a crate::validate::Prepared> for CampaignHead<'a> {
+    fn from(p: &'a crate::validate::Prepared) -> Self {
+        Self {
+            name: &p.name,
+            from: &p.from,
+            reply_to: p.reply_to.as_ref(),
+            template: &p.template,
+            template_name: p.template_name.as_deref(),
+            limits: &p.limits,
+        }
+    }
+}
+
+impl<'a> From<&'a ValidCampaign> for CampaignHead<'a> {
+    fn from(c: &'a ValidCampaign) -> Self {
+        (&c.head).into()
+    }
+}
+
+/// An `Idempotency-Key` and what identifies the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// A digest of the request's campaign fields: the same key with other fields is refused.
+    pub fingerprint: String,
+}
+
+/// What a creation found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opened {
+    /// A new campaign, `importing` or `draft`, with no recipients yet.
+    New(Campaign),
+    /// The campaign an earlier request with the same `Idempotency-Key` made.
+    Replay(Campaign),
+}
+
+/// How long an upload may go unheard before it counts as cut off and its campaign is discarded.
+pub const IMPORT_SILENCE_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -204,13 +270,74 @@ pub struct ReportRules {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a validated campaign, its batches and recipients in one transaction.
+    /// Stores a campaign validated whole in memory (a small list, a test's) and starts it: the
+    /// same steps as a streamed list, one chunk.
     async fn create_campaign(
         &self,
         c: &ValidCampaign,
         batch_size: u32,
         now: Millis,
+    ) -> Result<Campaign, StoreError> {
+        let id = match self
+            .create_empty(&c.into(), batch_size, now, Status::Importing, None)
+            .await?
+        {
+            Opened::New(c) | Opened::Replay(c) => c.id,
+        };
+        for chunk in c.recipients.chunks(10_000) {
+            self.import_chunk(&id, chunk, now).await?;
+        }
+        self.finish_import(&id, now, true).await
+    }
+
+    /// A campaign with no recipients yet: `importing` (its list follows at once) or a `draft`.
+    /// With a `key` used before, nothing is stored: the first request's campaign is returned, or
+    /// `Conflict` when that one is still importing or had other fields.
+    async fn create_empty(
+        &self,
+        c: &CampaignHead<'_>,
+        batch_size: u32,
+        now: Millis,
+        status: Status,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Opened, StoreError>;
+    /// A draft takes a new list (`PUT …/recipients`): refused while another upload of it runs;
+    /// the list it had is removed first.
+    async fn begin_upload(&self, id: &str, now: Millis) -> Result<(), StoreError>;
+    /// Stores a chunk of validated recipients (ids in list order) of a campaign being imported, in
+    /// one transaction; an address already in the campaign is dropped and counted as a duplicate.
+    /// Returns how many were dropped. Also says the upload is alive.
+    async fn import_chunk(
+        &self,
+        id: &str,
+        rows: &[renderer::RecipientData],
+        now: Millis,
+    ) -> Result<u64, StoreError>;
+    /// Says an upload is alive while no chunk is ready (a slow client).
+    async fn touch_import(&self, id: &str, now: Millis) -> Result<(), StoreError>;
+    /// The whole list is in: the campaign runs (`start`) or stays a draft with its list.
+    async fn finish_import(
+        &self,
+        id: &str,
+        now: Millis,
+        start: bool,
     ) -> Result<Campaign, StoreError>;
+    /// An import failed: a campaign being created is discarded (hidden at once, its rows removed
+    /// by [`Store::purge`], its idempotency key freed); a draft keeps no part of the new list.
+    async fn abandon_import(&self, id: &str, now: Millis) -> Result<(), StoreError>;
+    /// Abandons imports not heard from since `before` (their uploader died, or its process).
+    async fn abandon_stale_imports(
+        &self,
+        before: Millis,
+        now: Millis,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Removes up to about `budget` rows of discarded campaigns, a chunk per transaction, and
+    /// each such campaign once it has none; forgets idempotency keys older than `keys_before`.
+    async fn purge(&self, budget: u64, keys_before: Millis) -> Result<u64, StoreError>;
+    /// Starts a draft that has its list; a campaign started before is returned as it is.
+    async fn start(&self, id: &str, now: Millis) -> Result<Campaign, StoreError>;
+    /// A campaign's template as stored.
+    async fn template(&self, id: &str) -> Result<renderer::TemplateSource, StoreError>;
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError>;
     /// Applies a user's action; `true` when the status changed.

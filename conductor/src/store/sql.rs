@@ -20,15 +20,14 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use super::tally::{domain_of, Tally};
 use super::{
-    rfc3339, Action, AuditEntry, Campaign, Counts, LeaseRules, MinuteStats, RecipientRow,
-    ReportRules, Running, Status, Store, StoreError,
+    rfc3339, Action, AuditEntry, Campaign, CampaignHead, Counts, IdempotencyKey, LeaseRules,
+    MinuteStats, Opened, RecipientRow, ReportRules, Running, Status, Store, StoreError,
 };
 use crate::fair::Fair;
 use crate::feedback;
 use crate::ledger::{self, MinuteRow};
 use crate::planner;
 use crate::recipient::{self, Effect, RecipientState, SettleRules};
-use crate::validate::ValidCampaign;
 
 const GLOBAL: &str = "global";
 
@@ -100,20 +99,22 @@ impl Backend {
         }
     }
 
-    /// Inserts recipients from a JSON array (`$3`) of `{id, batch, email, name, data}` for campaign `$1`
-    /// at time `$2`.
+    /// Inserts recipients from a JSON array (`$3`) of `{id, batch, email, key, name, data}` for
+    /// campaign `$1` at time `$2`; an address already in the campaign is skipped (a duplicate).
     fn insert_recipients(self) -> &'static str {
         match self {
             Backend::Sqlite => {
                 "INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, data, state, updated_ms) \
                  SELECT $1, json_extract(r.value, '$.id'), json_extract(r.value, '$.batch'), \
                  json_extract(r.value, '$.email'), json_extract(r.value, '$.key'), json_extract(r.value, '$.name'), \
-                 json_extract(r.value, '$.data'), 'pending', $2 FROM json_each($3) AS r"
+                 json_extract(r.value, '$.data'), 'pending', $2 FROM json_each($3) AS r WHERE true \
+                 ON CONFLICT (email_key, campaign_id) DO NOTHING RETURNING batch, email_key"
             }
             Backend::Postgres => {
                 "INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, data, state, updated_ms) \
                  SELECT $1, (r->>'id')::bigint, (r->>'batch')::bigint, r->>'email', r->>'key', r->>'name', \
-                 r->>'data', 'pending', $2 FROM jsonb_array_elements($3::jsonb) AS r"
+                 r->>'data', 'pending', $2 FROM jsonb_array_elements($3::jsonb) AS r \
+                 ON CONFLICT (email_key, campaign_id) DO NOTHING RETURNING batch, email_key"
             }
         }
     }
@@ -303,7 +304,7 @@ impl SqlStore {
                 continue;
             }
             tried.push(batch);
-            let first = batch * c.batch_size;
+            let ids = planner::ids_of(batch as u32, c.batch_size as u32);
             let sql = format!(
                 "SELECT id, email, email_key, state FROM recipients WHERE campaign_id = $1 \
                  AND id >= $2 AND id < $3 AND batch = $4 \
@@ -315,8 +316,8 @@ impl SqlStore {
             // Rows of spent domains are passed over within the batch's range: at most a batch's worth.
             let mut q = sqlx::query(&sql)
                 .bind(&c.id)
-                .bind(first)
-                .bind(first + c.batch_size)
+                .bind(ids.start)
+                .bind(ids.end)
                 .bind(batch)
                 .bind(r.now);
             for p in &patterns {
@@ -607,6 +608,46 @@ impl SqlStore {
         Ok(moved)
     }
 
+    /// Removes up to about `budget` of a campaign's recipients, a chunk per transaction; returns how
+    /// many, and whether none are left — then its batches and counters are reset as well.
+    async fn clear_rows(&self, id: &str, budget: u64) -> Result<(u64, bool), StoreError> {
+        let mut removed = 0;
+        loop {
+            if removed >= budget {
+                return Ok((removed, false));
+            }
+            let n = sqlx::query(
+                "DELETE FROM recipients WHERE campaign_id = $1 AND id IN \
+                 (SELECT id FROM recipients WHERE campaign_id = $1 LIMIT $2)",
+            )
+            .bind(id)
+            .bind(SWEEP_CHUNK)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            removed += n;
+            if (n as i64) < SWEEP_CHUNK {
+                break;
+            }
+        }
+        let mut tx = self.write.begin().await?;
+        for table in ["batches", "recipient_counts", "domain_counts"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE campaign_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE campaigns SET total = 0, duplicates = 0, batches_total = 0, batches_rendered = 0, \
+             rendered_total = 0 WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((removed, true))
+    }
+
     async fn insert_audit(
         tx: &mut Transaction<'_, Any>,
         entries: &[AuditEntry],
@@ -700,97 +741,392 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn create_campaign(
+    async fn create_empty(
         &self,
-        c: &ValidCampaign,
+        c: &CampaignHead<'_>,
         batch_size: u32,
         now: Millis,
-    ) -> Result<Campaign, StoreError> {
-        let id = format!("c{}", uuid::Uuid::now_v7().simple());
-        let plan = planner::plan(c.recipients.len(), batch_size);
-        let mut tally = Tally::default();
+        status: Status,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Opened, StoreError> {
         let mut tx = self.write.begin().await?;
+        if let Some(k) = key {
+            let seen = sqlx::query(&format!(
+                "SELECT i.fingerprint, i.campaign_id, c.status FROM idempotency_keys i \
+                 JOIN campaigns c ON c.id = i.campaign_id WHERE i.key = $1{}",
+                self.backend.for_update()
+            ))
+            .bind(&k.key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(seen) = seen {
+                if seen.get::<String, _>("fingerprint") != k.fingerprint {
+                    return Err(StoreError::Conflict(
+                        "this Idempotency-Key was used with other campaign fields".into(),
+                    ));
+                }
+                if seen.get::<String, _>("status") == Status::Importing.as_str() {
+                    return Err(StoreError::Conflict(
+                        "the request with this Idempotency-Key is still importing its list".into(),
+                    ));
+                }
+                let id: String = seen.get("campaign_id");
+                tx.commit().await?;
+                return Ok(Opened::Replay(self.campaign(&id).await?));
+            }
+        }
+        let id = format!("c{}", uuid::Uuid::now_v7().simple());
+        let importing = status == Status::Importing;
         sqlx::query(
             "INSERT INTO campaigns (id, name, from_json, reply_to_json, template_name, template_json, status, \
-             batch_size, total, duplicates, created_ms, per_minute, priority, send_at_ms, window_json, batches_total) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             batch_size, total, duplicates, created_ms, per_minute, priority, send_at_ms, window_json, import_heard_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&id)
-        .bind(&c.name)
-        .bind(to_json(&c.from))
-        .bind(c.reply_to.as_ref().map(to_json))
-        .bind(&c.template_name)
-        .bind(to_json(&c.template))
-        .bind(i64::from(batch_size))
-        .bind(c.recipients.len() as i64)
-        .bind(c.duplicates as i64)
+        .bind(c.name)
+        .bind(to_json(c.from))
+        .bind(c.reply_to.map(to_json))
+        .bind(c.template_name)
+        .bind(to_json(c.template))
+        .bind(status.as_str())
+        .bind(i64::from(batch_size.max(1)))
         .bind(now)
         .bind(c.limits.per_minute.map(i64::from))
         .bind(i64::from(c.limits.priority))
         .bind(c.limits.send_at_ms)
         .bind(c.limits.window.as_ref().map(to_json))
-        .bind(plan.len() as i64)
+        .bind(importing.then_some(now))
         .execute(&mut *tx)
         .await?;
-        for chunk in plan.chunks(1000) {
+        if let Some(k) = key {
+            // Two first requests at once on PostgreSQL: one inserts, the other is told to wait.
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (key, fingerprint, campaign_id, created_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&k.key)
+            .bind(&k.fingerprint)
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                return Err(StoreError::Conflict(
+                    "the request with this Idempotency-Key is still importing its list".into(),
+                ));
+            }
+        }
+        tx.commit().await?;
+        Ok(Opened::New(self.campaign(&id).await?))
+    }
+
+    async fn begin_upload(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        let row = sqlx::query("SELECT status, import_heard_ms FROM campaigns WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let status = Status::parse(row.get("status"))?;
+        match status {
+            Status::Draft => {}
+            Status::Discarded => return Err(StoreError::NotFound(id.to_string())),
+            other => {
+                return Err(StoreError::Conflict(format!(
+                    "campaign {id} is {}: only a draft takes a new list",
+                    other.as_str()
+                )))
+            }
+        }
+        // Conditional: of two uploads at once, one begins.
+        let fresh = now - super::IMPORT_SILENCE_MS;
+        let begun = sqlx::query(
+            "UPDATE campaigns SET import_heard_ms = $1 WHERE id = $2 AND status = 'draft' \
+             AND (import_heard_ms IS NULL OR import_heard_ms < $3)",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(fresh)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        if begun == 0 {
+            return Err(StoreError::Conflict(format!(
+                "another upload of campaign {id}'s list is running"
+            )));
+        }
+        self.clear_rows(id, u64::MAX).await?;
+        Ok(())
+    }
+
+    async fn import_chunk(
+        &self,
+        id: &str,
+        rows: &[renderer::RecipientData],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        // Only a campaign still importing takes rows: one abandoned meanwhile takes none.
+        let size: Option<i64> = sqlx::query_scalar(
+            "UPDATE campaigns SET import_heard_ms = $1 WHERE id = $2 AND import_heard_ms IS NOT NULL \
+             AND status IN ('importing', 'draft') RETURNING batch_size",
+        )
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let size = size
+            .ok_or_else(|| StoreError::Conflict(format!("campaign {id} is not importing a list")))?
+            .max(1);
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            tx.commit().await?;
+            return Ok(0);
+        };
+        let json_rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id,
+                    "batch": planner::batch_of(r.id, size as u32),
+                    "email": r.email,
+                    "key": sender::safety::canonical(&r.email),
+                    "name": r.name,
+                    "data": to_json(&r.data),
+                })
+            })
+            .collect();
+        let inserted = sqlx::query(self.backend.insert_recipients())
+            .bind(id)
+            .bind(now)
+            .bind(to_json(&json_rows))
+            .fetch_all(&mut *tx)
+            .await?;
+        drop(json_rows);
+        let mut tally = Tally::default();
+        let mut sizes: std::collections::BTreeMap<i64, i64> = Default::default();
+        for row in &inserted {
+            let batch: i64 = row.get("batch");
+            let key: Option<String> = row.get("email_key");
+            tally.added(
+                id,
+                batch,
+                key.as_deref().unwrap_or(""),
+                RecipientState::Pending,
+            );
+            *sizes.entry(batch).or_default() += 1;
+        }
+        let sizes: Vec<(i64, i64)> = sizes.into_iter().collect();
+        for chunk in sizes.chunks(500) {
             let sql = format!(
-                "INSERT INTO batches (campaign_id, n, size) VALUES {}",
+                "INSERT INTO batches (campaign_id, n, size) VALUES {} \
+                 ON CONFLICT (campaign_id, n) DO UPDATE SET size = batches.size + excluded.size",
                 values(chunk.len(), 3)
             );
             let mut q = sqlx::query(&sql);
-            for p in chunk {
-                q = q.bind(&id).bind(i64::from(p.n)).bind(i64::from(p.len));
+            for (n, len) in chunk {
+                q = q.bind(id).bind(*n).bind(*len);
             }
             q.execute(&mut *tx).await?;
         }
-        // One JSON array per chunk, expanded by the database: thousands of bound values per statement
-        // cost far more than one large string.
-        for chunk in c.recipients.chunks(5000) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|r| {
-                    let batch = planner::batch_of(r.id, batch_size);
-                    let key = sender::safety::canonical(&r.email);
-                    tally.added(&id, i64::from(batch), &key, RecipientState::Pending);
-                    serde_json::json!({
-                        "id": r.id,
-                        "batch": batch,
-                        "email": r.email,
-                        "key": key,
-                        "name": r.name,
-                        "data": to_json(&r.data),
-                    })
-                })
-                .collect();
-            sqlx::query(self.backend.insert_recipients())
-                .bind(&id)
-                .bind(now)
-                .bind(to_json(&rows))
-                .execute(&mut *tx)
-                .await?;
-        }
         // Addresses that bounced hard, complained or unsubscribed are kept, counted, never mailed.
-        let rows = sqlx::query(&format!(
+        let suppressed = sqlx::query(&format!(
             "UPDATE recipients SET state = 'suppressed', reason = 'on the suppression list' \
-             WHERE campaign_id = $1 AND state = 'pending' AND email_key IN (SELECT email FROM suppressions){MOVED}"
+             WHERE campaign_id = $1 AND id >= $2 AND id <= $3 AND state = 'pending' \
+             AND email_key IN (SELECT email FROM suppressions){MOVED}"
         ))
-        .bind(&id)
+        .bind(id)
+        .bind(first.id)
+        .bind(last.id)
         .fetch_all(&mut *tx)
         .await?;
         tally.moved_rows(
-            &id,
-            &rows,
+            id,
+            &suppressed,
             RecipientState::Pending,
             RecipientState::Suppressed,
         );
+        let dropped = (rows.len() - inserted.len()) as i64;
+        sqlx::query(
+            "UPDATE campaigns SET total = total + $1, duplicates = duplicates + $2 WHERE id = $3",
+        )
+        .bind(inserted.len() as i64)
+        .bind(dropped)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tally.apply(&mut tx).await?;
         tx.commit().await?;
-        self.campaign(&id).await
+        Ok(dropped as u64)
+    }
+
+    async fn touch_import(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE campaigns SET import_heard_ms = $1 WHERE id = $2 AND import_heard_ms IS NOT NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_import(
+        &self,
+        id: &str,
+        _now: Millis,
+        start: bool,
+    ) -> Result<Campaign, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let batches: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM batches WHERE campaign_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let done = sqlx::query(
+            "UPDATE campaigns SET status = $1, import_heard_ms = NULL, batches_total = $2 \
+             WHERE id = $3 AND import_heard_ms IS NOT NULL AND status IN ('importing', 'draft')",
+        )
+        .bind(if start { "running" } else { "draft" })
+        .bind(batches)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            return Err(StoreError::Conflict(format!(
+                "campaign {id} is not importing a list"
+            )));
+        }
+        tx.commit().await?;
+        self.campaign(id).await
+    }
+
+    async fn abandon_import(&self, id: &str, _now: Millis) -> Result<(), StoreError> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?;
+        match status.as_deref().map(Status::parse).transpose()? {
+            Some(Status::Importing) => {
+                let mut tx = self.write.begin().await?;
+                sqlx::query(
+                    "UPDATE campaigns SET status = 'discarded', import_heard_ms = NULL \
+                     WHERE id = $1 AND status = 'importing'",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM idempotency_keys WHERE campaign_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Some(Status::Draft) => {
+                self.clear_rows(id, u64::MAX).await?;
+                sqlx::query("UPDATE campaigns SET import_heard_ms = NULL WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.write)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn abandon_stale_imports(
+        &self,
+        before: Millis,
+        now: Millis,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM campaigns WHERE import_heard_ms < $1 AND status IN ('importing', 'draft')",
+        )
+        .bind(before)
+        .fetch_all(&self.read)
+        .await?;
+        for id in &ids {
+            self.abandon_import(id, now).await?;
+        }
+        Ok(ids)
+    }
+
+    async fn purge(&self, budget: u64, keys_before: Millis) -> Result<u64, StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_ms < $1")
+            .bind(keys_before)
+            .execute(&self.write)
+            .await?;
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM campaigns WHERE status = 'discarded'")
+                .fetch_all(&self.read)
+                .await?;
+        let mut removed = 0;
+        for id in ids {
+            if removed >= budget {
+                break;
+            }
+            let (n, empty) = self.clear_rows(&id, budget - removed).await?;
+            removed += n;
+            if empty {
+                sqlx::query("DELETE FROM campaigns WHERE id = $1 AND status = 'discarded'")
+                    .bind(&id)
+                    .execute(&self.write)
+                    .await?;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn start(&self, id: &str, _now: Millis) -> Result<Campaign, StoreError> {
+        let started = sqlx::query(
+            "UPDATE campaigns SET status = 'running' WHERE id = $1 AND status = 'draft' \
+             AND import_heard_ms IS NULL AND total > 0",
+        )
+        .bind(id)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        let c = self.campaign(id).await?;
+        if started == 0 {
+            match c.status {
+                // Started already (a retried request): the same answer.
+                Status::Running | Status::Paused | Status::Completed => {}
+                Status::Draft if c.counts.total == 0 => {
+                    return Err(StoreError::Conflict(format!(
+                        "campaign {id} has no recipients: PUT /v1/campaigns/{id}/recipients first"
+                    )))
+                }
+                other => {
+                    return Err(StoreError::Conflict(format!(
+                        "campaign {id} is {}{} and cannot be started",
+                        other.as_str(),
+                        if other == Status::Draft {
+                            " with its list still uploading"
+                        } else {
+                            ""
+                        }
+                    )))
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    async fn template(&self, id: &str) -> Result<TemplateSource, StoreError> {
+        let t: String = sqlx::query_scalar(
+            "SELECT template_json FROM campaigns WHERE id = $1 AND status <> 'discarded'",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        json(&t)
     }
 
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
         let rows =
-            sqlx::query("SELECT * FROM campaigns ORDER BY created_ms DESC, id DESC LIMIT 500")
+            sqlx::query("SELECT * FROM campaigns WHERE status <> 'discarded' ORDER BY created_ms DESC, id DESC LIMIT 500")
                 .fetch_all(&self.read)
                 .await?;
         let ids: Vec<String> = rows.iter().map(|r| r.get("id")).collect();
@@ -802,7 +1138,7 @@ impl Store for SqlStore {
     }
 
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError> {
-        let row = sqlx::query("SELECT * FROM campaigns WHERE id = $1")
+        let row = sqlx::query("SELECT * FROM campaigns WHERE id = $1 AND status <> 'discarded'")
             .bind(id)
             .fetch_optional(&self.read)
             .await?
@@ -827,7 +1163,8 @@ impl Store for SqlStore {
         let next = match (action, status) {
             (Action::Pause, Running | Paused) => Paused,
             (Action::Resume, Running | Paused) => Running,
-            (Action::Cancel, Running | Paused | Cancelled) => Cancelled,
+            (Action::Cancel, Running | Paused | Cancelled | Draft) => Cancelled,
+            (_, Discarded) => return Err(StoreError::NotFound(id.to_string())),
             (_, s) => {
                 return Err(StoreError::Conflict(format!(
                     "campaign {id} is {} and cannot be {}",
@@ -975,15 +1312,14 @@ impl Store for SqlStore {
         .fetch_one(&self.read)
         .await?;
         // A batch is a range of ids: read by the primary key, whatever the campaign's size.
-        let size = c.get::<i64, _>("batch_size").max(1);
-        let first = i64::from(job.batch) * size;
+        let ids = planner::ids_of(job.batch, c.get::<i64, _>("batch_size") as u32);
         let rows = sqlx::query(
             "SELECT id, email, name, data FROM recipients WHERE campaign_id = $1 AND id >= $2 AND id < $3 \
              AND batch = $4 ORDER BY id",
         )
         .bind(&job.campaign_id)
-        .bind(first)
-        .bind(first + size)
+        .bind(ids.start)
+        .bind(ids.end)
         .bind(i64::from(job.batch))
         .fetch_all(&self.read)
         .await?;
@@ -1937,7 +2273,7 @@ impl Store for SqlStore {
         .map(|r| (r.get("state"), count(r, "n")))
         .collect();
         let campaigns = sqlx::query(
-            "SELECT status, count(*) AS n FROM campaigns GROUP BY status ORDER BY status",
+            "SELECT status, count(*) AS n FROM campaigns WHERE status <> 'discarded' GROUP BY status ORDER BY status",
         )
         .fetch_all(&self.read)
         .await?

@@ -37,7 +37,10 @@ try {
   const c = await r.json();
   if (c.status !== "paused") fail(`the server says ${c.status}, not paused`);
   if (await page.isDisabled("#resume")) fail("Resume stays disabled while paused");
-  await page.waitForSelector("#chart rect", { timeout: 15000 });
+  // A minute's bar with sends in it (a minute just begun may have none yet: its bar is flat).
+  await page.waitForFunction(
+    () => [...document.querySelectorAll("#chart rect")].some((r) => Number(r.getAttribute("height")) > 0),
+    null, { timeout: 15000 });
   if (errors.length) fail("page errors: " + errors.join("; "));
   console.log(`dashboard: sent ${first} → ${later}, paused at ${c.counts.sent}/${c.counts.total}`);
 } finally {

@@ -10,6 +10,7 @@ mod events;
 mod feedback;
 mod governor;
 mod hostile;
+mod ingest;
 mod moto;
 mod ses_feedback;
 mod sink;

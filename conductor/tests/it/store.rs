@@ -63,6 +63,7 @@ on_every_backend!(
     counters_always_equal_a_full_recount,
     rendering_stays_a_window_ahead_of_sending,
     leases_follow_the_batch_cursor_and_deferrals_come_due_first,
+    an_import_not_heard_from_is_discarded_and_its_rows_purged,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -1585,4 +1586,142 @@ async fn leases_follow_the_batch_cursor_and_deferrals_come_due_first(store: Arc<
         (counts.sent, counts.in_flight, counts.pending),
         (18, 12, 32)
     );
+}
+
+/// An import whose uploader fell silent (killed, or its conductor) is discarded: hidden at once, its
+/// rows removed by the purge, its idempotency key free for a new attempt; a draft's failed upload
+/// leaves the draft with no list.
+async fn an_import_not_heard_from_is_discarded_and_its_rows_purged(store: Arc<dyn Store>) {
+    use conductor::store::{IdempotencyKey, Opened, IMPORT_SILENCE_MS};
+    let c = campaign(30);
+    let key = IdempotencyKey {
+        key: "k1".into(),
+        fingerprint: "f".into(),
+    };
+    let Opened::New(half) = store
+        .create_empty(&(&c).into(), 10, M, Status::Importing, Some(&key))
+        .await
+        .unwrap()
+    else {
+        panic!("a new campaign")
+    };
+    assert_eq!(half.status, Status::Importing);
+    assert_eq!(
+        store
+            .import_chunk(&half.id, &c.recipients[..20], M)
+            .await
+            .unwrap(),
+        0
+    );
+    let seen = store.campaign(&half.id).await.unwrap();
+    assert_eq!(
+        (seen.counts.total, seen.batches),
+        (20, 0),
+        "batches are counted when the list is whole"
+    );
+    assert!(
+        matches!(
+            store
+                .create_empty(&(&c).into(), 10, M, Status::Importing, Some(&key))
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a retry while the first is importing waits"
+    );
+    assert!(store
+        .batches_to_render(M, M, u32::MAX, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    let heard = M + 5_000;
+    store.touch_import(&half.id, heard).await.unwrap();
+    assert!(store
+        .abandon_stale_imports(heard, heard + IMPORT_SILENCE_MS)
+        .await
+        .unwrap()
+        .is_empty());
+    let later = heard + IMPORT_SILENCE_MS + 1;
+    assert_eq!(
+        store.abandon_stale_imports(heard + 1, later).await.unwrap(),
+        std::slice::from_ref(&half.id)
+    );
+    assert!(matches!(
+        store.campaign(&half.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.campaigns().await.unwrap().is_empty());
+    assert!(matches!(
+        store
+            .import_chunk(&half.id, &c.recipients[20..], later)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.purge(1_000, M).await.unwrap(), 20);
+    assert_eq!(store.purge(1_000, M).await.unwrap(), 0);
+    assert!(matches!(
+        store.recount(&half.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let Opened::New(fresh) = store
+        .create_empty(&(&c).into(), 10, later, Status::Importing, Some(&key))
+        .await
+        .unwrap()
+    else {
+        panic!("the key was freed with the discarded campaign")
+    };
+    assert_ne!(fresh.id, half.id);
+
+    // A draft: its list replaced, then an upload that fails leaves it with none.
+    let Opened::New(draft) = store
+        .create_empty(&(&c).into(), 10, later, Status::Draft, None)
+        .await
+        .unwrap()
+    else {
+        panic!("a draft")
+    };
+    assert!(
+        matches!(
+            store.import_chunk(&draft.id, &c.recipients, later).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "no rows without an upload"
+    );
+    store.begin_upload(&draft.id, later).await.unwrap();
+    assert!(
+        matches!(
+            store.begin_upload(&draft.id, later).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "one upload at a time"
+    );
+    store
+        .import_chunk(&draft.id, &c.recipients, later)
+        .await
+        .unwrap();
+    let listed = store.finish_import(&draft.id, later, false).await.unwrap();
+    assert_eq!(
+        (listed.status, listed.counts.total, listed.batches),
+        (Status::Draft, 30, 3)
+    );
+    store.begin_upload(&draft.id, later).await.unwrap();
+    assert_eq!(
+        store.campaign(&draft.id).await.unwrap().counts.total,
+        0,
+        "the old list is gone"
+    );
+    store
+        .import_chunk(&draft.id, &c.recipients[..5], later)
+        .await
+        .unwrap();
+    store.abandon_import(&draft.id, later).await.unwrap();
+    let empty = store.campaign(&draft.id).await.unwrap();
+    assert_eq!(
+        (empty.status, empty.counts.total, empty.batches),
+        (Status::Draft, 0, 0)
+    );
+    assert!(matches!(
+        store.start(&draft.id, later).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.recount(&draft.id).await.unwrap().is_empty());
 }

@@ -261,3 +261,22 @@ impl PgSchema {
 pub fn is_completed(c: &Value) -> bool {
     c["status"] == "completed"
 }
+
+/// A multipart campaign creation: the `campaign` JSON part, then the list as the `recipients` part
+/// of media type `media`.
+pub fn list_form(campaign: &Value, list: String, media: &str) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new()
+        .part(
+            "campaign",
+            reqwest::multipart::Part::text(campaign.to_string())
+                .mime_str("application/json")
+                .unwrap(),
+        )
+        .part(
+            "recipients",
+            reqwest::multipart::Part::text(list)
+                .file_name("list")
+                .mime_str(media)
+                .unwrap(),
+        )
+}
