@@ -1786,10 +1786,18 @@ impl Store for SqlStore {
     async fn recount(&self, id: &str) -> Result<Vec<String>, StoreError> {
         use std::collections::BTreeMap;
         let mut wrong = Vec::new();
+        // One snapshot for every read below, so that writes going on meanwhile cannot make rows
+        // and counters seem to disagree.
+        let mut tx = self.read.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
         let kept: BTreeMap<String, i64> =
             sqlx::query("SELECT state, n FROM recipient_counts WHERE campaign_id = $1")
                 .bind(id)
-                .fetch_all(&self.read)
+                .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(|r| (r.get("state"), r.get("n")))
@@ -1798,7 +1806,7 @@ impl Store for SqlStore {
             "SELECT state, batch, email_key FROM recipients WHERE campaign_id = $1 ORDER BY id",
         )
         .bind(id)
-        .fetch_all(&self.read)
+        .fetch_all(&mut *tx)
         .await?;
         let mut states: BTreeMap<String, i64> = BTreeMap::new();
         let mut open: BTreeMap<String, i64> = BTreeMap::new();
@@ -1835,7 +1843,7 @@ impl Store for SqlStore {
         let kept_open: BTreeMap<String, i64> =
             sqlx::query("SELECT domain, open FROM domain_counts WHERE campaign_id = $1")
                 .bind(id)
-                .fetch_all(&self.read)
+                .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(|r| (r.get("domain"), r.get("open")))
@@ -1853,7 +1861,7 @@ impl Store for SqlStore {
             "SELECT n, size, ready, rendered_ms FROM batches WHERE campaign_id = $1 ORDER BY n",
         )
         .bind(id)
-        .fetch_all(&self.read)
+        .fetch_all(&mut *tx)
         .await?;
         let (mut done, mut rendered) = (0i64, 0i64);
         for b in &batches {
@@ -1873,7 +1881,7 @@ impl Store for SqlStore {
             "SELECT batches_total, batches_rendered, rendered_total FROM campaigns WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.read)
+        .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         differ(
