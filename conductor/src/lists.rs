@@ -245,6 +245,11 @@ fn step(done: &mut bool, next: Result<Option<Row>, Invalid>) -> Option<Result<Ro
     next
 }
 
+/// A whole CSV in memory, parsed.
+pub fn parse_csv(bytes: &[u8]) -> Result<Vec<Row>, Invalid> {
+    CsvRows::new(bytes)?.collect()
+}
+
 /// The rows of an NDJSON list: one JSON object per line, blank lines skipped.
 pub struct NdjsonRows<R: Read> {
     input: BufReader<R>,
@@ -411,5 +416,73 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("over 65536 bytes"), "{err}");
         assert!(NdjsonRows::new(&b"[1]\n"[..]).next().unwrap().is_err());
+    }
+
+    #[test]
+    fn a_bad_row_late_in_a_long_list_names_its_own_line() {
+        let mut csv = String::from("email,city\n");
+        for i in 0..30_000 {
+            if i % 1000 == 0 {
+                csv.push('\n'); // blank lines count as lines of the file
+            }
+            csv.push_str(&format!("r{i}@example.com,Köln\n"));
+        }
+        csv.push_str("late@example.com,Köln,extra\n");
+        let lines = csv.lines().count();
+        match parse_csv(csv.as_bytes()) {
+            Err(Invalid::Csv(e)) => assert!(e.contains(&format!("line {lines}:")), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn csv_rows_columns_and_errors() {
+        let rows = parse_csv(
+            "\u{feff}Email,Name,city\nzoe@example.org,Zoë,Köln\n\nx@example.org,,Paris\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].at, "line 2");
+        assert_eq!(rows[0].recipient.name.as_deref(), Some("Zoë"));
+        assert_eq!(rows[0].recipient.data.as_ref().unwrap()["city"], "Köln");
+        assert_eq!(rows[1].at, "line 4");
+        assert_eq!(rows[1].recipient.name, None);
+
+        let err = parse_csv(b"name,city\nA,B\n").unwrap_err();
+        assert!(err.to_string().contains("no `email` column"), "{err}");
+        let err = parse_csv(b"email,name\na@example.com,A\nb@example.com,B,extra\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "recipients CSV line 3: 3 fields where the header has 2"
+        );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Any bytes are recipients or a clear error; each row names its line.
+        #[test]
+        fn any_csv_parses_or_says_why(raw in prop::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(rows) = parse_csv(&raw) {
+                for r in rows {
+                    prop_assert!(r.at.starts_with("line "));
+                }
+            }
+        }
+
+        #[test]
+        fn csv_shaped_text_parses_or_says_why(
+            text in "(email|name|city|Email)(,(email|name|city|x)){0,3}\n([a-z@.,\"\r\n ]{0,30}\n){0,10}"
+        ) {
+            let _ = parse_csv(text.as_bytes());
+        }
     }
 }

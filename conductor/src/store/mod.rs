@@ -1,6 +1,7 @@
 //! The Store: campaigns, batches, per-recipient state, leases and the minute ledger. It is the truth;
 //! channels and notifications only say "look again".
 
+mod placeholders;
 mod sql;
 mod tally;
 

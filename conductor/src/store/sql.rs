@@ -18,6 +18,7 @@ use sender::{LeaseReply, Millis, RecipientOutcome, SendLease};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+use super::placeholders::{placeholders, values};
 use super::tally::{domain_of, Tally};
 use super::{
     rfc3339, Action, AuditEntry, Campaign, CampaignHead, Counts, IdempotencyKey, LeaseRules,
@@ -703,22 +704,6 @@ fn add_count(c: &mut Counts, state: RecipientState, n: i64) {
         Suppressed => c.suppressed += n,
         Cancelled => c.cancelled += n,
     }
-}
-
-/// `$from, $from+1, …`: `n` numbered placeholders.
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|k| format!("${k}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `($1, $2, $3), ($4, $5, $6), …`: `rows` tuples of `cols` numbered placeholders.
-pub(super) fn values(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", placeholders(r * cols + 1, cols)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {

@@ -167,7 +167,7 @@ async fn upsert(
     for chunk in rows.chunks(500) {
         let sql = format!(
             "INSERT INTO {table} VALUES {} ON CONFLICT {conflict}",
-            super::sql::values(chunk.len(), 3)
+            super::placeholders::values(chunk.len(), 3)
         );
         let mut q = sqlx::query(&sql);
         for (cid, key, n) in chunk {
