@@ -278,20 +278,39 @@ async fn create_multipart(
                     }
                     Some(Open::New { campaign, rules }) => {
                         let (tx, rx) = mpsc::channel(16);
-                        let (forwarded, filled) = tokio::join!(
+                        let (forwarded, imported) = tokio::join!(
                             ingest::forward(
                                 field.map(|c| c.map_err(|e| cut_of(e, limit))),
                                 tx,
                                 limit
                             ),
-                            svc.fill(&campaign.id, rules, Source::Stream(format, rx), true)
+                            svc.import(&campaign.id, rules, Source::Stream(format, rx))
                         );
                         if let Err(cut) = forwarded {
-                            // `fill` has abandoned the import (its list ended in an error).
+                            // `import` has abandoned it (its list ended in an error).
+                            svc.abandon(&campaign.id).await;
                             return Err(cut.into());
                         }
-                        let (c, warnings) = filled?;
-                        done = Some((c, warnings, false));
+                        let imported = imported?;
+                        // Only a body read to its end makes a campaign: a limit or a break found
+                        // after the list's part must not leave its list cut short, and running.
+                        match multipart.next_field().await {
+                            Ok(None) => {}
+                            Ok(Some(extra)) => {
+                                svc.abandon(&campaign.id).await;
+                                let name = extra.name().unwrap_or_default().to_string();
+                                return Err(missing(
+                                    &name,
+                                    &format!("unexpected part `{name}` after `recipients`"),
+                                ));
+                            }
+                            Err(e) => {
+                                svc.abandon(&campaign.id).await;
+                                return Err(multipart_problem(e, limit));
+                            }
+                        }
+                        let (c, warnings) = svc.finish(&campaign.id, imported, true).await?;
+                        return Ok((c, warnings, false));
                     }
                 }
             }

@@ -26,6 +26,9 @@ pub const CHUNK_ROWS: usize = 10_000;
 /// How often an upload that is slow to send its next chunk says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// How long an upload may send nothing at all before it counts as cut off.
+const IDLE: Duration = Duration::from_millis(crate::store::IMPORT_SILENCE_MS as u64);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListFormat {
     Csv,
@@ -119,7 +122,16 @@ where
     let mut body = std::pin::pin!(body);
     let mut total = 0u64;
     let mut listening = true;
-    while let Some(next) = body.next().await {
+    loop {
+        // A client that stops sending without closing is cut off, not waited for.
+        let next = match tokio::time::timeout(IDLE, body.next()).await {
+            Ok(Some(next)) => next,
+            Ok(None) => break,
+            Err(_) => Err(Cut::Broken(format!(
+                "no bytes arrived for {} s",
+                IDLE.as_secs()
+            ))),
+        };
         let bytes = match next {
             Ok(b) => b,
             Err(cut) => {
@@ -237,7 +249,9 @@ fn parse(
             ) {
                 return Ok((0, Vec::new()));
             }
-            if check.full() {
+            // The first chunk with a problem ends the list: its problems are the answer, and the
+            // rest of a long list is not checked only to be refused.
+            if check.failed() {
                 break;
             }
         }

@@ -41,10 +41,24 @@ struct Tracked<R> {
     lines: Rc<RefCell<Lines>>,
 }
 
+/// Bytes the CSV reader may take past the start of the record it is on: the longest row, and its
+/// read-ahead. Past it the record is refused before the reader buffers any more of it, so one
+/// endless line cannot grow the process.
+const MAX_PENDING: usize = MAX_ROW_BYTES + 64 * 1024;
+
 impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.lines.borrow_mut().pending.extend_from_slice(&buf[..n]);
+        let mut lines = self.lines.borrow_mut();
+        lines.pending.extend_from_slice(&buf[..n]);
+        if lines.pending.len() > MAX_PENDING {
+            // Every line ended in what is held comes before the endless one.
+            let line = lines.newlines + 1 + lines.pending.iter().filter(|&&b| b == b'\n').count();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("recipients CSV line {line}: the row is over {MAX_ROW_BYTES} bytes"),
+            ));
+        }
         Ok(n)
     }
 }
@@ -181,6 +195,10 @@ impl<R: Read> CsvRows<R> {
                         "recipients CSV line {}: {len} fields where the header has {expected_len}",
                         self.line_of(pos.as_ref())
                     )),
+                    // A row refused by [`Tracked`] carries its own words.
+                    csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                        Invalid::Csv(io.to_string())
+                    }
                     _ => Invalid::Csv(format!("recipients CSV: {e}")),
                 })?;
             if !more {
@@ -389,6 +407,22 @@ mod tests {
             "recipients CSV line 50002: 3 fields where the header has 2"
         );
         assert!(rows.next().is_none(), "nothing after an error");
+    }
+
+    #[test]
+    fn an_endless_csv_line_is_refused_without_being_held() {
+        let mut data = String::from("email,city\na@x.org,Köln\n\nb@x.org,");
+        data.push_str(&"x".repeat(4 * MAX_PENDING));
+        let mut rows = CsvRows::new(Trickle(data.as_bytes(), 8192)).unwrap();
+        assert!(rows.next().unwrap().is_ok());
+        let err = rows.next().unwrap().unwrap_err().to_string();
+        assert_eq!(err, "recipients CSV line 4: the row is over 65536 bytes");
+        let endless_header = "e".repeat(4 * MAX_PENDING);
+        let err = CsvRows::new(endless_header.as_bytes())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("line 1: the row is over"), "{err}");
     }
 
     #[test]

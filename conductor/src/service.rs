@@ -122,15 +122,40 @@ impl Service {
         source: Source,
         start: bool,
     ) -> Result<(Campaign, Vec<String>), Problem> {
+        let imported = self.import(id, rules, source).await?;
+        self.finish(id, imported, start).await
+    }
+
+    /// The first half of [`Self::fill`]: the list stored, the import not yet finished (a caller with
+    /// more of the request to read finishes it only once that is read too).
+    pub async fn import(
+        &self,
+        id: &str,
+        rules: Arc<RowRules>,
+        source: Source,
+    ) -> Result<ingest::Imported, Problem> {
         let clock = self.work.clock.clone();
-        let imported = match ingest::import(&self.store, &clock, id, rules, source).await {
-            Ok(i) => i,
+        match ingest::import(&self.store, &clock, id, rules, source).await {
+            Ok(i) => Ok(i),
             Err(problem) => {
                 self.abandon(id).await;
-                return Err(problem);
+                Err(problem)
             }
-        };
-        let campaign = match self.store.finish_import(id, clock.now_ms(), start).await {
+        }
+    }
+
+    /// The second half of [`Self::fill`].
+    pub async fn finish(
+        &self,
+        id: &str,
+        imported: ingest::Imported,
+        start: bool,
+    ) -> Result<(Campaign, Vec<String>), Problem> {
+        let campaign = match self
+            .store
+            .finish_import(id, self.work.clock.now_ms(), start)
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 self.abandon(id).await;
@@ -149,7 +174,8 @@ impl Service {
         Ok((campaign, imported.warnings))
     }
 
-    async fn abandon(&self, id: &str) {
+    /// Gives up an import (see [`Store::abandon_import`]).
+    pub async fn abandon(&self, id: &str) {
         if let Err(e) = self
             .store
             .abandon_import(id, self.work.clock.now_ms())

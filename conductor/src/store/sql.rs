@@ -1787,16 +1787,17 @@ impl Store for SqlStore {
                 .iter()
                 .map(|r| (r.get("state"), r.get("n")))
                 .collect();
-        let rows = sqlx::query(
-            "SELECT state, batch, email_key FROM recipients WHERE campaign_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&mut *tx)
-        .await?;
         let mut states: BTreeMap<String, i64> = BTreeMap::new();
         let mut open: BTreeMap<String, i64> = BTreeMap::new();
         let mut ready: BTreeMap<i64, i64> = BTreeMap::new();
-        for r in &rows {
+        // Streamed: the rows are counted as they come, never held.
+        let mut rows = sqlx::query(
+            "SELECT state, batch, email_key FROM recipients WHERE campaign_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch(&mut *tx);
+        while let Some(r) = futures::TryStreamExt::try_next(&mut rows).await? {
+            let r = &r;
             let state: String = r.get("state");
             let parsed = RecipientState::parse(&state);
             if parsed.is_some_and(RecipientState::is_open) {
@@ -1810,6 +1811,7 @@ impl Store for SqlStore {
             }
             *states.entry(state).or_default() += 1;
         }
+        drop(rows);
         let differ = |what: String, kept: i64, counted: i64, wrong: &mut Vec<String>| {
             if kept != counted {
                 wrong.push(format!("{what}: kept {kept}, counted {counted}"));
