@@ -574,7 +574,7 @@ fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Trial
                     let mut errs = Vec::new();
                     let mut largest: Option<(i64, usize)> = None;
                     for (at, r) in part {
-                        let problem = match t.render(&context(r)) {
+                        let problem = match t.trial(&context(r)) {
                             Err(e) => Some(field(format!("{at} ({})", r.email), format!("{e}"))),
                             Ok(p) if has_line_break(&p.subject) => Some(field(
                                 format!("{at} ({})", r.email),
@@ -608,6 +608,13 @@ fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Trial
         .filter_map(|(_, l)| *l)
         .max_by_key(|(id, b)| (*b, std::cmp::Reverse(*id)));
     let mut errors: Vec<(i64, FieldError)> = parts.into_iter().flat_map(|(e, _)| e).collect();
+    // The trial left out the text derived from the HTML; the largest message, rendered whole, is
+    // the one it could push over the size limit.
+    if let Some((at, r)) = largest.and_then(|(id, _)| rows.iter().find(|(_, r)| r.id == id)) {
+        if let Err(e) = t.render(&context(r)) {
+            errors.push((r.id, field(format!("{at} ({})", r.email), format!("{e}"))));
+        }
+    }
     errors.sort_by_key(|(id, _)| *id);
     Trial {
         errors: errors
@@ -742,6 +749,35 @@ mod tests {
                     "{}",
                     errs[0].message
                 );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_derived_text_counts_against_the_size_limit_though_the_trial_skips_it() {
+        // A link's text part repeats its address, so the whole message is about twice the HTML.
+        let mut rs = rows(&["a@example.com", "b@example.com"]);
+        for (r, len) in rs.iter_mut().zip([100, 3000]) {
+            r.recipient.data = Some(
+                serde_json::json!({"url": format!("https://example.com/{}", "x".repeat(len))})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            );
+        }
+        let limits = RenderLimits {
+            max_message_bytes: 5000,
+            ..RenderLimits::default()
+        };
+        let html = "<p><a href=\"{{url}}\">read</a></p>";
+        let subject_and_html = 5 + html.len() + 3000;
+        assert!(subject_and_html < 5000, "the HTML alone fits");
+        match validate(req(html), rs, Path::new("/x"), &Safety::default(), limits).unwrap_err() {
+            Invalid::Fields(errs) => {
+                assert_eq!(errs.len(), 1, "{errs:?}");
+                assert_eq!(errs[0].field, "recipients[1] (b@example.com)");
+                assert!(errs[0].message.contains("5000"), "{}", errs[0].message);
             }
             other => panic!("{other:?}"),
         }

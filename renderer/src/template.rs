@@ -226,7 +226,23 @@ impl CompiledTemplate {
     /// Renders one recipient. `ctx` is the recipient's data object. A message over
     /// `max_message_bytes` or a render over `max_render_ms` is an error naming the limit.
     pub fn render(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
-        match bounds::within(self.limits, || self.render_parts(ctx)) {
+        self.bounded(ctx, true)
+    }
+
+    /// As [`render`](Self::render), for checking a list before it is accepted: the text part that
+    /// would be derived from the HTML is left empty. Deriving it is most of a render's cost and it
+    /// cannot fail; only its size can push a message over `max_message_bytes`, and that follows the
+    /// HTML's size, so the caller renders its largest message whole.
+    pub fn trial(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
+        self.bounded(ctx, false)
+    }
+
+    fn bounded(
+        &self,
+        ctx: &serde_json::Value,
+        derive_text: bool,
+    ) -> Result<RenderedParts, RenderError> {
+        match bounds::within(self.limits, || self.render_with(ctx, derive_text)) {
             Ok(parts) => parts,
             Err(limit) => Err(RenderError {
                 part: "message".into(),
@@ -238,7 +254,11 @@ impl CompiledTemplate {
         }
     }
 
-    fn render_parts(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
+    fn render_with(
+        &self,
+        ctx: &serde_json::Value,
+        derive_text: bool,
+    ) -> Result<RenderedParts, RenderError> {
         let mut left = self.limits.max_message_bytes;
         let mut part = |registry: &Handlebars<'static>, name: &str| {
             let mut out = bounds::BoundedWriter::new(left);
@@ -253,6 +273,8 @@ impl CompiledTemplate {
         let html = part(&self.html, "html")?;
         let text = if self.has_text {
             part(&self.plain, "text")?
+        } else if !derive_text {
+            String::new()
         } else {
             let text = html_to_text(&html);
             if text.len() > left {
