@@ -120,6 +120,35 @@ impl Backend {
         }
     }
 
+    /// Settles a lease's recipients in one statement: `$2` is a JSON array of `{id, to, reason,
+    /// provider_id, retry_at, attempted}`; only rows the lease `$4` still holds move. (SQLite's
+    /// `RETURNING` takes the target's columns unqualified.)
+    fn settle_leased(self) -> &'static str {
+        match self {
+            Backend::Sqlite => {
+                "UPDATE recipients AS r SET state = v.state, reason = v.reason, \
+                 provider_id = coalesce(v.provider_id, r.provider_id), retry_at_ms = v.retry_at, \
+                 attempts = r.attempts + v.attempted, lease_id = NULL, updated_ms = $1 \
+                 FROM (SELECT json_extract(e.value, '$.id') AS id, json_extract(e.value, '$.to') AS state, \
+                 json_extract(e.value, '$.reason') AS reason, json_extract(e.value, '$.provider_id') AS provider_id, \
+                 json_extract(e.value, '$.retry_at') AS retry_at, json_extract(e.value, '$.attempted') AS attempted \
+                 FROM json_each($2) AS e) AS v \
+                 WHERE r.campaign_id = $3 AND r.id = v.id AND r.lease_id = $4 AND r.state = 'leased' \
+                 RETURNING id, batch, email_key"
+            }
+            Backend::Postgres => {
+                "UPDATE recipients AS r SET state = v.state, reason = v.reason, \
+                 provider_id = coalesce(v.provider_id, r.provider_id), retry_at_ms = v.retry_at, \
+                 attempts = r.attempts + v.attempted, lease_id = NULL, updated_ms = $1 \
+                 FROM (SELECT (e->>'id')::bigint AS id, e->>'to' AS state, e->>'reason' AS reason, \
+                 e->>'provider_id' AS provider_id, (e->>'retry_at')::bigint AS retry_at, \
+                 (e->>'attempted')::bigint AS attempted FROM jsonb_array_elements($2::jsonb) AS e) AS v \
+                 WHERE r.campaign_id = $3 AND r.id = v.id AND r.lease_id = $4 AND r.state = 'leased' \
+                 RETURNING r.id, r.batch, r.email_key"
+            }
+        }
+    }
+
     /// Lock the rows taken from `table`, skipping rows another conductor holds.
     fn skip_locked(self, table: &str) -> String {
         match self {
@@ -1589,10 +1618,18 @@ impl Store for SqlStore {
         let (mut used, mut sent) = (0i64, 0i64);
         let mut pause = None;
         let mut unreadable = None;
+        // Every outcome settled first, then written in one statement: a report costs one round
+        // trip whatever its size. The first outcome given for a recipient is the one that counts.
+        let mut settled: std::collections::HashMap<i64, (RecipientState, bool)> =
+            std::collections::HashMap::with_capacity(outcomes.len());
+        let mut changes = Vec::with_capacity(outcomes.len());
         for o in outcomes {
             let Some(&attempts) = held.get(&o.recipient_id) else {
                 continue; // not this lease's, or settled before
             };
+            if settled.contains_key(&o.recipient_id) {
+                continue;
+            }
             let t = recipient::settle(
                 &o.outcome,
                 attempts,
@@ -1606,26 +1643,40 @@ impl Store for SqlStore {
                 Some(Effect::RenderAgain(reason)) => unreadable = Some(reason),
                 None => {}
             }
-            let moved = sqlx::query(&format!(
-                "UPDATE recipients SET state = $1, reason = $2, provider_id = coalesce($3, provider_id), retry_at_ms = $4, \
-                 attempts = attempts + $5, lease_id = NULL, updated_ms = $6 \
-                 WHERE campaign_id = $7 AND id = $8 AND lease_id = $9 AND state = 'leased'{MOVED}"
-            ))
-            .bind(t.to.as_str())
-            .bind(t.reason)
-            .bind(t.provider_id)
-            .bind(t.retry_at)
-            .bind(i64::from(t.attempted))
-            .bind(r.now)
-            .bind(&cid)
-            .bind(o.recipient_id)
-            .bind(lease_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            tally.moved_rows(&cid, &moved, RecipientState::Leased, t.to);
-            if !moved.is_empty() && t.attempted {
-                used += 1;
-                sent += i64::from(t.to == RecipientState::Sent);
+            settled.insert(o.recipient_id, (t.to, t.attempted));
+            changes.push(serde_json::json!({
+                "id": o.recipient_id,
+                "to": t.to.as_str(),
+                "reason": t.reason,
+                "provider_id": t.provider_id,
+                "retry_at": t.retry_at,
+                "attempted": i64::from(t.attempted),
+            }));
+        }
+        if !changes.is_empty() {
+            let moved = sqlx::query(self.backend.settle_leased())
+                .bind(r.now)
+                .bind(to_json(&changes))
+                .bind(&cid)
+                .bind(lease_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in &moved {
+                let Some(&(to, attempted)) = settled.get(&row.get::<i64, _>("id")) else {
+                    continue;
+                };
+                let key: Option<String> = row.get("email_key");
+                tally.moved(
+                    &cid,
+                    row.get("batch"),
+                    key.as_deref().unwrap_or(""),
+                    RecipientState::Leased,
+                    to,
+                );
+                if attempted {
+                    used += 1;
+                    sent += i64::from(to == RecipientState::Sent);
+                }
             }
         }
         if used > 0 {
