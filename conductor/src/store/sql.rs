@@ -1016,10 +1016,12 @@ impl Store for SqlStore {
     }
 
     async fn abandon_import(&self, id: &str, _now: Millis) -> Result<(), StoreError> {
+        // Read where it is written: a read connection may still see a snapshot from before the
+        // campaign existed, and then nothing would be abandoned.
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.read)
+                .fetch_optional(&self.write)
                 .await?;
         match status.as_deref().map(Status::parse).transpose()? {
             Some(Status::Importing) => {
