@@ -231,8 +231,10 @@ impl CompiledTemplate {
 
     /// As [`render`](Self::render), for checking a list before it is accepted: the text part that
     /// would be derived from the HTML is left empty. Deriving it is most of a render's cost and it
-    /// cannot fail; only its size can push a message over `max_message_bytes`, and that follows the
-    /// HTML's size, so the caller renders its largest message whole.
+    /// cannot fail; only its size can push a message over `max_message_bytes`. That size mostly
+    /// follows the HTML's, so the caller renders its largest message whole; a smaller message whose
+    /// derived text is unusually long (many long links) is caught only when it is rendered for
+    /// sending, where it fails with the reason like any other render error.
     pub fn trial(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
         self.bounded(ctx, false)
     }
