@@ -29,8 +29,11 @@ pub struct SenderConfig {
     /// How long to wait before asking again when there is nothing to send.
     pub idle_poll_ms: i64,
     /// Outcomes are reported in chunks of this size (and at the end of each lease), so a crash
-    /// leaves at most a chunk's worth of recipients `unknown`.
+    /// leaves at most a chunk's worth of recipients `unknown`...
     pub report_every: usize,
+    /// ...or what was sent in this long, whichever is more: uncapped, 50 outcomes arrive every
+    /// few milliseconds, and a report each time would make the store's writer the bottleneck.
+    pub report_interval_ms: Millis,
 }
 
 impl Default for SenderConfig {
@@ -42,6 +45,7 @@ impl Default for SenderConfig {
             per_second: None,
             idle_poll_ms: 250,
             report_every: 50,
+            report_interval_ms: 100,
         }
     }
 }
@@ -284,7 +288,10 @@ impl Sender {
                     .collect::<Vec<_>>()
             });
             k = end;
-            if done.len() >= self.cfg.report_every && self.flush(lease, &mut done, false).await {
+            if done.len() >= self.cfg.report_every
+                && self.clock.now_ms() - heard >= self.cfg.report_interval_ms
+                && self.flush(lease, &mut done, false).await
+            {
                 heard = self.clock.now_ms();
             }
         }

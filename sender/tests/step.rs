@@ -85,9 +85,29 @@ impl Provider for FakeProvider {
     }
 }
 
+/// A sender that reports every second outcome, however soon after the last report.
 async fn setup(
     n: i64,
     answer: impl Fn(i64) -> Outcome + Send + Sync + 'static,
+) -> (
+    Arc<ManualClock>,
+    Arc<FakeSource>,
+    Arc<FakeProvider>,
+    Arc<Sender>,
+    tempfile::TempDir,
+) {
+    let cfg = SenderConfig {
+        report_every: 2,
+        report_interval_ms: 0,
+        ..SenderConfig::default()
+    };
+    setup_with(n, answer, cfg).await
+}
+
+async fn setup_with(
+    n: i64,
+    answer: impl Fn(i64) -> Outcome + Send + Sync + 'static,
+    cfg: SenderConfig,
 ) -> (
     Arc<ManualClock>,
     Arc<FakeSource>,
@@ -134,10 +154,7 @@ async fn setup(
         bodies,
         provider.clone(),
         clock.clone(),
-        SenderConfig {
-            report_every: 2,
-            ..SenderConfig::default()
-        },
+        cfg,
         CancellationToken::new(),
     ));
     (clock, source, provider, sender, dir)
@@ -228,6 +245,59 @@ async fn sends_on_their_slots_and_reports_every_outcome() {
         reports.last().unwrap().1,
         "the last report closes the lease"
     );
+}
+
+#[tokio::test]
+async fn outcomes_that_come_fast_wait_for_the_report_interval() {
+    let cfg = SenderConfig {
+        report_every: 2,
+        report_interval_ms: 100,
+        ..SenderConfig::default()
+    };
+    let (clock, source, provider, sender, _dir) = setup_with(
+        12,
+        |i| Outcome::Sent {
+            provider_id: Some(format!("m{i}")),
+        },
+        cfg,
+    )
+    .await;
+    // Slots 20 ms apart: a report every second outcome would mean five interim reports; the
+    // 100 ms interval makes it one at 100 ms and one at 200 ms.
+    source.replies.lock().unwrap().push(LeaseReply::Lease(lease(
+        (0..12).collect(),
+        T0,
+        20_000,
+        T0 + 58_000,
+    )));
+    let s = sender.clone();
+    let step = tokio::spawn(async move { s.try_one_lease().await.unwrap() });
+    eventually(|| provider.calls.lock().unwrap().len() == 1).await;
+    for n in 2..=12 {
+        clock.advance(20);
+        eventually(|| provider.calls.lock().unwrap().len() == n).await;
+        if n <= 5 {
+            assert!(
+                source.reports.lock().unwrap().is_empty(),
+                "{n} sends within 100 ms of the lease: no report yet"
+            );
+        }
+    }
+    assert_eq!(
+        finish(step).await,
+        Step::Worked {
+            attempted: 12,
+            released: 0
+        }
+    );
+    let reports = source.reports.lock().unwrap().clone();
+    let closing: Vec<bool> = reports.iter().map(|(_, last)| *last).collect();
+    assert_eq!(closing, vec![false, false, true], "{reports:?}");
+    let reported: Vec<i64> = reports
+        .iter()
+        .flat_map(|(o, _)| o.iter().map(|o| o.recipient_id))
+        .collect();
+    assert_eq!(reported, (0..12).collect::<Vec<_>>());
 }
 
 #[tokio::test]

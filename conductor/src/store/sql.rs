@@ -121,19 +121,22 @@ impl Backend {
     }
 
     /// Settles a lease's recipients in one statement: `$2` is a JSON array of `{id, to, reason,
-    /// provider_id, retry_at, attempted}`; only rows the lease `$4` still holds move. (SQLite's
-    /// `RETURNING` takes the target's columns unqualified.)
+    /// provider_id, retry_at, attempted}`; only rows the lease `$4` still holds move. On SQLite the
+    /// outcomes are materialised first: left to itself its planner walks every leased row of the
+    /// campaign and parses the JSON again for each (quadratic in what is in flight). Its
+    /// `RETURNING` takes the target's columns unqualified.
     fn settle_leased(self) -> &'static str {
         match self {
             Backend::Sqlite => {
-                "UPDATE recipients AS r SET state = v.state, reason = v.reason, \
+                "WITH v AS MATERIALIZED (SELECT json_extract(e.value, '$.id') AS id, \
+                 json_extract(e.value, '$.to') AS state, json_extract(e.value, '$.reason') AS reason, \
+                 json_extract(e.value, '$.provider_id') AS provider_id, \
+                 json_extract(e.value, '$.retry_at') AS retry_at, \
+                 json_extract(e.value, '$.attempted') AS attempted FROM json_each($2) AS e) \
+                 UPDATE recipients AS r SET state = v.state, reason = v.reason, \
                  provider_id = coalesce(v.provider_id, r.provider_id), retry_at_ms = v.retry_at, \
                  attempts = r.attempts + v.attempted, lease_id = NULL, updated_ms = $1 \
-                 FROM (SELECT json_extract(e.value, '$.id') AS id, json_extract(e.value, '$.to') AS state, \
-                 json_extract(e.value, '$.reason') AS reason, json_extract(e.value, '$.provider_id') AS provider_id, \
-                 json_extract(e.value, '$.retry_at') AS retry_at, json_extract(e.value, '$.attempted') AS attempted \
-                 FROM json_each($2) AS e) AS v \
-                 WHERE r.campaign_id = $3 AND r.id = v.id AND r.lease_id = $4 AND r.state = 'leased' \
+                 FROM v WHERE r.campaign_id = $3 AND r.id = v.id AND r.lease_id = $4 AND r.state = 'leased' \
                  RETURNING id, batch, email_key"
             }
             Backend::Postgres => {
@@ -1602,16 +1605,31 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await?;
         let cancelled = Self::cancelled(&mut tx, &cid).await?;
-        // The recipients this lease still holds, with the requests each has made so far.
-        let held: std::collections::HashMap<i64, u32> = sqlx::query(
-            "SELECT id, attempts FROM recipients WHERE lease_id = $1 AND state = 'leased'",
-        )
-        .bind(lease_id)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|row| (row.get("id"), row.get::<i64, _>("attempts").max(0) as u32))
-        .collect();
+        // The reported recipients this lease still holds, with the requests each has made so far:
+        // looked up by id alone (the planner has nothing else to choose), so a report costs what
+        // it carries, not what the lease or the campaign has in flight.
+        let mut ids: Vec<i64> = outcomes.iter().map(|o| o.recipient_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut held: std::collections::HashMap<i64, u32> =
+            std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id, attempts, state, lease_id FROM recipients WHERE campaign_id = $1 \
+                 AND id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(&cid);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                let holder: Option<&str> = row.get("lease_id");
+                if holder == Some(lease_id) && row.get::<&str, _>("state") == "leased" {
+                    held.insert(row.get("id"), row.get::<i64, _>("attempts").max(0) as u32);
+                }
+            }
+        }
         let rules = SettleRules {
             max_attempts: r.max_attempts,
             resend_ambiguous: r.resend_ambiguous,

@@ -42,6 +42,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     leases_never_grant_more_than_the_cap_in_a_minute,
     reports_settle_recipients_and_late_reports_are_fenced,
+    a_report_settles_only_what_its_own_lease_holds,
     deferred_recipients_wait_and_every_retry_costs_a_token,
     an_expired_lease_makes_its_recipients_unknown_never_resent,
     a_silent_lease_holds_what_may_have_started_and_requeues_the_rest,
@@ -300,6 +301,46 @@ async fn reports_settle_recipients_and_late_reports_are_fenced(store: Arc<dyn St
     // The handed-back recipients are leased again.
     let again = lease(store.lease(rules(10, M + 1_000, 6_000)).await.unwrap());
     assert_eq!(again.recipients, (5..10).collect::<Vec<_>>());
+}
+
+async fn a_report_settles_only_what_its_own_lease_holds(store: Arc<dyn Store>) {
+    let id = create(&store, 10, 100, M).await;
+    let a = lease(store.lease(rules(4, M, 6_000)).await.unwrap());
+    let b = lease(store.lease(rules(4, M, 6_000)).await.unwrap());
+    assert_eq!(
+        (a.recipients.clone(), b.recipients.clone()),
+        ((0..4).collect(), (4..8).collect())
+    );
+    // Lease A reports B's recipients and one nobody holds, beside one of its own given twice.
+    let mut mixed = outcomes(&[4, 5, 9, 0], sent(), M);
+    mixed.extend(outcomes(
+        &[0],
+        Outcome::Failed {
+            reason: "late".into(),
+        },
+        M,
+    ));
+    store
+        .report(&a.lease_id, &mixed, false, report_rules(M))
+        .await
+        .unwrap();
+    let k = store.campaign(&id).await.unwrap().counts;
+    assert_eq!(
+        (k.sent, k.failed, k.in_flight, k.pending),
+        (1, 0, 7, 9),
+        "only recipient 0 moved, by its first outcome (pending counts all not yet final)"
+    );
+    store
+        .report(
+            &b.lease_id,
+            &outcomes(&[4, 5, 6, 7], sent(), M),
+            true,
+            report_rules(M),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.campaign(&id).await.unwrap().counts.sent, 5);
+    assert!(store.recount(&id).await.unwrap().is_empty());
 }
 
 async fn deferred_recipients_wait_and_every_retry_costs_a_token(store: Arc<dyn Store>) {
