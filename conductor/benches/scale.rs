@@ -12,13 +12,21 @@
 //!   first 90 % of recipients sent and their batches rendered, and the counters are rebuilt from
 //!   the rows, the way `Store::recount` counts them (checked: it must find nothing to fix); on
 //!   PostgreSQL the table is vacuumed after that statement, as autovacuum would have kept up;
-//! - `GET /v1/campaigns/{id}` latency p50/p99 through HTTP.
+//! - `GET /v1/campaigns/{id}` latency p50/p99 through HTTP;
+//! - for the big campaign, what a Mailgun-compatible sink on loopback receives in each of three whole
+//!   calendar minutes (`--minutes N`; 0 skips it) when the rest of the campaign is sent at the
+//!   default cap of 6,000 by the embedded sender's code, from a minute's boundary on. Every minute
+//!   should hold exactly the cap.
 //!
 //! ```text
 //! cargo bench -p conductor --bench scale                          # 1,000,000 on SQLite, 10,000 beside it
 //! cargo bench -p conductor --bench scale -- 10000000 --postgres postgres://127.0.0.1/test
 //! ```
 //! With `--postgres`, the run uses a fresh schema of that database and drops it at the end.
+
+#[path = "../tests/it/sink.rs"]
+#[allow(dead_code)]
+mod sink;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,11 +42,15 @@ use sqlx::Connection;
 /// smaller (a small campaign's last 10 %).
 const LEASES: usize = 200;
 const WANT: u32 = 50;
+/// The default per-minute cap, which the capped phase sends at.
+const CAP: u32 = 6_000;
 
 struct Args {
     big: u64,
     small: u64,
     postgres: Option<String>,
+    /// Whole calendar minutes sent at the default cap, for the big campaign only.
+    minutes: u32,
 }
 
 fn args() -> Args {
@@ -61,6 +73,7 @@ fn args() -> Args {
             .and_then(|s| s.parse().ok())
             .unwrap_or(10_000),
         postgres: flag("--postgres"),
+        minutes: flag("--minutes").and_then(|s| s.parse().ok()).unwrap_or(3),
     }
 }
 
@@ -117,22 +130,26 @@ struct Run {
     start: (Vec<Duration>, Vec<Duration>),
     deep: (Vec<Duration>, Vec<Duration>),
     progress: Vec<Duration>,
+    /// Messages the sink received in each whole calendar minute of the capped phase.
+    minutes: Vec<(i64, usize)>,
 }
 
-async fn run(n: u64, url: &str, dir: &std::path::Path) -> Run {
+async fn run(n: u64, url: &str, dir: &std::path::Path, minutes: u32) -> Run {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.store.url = url.to_string();
     config.bodies.url = format!("file://{}", dir.join("bodies").display());
-    config.provider.outbox.dir = dir.join("outbox");
+    let (sink, sink_url) = sink::Sink::start().await;
+    sink::send_to(&mut config, &sink_url);
     config.workers.embedded_sender = false;
-    config.governor.per_minute = 6_000;
+    config.governor.per_minute = CAP;
     config.campaigns.templates_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../templates").into();
     let app = Application::build_with(config, None, Arc::new(SystemClock), Default::default())
         .await
         .expect("conductor starts");
     // The conductor's own store: on SQLite its one writer connection is the only one.
-    let store = app.service().store.clone();
+    let svc = app.service();
+    let store = svc.store.clone();
     let base = format!("http://{}", app.local_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
@@ -194,6 +211,7 @@ async fn run(n: u64, url: &str, dir: &std::path::Path) -> Run {
         let _ = r.bytes().await;
         progress.push(t.elapsed());
     }
+    let minutes = capped_minutes(&svc, &sink, minutes).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     Run {
@@ -202,7 +220,54 @@ async fn run(n: u64, url: &str, dir: &std::path::Path) -> Run {
         start,
         deep,
         progress,
+        minutes,
     }
+}
+
+/// Sends the rest of the campaign at the configured cap (the default 6,000) for `whole` calendar
+/// minutes, with the embedded sender's code (a `Sender` over the conductor's `Work`, the provider
+/// behind the same safety guard) against the Mailgun-compatible sink; returns what the sink
+/// received in each of those minutes. It starts on a minute's boundary: the bench's own leases
+/// opened the current minute with no cap.
+async fn capped_minutes(
+    svc: &conductor::service::Service,
+    sink: &sink::Sink,
+    whole: u32,
+) -> Vec<(i64, usize)> {
+    if whole == 0 {
+        return Vec::new();
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let first = sender::clock::minute_end(clock.now_ms());
+    clock.sleep_until(first).await;
+    let cfg = svc.work.config.borrow().clone();
+    let live = svc.work.config.clone();
+    let provider = sender::safety::Safety::guard_live(
+        cfg.provider.build(clock.clone()).expect("provider"),
+        Arc::new(move || live.borrow().safety.clone()),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = Arc::new(sender::Sender::new(
+        svc.work.clone(),
+        svc.work.bodies.clone(),
+        provider,
+        clock.clone(),
+        cfg.sender.sender_config(&cfg.provider),
+        stop.clone(),
+    ));
+    let running = tokio::spawn(worker.run());
+    let end = first + i64::from(whole) * 60_000;
+    eprintln!(
+        "  sending at {}/min for {whole} whole minutes",
+        cfg.governor.per_minute
+    );
+    clock.sleep_until(end).await;
+    stop.cancel();
+    let _ = running.await;
+    sink.per_minute()
+        .into_iter()
+        .filter(|(m, _)| (first..end).contains(m))
+        .collect()
 }
 
 /// Leases and reports (waiting for rendered batches at the cursor when there are none yet) up to
@@ -417,22 +482,33 @@ fn report(label: &str, n: u64, r: &Run) {
     );
     println!("  report at 90 %:  {}", summary(r.deep.1.clone()));
     println!("  GET progress:    {}", summary(r.progress.clone()));
+    for (minute, sent) in &r.minutes {
+        let at = chrono::DateTime::from_timestamp_millis(*minute)
+            .map(|t| t.format("%H:%M").to_string())
+            .unwrap_or_default();
+        let verdict = match *sent {
+            s if s > CAP as usize => "OVER THE CAP",
+            s if s == CAP as usize => "the cap exactly",
+            _ => "UNDER THE CAP",
+        };
+        println!("  sink, minute {at}: {sent:>5} of {CAP}  {verdict}");
+    }
 }
 
 #[tokio::main]
 async fn main() {
     let a = args();
     let mut results = Vec::new();
-    for n in [a.small, a.big] {
+    for (n, minutes) in [(a.small, 0), (a.big, a.minutes)] {
         let dir = tempfile::tempdir().unwrap();
         let (label, r) = match &a.postgres {
             None => {
                 let url = format!("sqlite://{}", dir.path().join("scale.db").display());
-                ("SQLite", run(n, &url, dir.path()).await)
+                ("SQLite", run(n, &url, dir.path(), minutes).await)
             }
             Some(pg) => {
                 let (url, schema) = pg_schema(pg).await;
-                let r = run(n, &url, dir.path()).await;
+                let r = run(n, &url, dir.path(), minutes).await;
                 drop_schema(pg, &schema).await;
                 ("PostgreSQL", r)
             }

@@ -1584,10 +1584,13 @@ impl Store for SqlStore {
         r: ReportRules,
     ) -> Result<Option<String>, StoreError> {
         let mut tx = self.write.begin().await?;
-        let lease = sqlx::query(&format!(
-            "SELECT campaign_id, minute_ms, scopes FROM leases WHERE id = $1 AND closed_ms IS NULL{}",
-            self.backend.for_update()
-        ))
+        // Hearing from the sender and finding its lease is one statement (and, on PostgreSQL,
+        // the lease row's lock for the rest of the report).
+        let lease = sqlx::query(
+            "UPDATE leases SET heard_ms = $1 WHERE id = $2 AND closed_ms IS NULL \
+             RETURNING campaign_id, minute_ms, scopes",
+        )
+        .bind(r.now)
         .bind(lease_id)
         .fetch_optional(&mut *tx)
         .await?
@@ -1599,11 +1602,6 @@ impl Store for SqlStore {
             Some(s) => json(&s)?,
             None => vec![GLOBAL.to_string()],
         };
-        sqlx::query("UPDATE leases SET heard_ms = $1 WHERE id = $2")
-            .bind(r.now)
-            .bind(lease_id)
-            .execute(&mut *tx)
-            .await?;
         let cancelled = Self::cancelled(&mut tx, &cid).await?;
         // The reported recipients this lease still holds, with the requests each has made so far:
         // looked up by id alone (the planner has nothing else to choose), so a report costs what
