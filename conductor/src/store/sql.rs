@@ -946,12 +946,16 @@ impl Store for SqlStore {
             q.execute(&mut *tx).await?;
         }
         // Addresses that bounced hard, complained or unsubscribed are kept, counted, never mailed.
+        // The chunk's batches bound the index scan (campaign, state, batch, id): its ids alone do
+        // not, and every pending row of the campaign was walked for every chunk.
         let suppressed = sqlx::query(&format!(
             "UPDATE recipients SET state = 'suppressed', reason = 'on the suppression list' \
-             WHERE campaign_id = $1 AND id >= $2 AND id <= $3 AND state = 'pending' \
-             AND email_key IN (SELECT email FROM suppressions){MOVED}"
+             WHERE campaign_id = $1 AND state = 'pending' AND batch >= $2 AND batch <= $3 \
+             AND id >= $4 AND id <= $5 AND email_key IN (SELECT email FROM suppressions){MOVED}"
         ))
         .bind(id)
+        .bind(i64::from(planner::batch_of(first.id, size as u32)))
+        .bind(i64::from(planner::batch_of(last.id, size as u32)))
         .bind(first.id)
         .bind(last.id)
         .fetch_all(&mut *tx)

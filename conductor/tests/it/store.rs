@@ -850,6 +850,15 @@ async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_camp
         again.counts.suppressed, 1,
         "the list carries the complainer into new campaigns as suppressed"
     );
+    // One in a later batch of the same chunk is found as well.
+    let late = conductor::feedback::Event {
+        key: "mailgun:tok-3".into(),
+        email: "r201@example.com".into(),
+        ..complaint.clone()
+    };
+    assert!(store.record_feedback(&late, M).await.unwrap());
+    let three_batches = store.create_campaign(&campaign(250), 100, M).await.unwrap();
+    assert_eq!(three_batches.counts.suppressed, 2);
 }
 
 async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc<dyn Store>) {
