@@ -225,10 +225,9 @@ async fn run(n: u64, url: &str, dir: &std::path::Path, minutes: u32) -> Run {
 }
 
 /// Sends the rest of the campaign at the configured cap (the default 6,000) for `whole` calendar
-/// minutes, with the embedded sender's code (a `Sender` over the conductor's `Work`, the provider
-/// behind the same safety guard) against the Mailgun-compatible sink; returns what the sink
-/// received in each of those minutes. It starts on a minute's boundary: the bench's own leases
-/// opened the current minute with no cap.
+/// minutes, with the embedded sender (the one `serve` runs, built by `startup::embedded_sender`)
+/// against the Mailgun-compatible sink; returns what the sink received in each of those minutes.
+/// It starts on a minute's boundary: the bench's own leases opened the current minute with no cap.
 async fn capped_minutes(
     svc: &conductor::service::Service,
     sink: &sink::Sink,
@@ -240,26 +239,13 @@ async fn capped_minutes(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let first = sender::clock::minute_end(clock.now_ms());
     clock.sleep_until(first).await;
-    let cfg = svc.work.config.borrow().clone();
-    let live = svc.work.config.clone();
-    let provider = sender::safety::Safety::guard_live(
-        cfg.provider.build(clock.clone()).expect("provider"),
-        Arc::new(move || live.borrow().safety.clone()),
-    );
     let stop = tokio_util::sync::CancellationToken::new();
-    let worker = Arc::new(sender::Sender::new(
-        svc.work.clone(),
-        svc.work.bodies.clone(),
-        provider,
-        clock.clone(),
-        cfg.sender.sender_config(&cfg.provider),
-        stop.clone(),
-    ));
+    let worker = conductor::startup::embedded_sender(&svc.work, stop.clone()).expect("sender");
     let running = tokio::spawn(worker.run());
     let end = first + i64::from(whole) * 60_000;
     eprintln!(
         "  sending at {}/min for {whole} whole minutes",
-        cfg.governor.per_minute
+        svc.work.config.borrow().governor.per_minute
     );
     clock.sleep_until(end).await;
     stop.cancel();

@@ -59,6 +59,28 @@ pub struct Runtime {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The embedded sender: it leases from `work` and sends through the configured provider, behind
+/// the live `[safety]` guard; it stops on `stop`.
+pub fn embedded_sender(
+    work: &Arc<Work>,
+    stop: CancellationToken,
+) -> Result<Arc<Sender>, StartupError> {
+    let config = work.config.borrow().clone();
+    let live = work.config.clone();
+    Ok(Arc::new(Sender::new(
+        work.clone(),
+        work.bodies.clone(),
+        // Read at every send: a [safety] edit protects the next message.
+        sender::safety::Safety::guard_live(
+            config.provider.build(work.clock.clone())?,
+            Arc::new(move || live.borrow().safety.clone()),
+        ),
+        work.clock.clone(),
+        config.sender.sender_config(&config.provider),
+        stop,
+    )))
+}
+
 impl Runtime {
     pub async fn start(
         config: Config,
@@ -125,19 +147,7 @@ impl Runtime {
         tasks.push(tokio::spawn(work.clone().run_reconcile(stop.clone())));
 
         if config.workers.embedded_sender {
-            let sender = Arc::new(Sender::new(
-                work.clone(),
-                bodies,
-                // Read at every send: a [safety] edit protects the next message.
-                sender::safety::Safety::guard_live(config.provider.build(clock.clone())?, {
-                    let live = work.config.clone();
-                    Arc::new(move || live.borrow().safety.clone())
-                }),
-                clock,
-                config.sender.sender_config(&config.provider),
-                stop.clone(),
-            ));
-            tasks.push(tokio::spawn(sender.run()));
+            tasks.push(tokio::spawn(embedded_sender(&work, stop.clone())?.run()));
         }
 
         if let Some(path) = config_path {
