@@ -19,6 +19,10 @@ use crate::throttle::{Aimd, Change};
 
 /// How long an `Idempotency-Key` is remembered.
 const IDEMPOTENCY_KEPT_MS: i64 = 24 * 3_600_000;
+/// How long a closed lease is kept: a day of leases is enough to follow up a report.
+const CLOSED_LEASES_KEPT_MS: i64 = 24 * 3_600_000;
+/// How long ledger minutes are kept: a day longer than the week `GET /v1/minutes` serves (10,080 minutes).
+const LEDGER_KEPT_MS: i64 = 8 * 24 * 3_600_000;
 
 pub struct Work {
     pub store: Arc<dyn Store>,
@@ -79,6 +83,10 @@ impl Work {
             self.views.forget(&id);
         }
         let purged = self.store.purge(50_000, now - IDEMPOTENCY_KEPT_MS).await?;
+        // A 50M campaign leaves 250,000 leases; history is pruned as it ages, a bounded amount a pass.
+        self.store
+            .prune_history(now - CLOSED_LEASES_KEPT_MS, now - LEDGER_KEPT_MS, 20_000)
+            .await?;
         if swept + purged > 0 {
             self.wake.notify_one();
         }

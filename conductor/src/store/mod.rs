@@ -335,6 +335,15 @@ pub trait Store: Send + Sync + 'static {
     /// Removes up to about `budget` rows of discarded campaigns, a chunk per transaction, and
     /// each such campaign once it has none; forgets idempotency keys older than `keys_before`.
     async fn purge(&self, budget: u64, keys_before: Millis) -> Result<u64, StoreError>;
+    /// Removes up to about `budget` rows of finished history, oldest first: leases closed before
+    /// `leases_before`, and ledger minutes before `minutes_before`, whose counts are folded into
+    /// their scope's totals first (so `/metrics` counters never go back).
+    async fn prune_history(
+        &self,
+        leases_before: Millis,
+        minutes_before: Millis,
+        budget: u64,
+    ) -> Result<u64, StoreError>;
     /// Starts a draft that has its list; a campaign started before is returned as it is.
     async fn start(&self, id: &str, now: Millis) -> Result<Campaign, StoreError>;
     /// A campaign's template as stored.

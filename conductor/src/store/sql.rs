@@ -1101,6 +1101,73 @@ impl Store for SqlStore {
         Ok(removed)
     }
 
+    async fn prune_history(
+        &self,
+        leases_before: Millis,
+        minutes_before: Millis,
+        budget: u64,
+    ) -> Result<u64, StoreError> {
+        let chunk = budget.clamp(1, 5_000) as i64;
+        let mut removed = 0;
+        while removed < budget {
+            let n = sqlx::query(
+                "DELETE FROM leases WHERE id IN (SELECT id FROM leases \
+                 WHERE closed_ms IS NOT NULL AND closed_ms < $1 ORDER BY closed_ms LIMIT $2)",
+            )
+            .bind(leases_before)
+            .bind(chunk)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+            removed += n;
+            if n < chunk as u64 {
+                break;
+            }
+        }
+        while removed < budget {
+            // An hour of minutes per transaction: every scope's rows of a minute go together.
+            let oldest: Option<i64> =
+                sqlx::query_scalar("SELECT min(minute_ms) FROM minute_ledger WHERE minute_ms < $1")
+                    .bind(minutes_before)
+                    .fetch_one(&self.read)
+                    .await?;
+            let Some(oldest) = oldest else { break };
+            let upto = minutes_before.min(oldest + 60 * 60_000);
+            let mut tx = self.write.begin().await?;
+            let sums = sqlx::query(
+                "SELECT scope, CAST(sum(granted) AS BIGINT) AS granted, CAST(sum(used) AS BIGINT) AS used, \
+                 CAST(sum(sent) AS BIGINT) AS sent, \
+                 CAST(sum(CASE WHEN granted > used THEN granted - used ELSE 0 END) AS BIGINT) AS forfeited \
+                 FROM minute_ledger WHERE minute_ms < $1 GROUP BY scope ORDER BY scope",
+            )
+            .bind(upto)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &sums {
+                sqlx::query(
+                    "INSERT INTO ledger_totals (scope, granted, used, sent, forfeited) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (scope) DO UPDATE SET granted = ledger_totals.granted + excluded.granted, \
+                     used = ledger_totals.used + excluded.used, sent = ledger_totals.sent + excluded.sent, \
+                     forfeited = ledger_totals.forfeited + excluded.forfeited",
+                )
+                .bind(row.get::<String, _>("scope"))
+                .bind(row.get::<i64, _>("granted"))
+                .bind(row.get::<i64, _>("used"))
+                .bind(row.get::<i64, _>("sent"))
+                .bind(row.get::<i64, _>("forfeited"))
+                .execute(&mut *tx)
+                .await?;
+            }
+            removed += sqlx::query("DELETE FROM minute_ledger WHERE minute_ms < $1")
+                .bind(upto)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+        }
+        Ok(removed)
+    }
+
     async fn start(&self, id: &str, _now: Millis) -> Result<Campaign, StoreError> {
         let started = sqlx::query(
             "UPDATE campaigns SET status = 'running' WHERE id = $1 AND status = 'draft' \
@@ -2320,9 +2387,12 @@ impl Store for SqlStore {
     ) -> Result<crate::metrics::StoreView, StoreError> {
         let count = |r: &AnyRow, k: &str| r.get::<i64, _>(k).max(0) as u64;
         let ledger = sqlx::query(
-            "SELECT scope, CAST(sum(granted) AS BIGINT) AS granted, \
-             CAST(sum(CASE WHEN minute_ms < $1 AND granted > used THEN granted - used ELSE 0 END) AS BIGINT) AS forfeited \
-             FROM minute_ledger GROUP BY scope ORDER BY scope",
+            "SELECT scope, CAST(sum(granted) AS BIGINT) AS granted, CAST(sum(forfeited) AS BIGINT) AS forfeited \
+             FROM (SELECT scope, granted, \
+                   CASE WHEN minute_ms < $1 AND granted > used THEN granted - used ELSE 0 END AS forfeited \
+                   FROM minute_ledger \
+                   UNION ALL SELECT scope, granted, forfeited FROM ledger_totals) AS history \
+             GROUP BY scope ORDER BY scope",
         )
         .bind(current_minute)
         .fetch_all(&self.read)

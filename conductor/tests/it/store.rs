@@ -65,6 +65,7 @@ on_every_backend!(
     rendering_stays_a_window_ahead_of_sending,
     leases_follow_the_batch_cursor_and_deferrals_come_due_first,
     an_import_not_heard_from_is_discarded_and_its_rows_purged,
+    finished_history_is_pruned_and_the_metrics_totals_kept,
 );
 
 fn campaign(n: usize) -> ValidCampaign {
@@ -1774,4 +1775,75 @@ async fn an_import_not_heard_from_is_discarded_and_its_rows_purged(store: Arc<dy
         Err(StoreError::Conflict(_))
     ));
     assert!(store.recount(&draft.id).await.unwrap().is_empty());
+}
+
+async fn finished_history_is_pruned_and_the_metrics_totals_kept(store: Arc<dyn Store>) {
+    const DAY: Millis = 24 * 3_600_000;
+    create(&store, 30, 100, M).await;
+    // Minute M: a lease, six of its recipients sent, the lease closed; its other tokens forfeited.
+    let old = lease(store.lease(rules(10, M, 100)).await.unwrap());
+    assert!(old.recipients.len() > 6);
+    let report = outcomes(&old.recipients[..6], sent(), M);
+    store
+        .report(&old.lease_id, &report, true, report_rules(M))
+        .await
+        .unwrap();
+    // Nine days on: a lease sent whole, and a lease still open.
+    let later = M + 9 * DAY;
+    let new = lease(store.lease(rules(5, later, 100)).await.unwrap());
+    let report = outcomes(&new.recipients, sent(), later);
+    store
+        .report(&new.lease_id, &report, true, report_rules(later))
+        .await
+        .unwrap();
+    let open = lease(store.lease(rules(3, later, 100)).await.unwrap());
+    let (old_n, new_n, open_n) = (
+        old.recipients.len() as u64,
+        new.recipients.len() as u64,
+        open.recipients.len() as u64,
+    );
+    // A minute over is counted forfeited for what it granted and did not use.
+    let totals = store.metrics_view(later + 60_000).await.unwrap().ledger;
+    assert_eq!(
+        totals,
+        vec![(
+            "global".to_string(),
+            old_n + new_n + open_n,
+            old_n - 6 + open_n
+        )]
+    );
+
+    // Leases closed over a day ago and minutes over eight days old go; the counters stay.
+    let removed = store
+        .prune_history(later + 1, later - 8 * DAY, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(removed, 2 + 1, "two closed leases and one ledger minute");
+    assert_eq!(
+        store.metrics_view(later + 60_000).await.unwrap().ledger,
+        totals
+    );
+    let minutes = store.minutes("global", 0).await.unwrap();
+    assert_eq!(
+        minutes
+            .iter()
+            .map(|m| (m.minute_ms, m.granted))
+            .collect::<Vec<_>>(),
+        vec![(later, (new_n + open_n) as u32)]
+    );
+    // Nothing is left to prune; the open lease is still reported on.
+    assert_eq!(
+        store
+            .prune_history(later + 1, later - 8 * DAY, 1_000)
+            .await
+            .unwrap(),
+        0
+    );
+    let report = outcomes(&open.recipients, sent(), later);
+    store
+        .report(&open.lease_id, &report, true, report_rules(later))
+        .await
+        .unwrap();
+    let minutes = store.minutes("global", 0).await.unwrap();
+    assert_eq!(u64::from(minutes[0].used), new_n + open_n);
 }
