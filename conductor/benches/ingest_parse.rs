@@ -1,9 +1,9 @@
 //! Two costs that grew with the campaign or dominated the send path, measured side by side in one
 //! run (loopback-free, bounded, stops by itself):
 //! - the recipients CSV reader at 50k, 100k and 200k rows: time per row should stay flat;
-//! - decoding one rendered batch of 1,000 messages, as a sender does per lease: whole-buffer
-//!   decompression (what `RenderedBatch::decode` does) against `serde_json::from_reader` over the
-//!   zstd stream (what it did before), alternating ABBA.
+//! - encoding one rendered batch of 1,000 messages, as a renderer does per batch, and decoding it,
+//!   as a sender does: format 2 (length-prefixed fields, what `RenderedBatch::encode` writes)
+//!   against format 1 (JSON, what it wrote before; `decode` still reads it), alternating ABBA.
 //!
 //! `cargo bench -p conductor --bench ingest_parse`
 
@@ -19,7 +19,7 @@ fn csv(rows: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
-fn batch() -> Vec<u8> {
+fn batch() -> RenderedBatch {
     let html = format!(
         "<html><body>{}</body></html>",
         "<p>Hello, this is the newsletter.</p>".repeat(200)
@@ -46,12 +46,14 @@ fn batch() -> Vec<u8> {
             })
             .collect(),
     };
-    b.encode().unwrap()
+    b
 }
 
-fn streamed(bytes: &[u8]) -> RenderedBatch {
-    let mut d = zstd::Decoder::new(bytes).unwrap();
-    serde_json::from_reader(&mut d).unwrap()
+/// Format 1, as `RenderedBatch::encode` wrote it before format 2.
+fn json_encoded(b: &RenderedBatch) -> Vec<u8> {
+    let mut v1 = b.clone();
+    v1.version = 1;
+    zstd::bulk::compress(&serde_json::to_vec(&v1).unwrap(), 3).unwrap()
 }
 
 fn time<T>(f: impl Fn() -> T, rounds: u32) -> Duration {
@@ -80,27 +82,35 @@ fn main() {
         per_row[2] / per_row[0]
     );
 
-    let bytes = batch();
+    let b = batch();
+    let (binary, json) = (b.encode().unwrap(), json_encoded(&b));
     println!(
-        "rendered batch decode, 1,000 messages, {} KB compressed:",
-        bytes.len() / 1000
+        "rendered batch, 1,000 messages: format 2 {} KB, format 1 {} KB compressed",
+        binary.len() / 1000,
+        json.len() / 1000
     );
-    let (mut whole, mut stream) = (Duration::ZERO, Duration::ZERO);
+    // [format 2, format 1] × [encode, decode]
+    let mut t = [[Duration::ZERO; 2]; 2];
     for round in 0..4 {
         // ABBA: A B, B A.
         let a_first = round % 2 == 0;
         for k in 0..2 {
             if (k == 0) == a_first {
-                whole += time(|| RenderedBatch::decode(&bytes).unwrap().messages.len(), 5);
+                t[0][0] += time(|| b.encode().unwrap().len(), 5);
+                t[0][1] += time(|| RenderedBatch::decode(&binary).unwrap().messages.len(), 5);
             } else {
-                stream += time(|| streamed(&bytes).messages.len(), 5);
+                t[1][0] += time(|| json_encoded(&b).len(), 5);
+                t[1][1] += time(|| RenderedBatch::decode(&json).unwrap().messages.len(), 5);
             }
         }
     }
-    println!(
-        "  whole-buffer (now) {:.1} ms, from_reader over zstd (before) {:.1} ms, ratio {:.2}",
-        whole.as_secs_f64() * 1e3 / 4.0,
-        stream.as_secs_f64() * 1e3 / 4.0,
-        stream.as_secs_f64() / whole.as_secs_f64()
-    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3 / 4.0;
+    for (what, k) in [("encode", 0), ("decode", 1)] {
+        println!(
+            "  {what}: format 2 (now) {:.1} ms, format 1 JSON (before) {:.1} ms, ratio {:.2}",
+            ms(t[0][k]),
+            ms(t[1][k]),
+            t[1][k].as_secs_f64() / t[0][k].as_secs_f64()
+        );
+    }
 }

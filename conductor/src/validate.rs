@@ -574,7 +574,7 @@ fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Trial
                     let mut errs = Vec::new();
                     let mut largest: Option<(i64, usize)> = None;
                     for (at, r) in part {
-                        let problem = match t.trial(&context(r)) {
+                        let problem = match t.trial(context(r)) {
                             Err(e) => Some(field(format!("{at} ({})", r.email), format!("{e}"))),
                             Ok(p) if has_line_break(&p.subject) => Some(field(
                                 format!("{at} ({})", r.email),
@@ -611,7 +611,7 @@ fn trial_render(t: &CompiledTemplate, rows: &[(String, RecipientData)]) -> Trial
     // The trial left out the text derived from the HTML; the largest message, rendered whole, is
     // the one it could push over the size limit.
     if let Some((at, r)) = largest.and_then(|(id, _)| rows.iter().find(|(_, r)| r.id == id)) {
-        if let Err(e) = t.render(&context(r)) {
+        if let Err(e) = t.render(context(r)) {
             errors.push((r.id, field(format!("{at} ({})", r.email), format!("{e}"))));
         }
     }

@@ -150,7 +150,8 @@ async fn rendered(
         serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     // Senders fetch what the store names: only the batch's own key may be recorded.
     let expected = RenderedBatch::key(&report.job.campaign_id, report.job.batch);
-    if report.key != expected {
+    let older = RenderedBatch::format_one_key(&report.job.campaign_id, report.job.batch);
+    if report.key != expected && report.key != older {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "/problems/validation",

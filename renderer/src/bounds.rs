@@ -835,7 +835,7 @@ mod tests {
         );
         assert_eq!(refusal(&src("{{> (which)}}", &[])), Refusal::DynamicPartial);
         let t = CompiledTemplate::compile(&src("{{#> nope}}fallback{{/nope}}", &[])).unwrap();
-        assert_eq!(t.render(&json!({})).unwrap().html, "fallback");
+        assert_eq!(t.render(json!({})).unwrap().html, "fallback");
     }
 
     #[test]
@@ -852,7 +852,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            t.render(&json!({"name": "Zoë"})).unwrap().html,
+            t.render(json!({"name": "Zoë"})).unwrap().html,
             "<main><p>Zoë</p></main><aside>S</aside>"
         );
     }
@@ -867,12 +867,12 @@ mod tests {
         ))
         .unwrap();
         let out = t
-            .render(&json!({"top": "T", "items": [{"title": "a"}, {"title": "b"}], "map": {"x": 1, "y": 2}, "empty": []}))
+            .render(json!({"top": "T", "items": [{"title": "a"}, {"title": "b"}], "map": {"x": 1, "y": 2}, "empty": []}))
             .unwrap();
         assert_eq!(out.html, "0F:a/T;1L:b/T;|x=1,y=2,|0a1b|empty|ab");
         // Strict mode: a missing list is an error unless there is an `{{else}}`, as with handlebars'
         // own helper.
-        let err = t.render(&json!({"top": "T", "empty": []})).unwrap_err();
+        let err = t.render(json!({"top": "T", "empty": []})).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("map"), "{err}");
     }
 
@@ -883,7 +883,7 @@ mod tests {
             .unwrap();
         let a: Vec<u8> = vec![0; 20_000];
         let started = Instant::now();
-        let err = t.render(&json!({ "a": a })).unwrap_err();
+        let err = t.render(json!({ "a": a })).unwrap_err();
         assert_eq!(err.part, "message");
         assert!(
             err.reason.contains("loops ran over") || err.reason.contains("max_render_ms"),
@@ -900,7 +900,7 @@ mod tests {
         )
         .unwrap();
         let err = t
-            .render(&json!({ "a": vec![0; 1000], "s": "z".repeat(1000) }))
+            .render(json!({ "a": vec![0; 1000], "s": "z".repeat(1000) }))
             .unwrap_err();
         assert!(err.reason.contains("max_message_bytes"), "{err}");
         // Inside a layout's block, which handlebars renders to a string of its own first.
@@ -916,11 +916,11 @@ mod tests {
         )
         .unwrap();
         let err = t
-            .render(&json!({ "a": vec![0; 100_000], "s": "z".repeat(1000) }))
+            .render(json!({ "a": vec![0; 100_000], "s": "z".repeat(1000) }))
             .unwrap_err();
         assert!(err.reason.contains("max_message_bytes"), "{err}");
         // The same template with a small list renders.
-        let ok = t.render(&json!({ "a": vec![0; 3], "s": "z" })).unwrap();
+        let ok = t.render(json!({ "a": vec![0; 3], "s": "z" })).unwrap();
         assert_eq!(ok.html, "zxxxxxxxxxx".repeat(3));
     }
 
@@ -936,7 +936,7 @@ mod tests {
             ..src(&html, &[])
         })
         .unwrap();
-        let out = t.render(&json!({})).unwrap();
+        let out = t.render(json!({})).unwrap();
         assert!(out.text.contains('x'));
     }
 }
@@ -1007,7 +1007,7 @@ mod properties {
             let limits = RenderLimits { max_message_bytes: 64 * 1024, max_render_ms: 200 };
             if let Ok(t) = CompiledTemplate::compile_with(&src, limits) {
                 let data = serde_json::json!({"name": "n", "raw": "<b>", "xs": xs, "o": {"name": "m"}});
-                if let Ok(parts) = t.render(&data) {
+                if let Ok(parts) = t.render(data) {
                     prop_assert!(parts.subject.len() + parts.html.len() + parts.text.len() <= 64 * 1024);
                 }
             }

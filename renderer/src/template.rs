@@ -225,7 +225,7 @@ impl CompiledTemplate {
 
     /// Renders one recipient. `ctx` is the recipient's data object. A message over
     /// `max_message_bytes` or a render over `max_render_ms` is an error naming the limit.
-    pub fn render(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
+    pub fn render(&self, ctx: serde_json::Value) -> Result<RenderedParts, RenderError> {
         self.bounded(ctx, true)
     }
 
@@ -235,16 +235,19 @@ impl CompiledTemplate {
     /// follows the HTML's, so the caller renders its largest message whole; a smaller message whose
     /// derived text is unusually long (many long links) is caught only when it is rendered for
     /// sending, where it fails with the reason like any other render error.
-    pub fn trial(&self, ctx: &serde_json::Value) -> Result<RenderedParts, RenderError> {
+    pub fn trial(&self, ctx: serde_json::Value) -> Result<RenderedParts, RenderError> {
         self.bounded(ctx, false)
     }
 
     fn bounded(
         &self,
-        ctx: &serde_json::Value,
+        ctx: serde_json::Value,
         derive_text: bool,
     ) -> Result<RenderedParts, RenderError> {
-        match bounds::within(self.limits, || self.render_with(ctx, derive_text)) {
+        // One copy of the data for all parts: `render_to_write` converts its data into a new
+        // context (a deep copy through serde) for every part it renders.
+        let ctx = handlebars::Context::from(ctx);
+        match bounds::within(self.limits, || self.render_with(&ctx, derive_text)) {
             Ok(parts) => parts,
             Err(limit) => Err(RenderError {
                 part: "message".into(),
@@ -258,18 +261,21 @@ impl CompiledTemplate {
 
     fn render_with(
         &self,
-        ctx: &serde_json::Value,
+        ctx: &handlebars::Context,
         derive_text: bool,
     ) -> Result<RenderedParts, RenderError> {
         let mut left = self.limits.max_message_bytes;
         let mut part = |registry: &Handlebars<'static>, name: &str| {
             let mut out = bounds::BoundedWriter::new(left);
             registry
-                .render_to_write(name, ctx, &mut out)
+                .render_with_context_to_write(name, ctx, &mut out)
                 .map_err(|e| render_error(name, e))?;
             left -= out.buf.len();
             // Handlebars writes whole `&str` segments, so the bytes are UTF-8.
-            Ok::<_, RenderError>(String::from_utf8_lossy(&out.buf).into_owned())
+            Ok::<_, RenderError>(
+                String::from_utf8(out.buf)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            )
         };
         let subject = part(&self.plain, "subject")?;
         let html = part(&self.html, "html")?;
@@ -373,7 +379,7 @@ mod tests {
             Some("Hello {{name}}"),
         ))
         .unwrap();
-        let out = t.render(&json!({"name": "Tom & <Jerry>"})).unwrap();
+        let out = t.render(json!({"name": "Tom & <Jerry>"})).unwrap();
         assert_eq!(out.subject, "News for Tom & <Jerry>");
         assert_eq!(out.html, "<p>Hello Tom &amp; &lt;Jerry&gt;</p>");
         assert_eq!(out.text, "Hello Tom & <Jerry>");
@@ -383,7 +389,7 @@ mod tests {
     fn strict_mode_names_the_missing_field_and_its_position() {
         let t =
             CompiledTemplate::compile(&src("Hi", "<p>a</p>\n<p>{{first_name}}</p>", None)).unwrap();
-        let err = t.render(&json!({"name": "x"})).unwrap_err();
+        let err = t.render(json!({"name": "x"})).unwrap_err();
         assert_eq!(err.part, "html");
         assert_eq!(err.field.as_deref(), Some("first_name"));
         assert_eq!(err.line, Some(2));
@@ -420,7 +426,7 @@ mod tests {
         s.partials
             .insert("footer".into(), "<footer>Straße 1, 東京</footer>".into());
         let t = CompiledTemplate::compile(&s).unwrap();
-        let out = t.render(&json!({"name": "Zoë Ñúñez"})).unwrap();
+        let out = t.render(json!({"name": "Zoë Ñúñez"})).unwrap();
         assert_eq!(out.subject, "Grüße, Zoë Ñúñez ✉");
         assert!(out.html.contains(
             "<div class=\"wrap\"><p>Hallo Zoë Ñúñez</p><footer>Straße 1, 東京</footer></div>"
@@ -434,7 +440,7 @@ mod tests {
         let mut s = src("Hi", "<p>{{> card}}</p>", None);
         s.partials.insert("card".into(), "<b>{{title}}</b>".into());
         let t = CompiledTemplate::compile(&s).unwrap();
-        let err = t.render(&json!({})).unwrap_err();
+        let err = t.render(json!({})).unwrap_err();
         assert_eq!(err.part, "html (partial card)");
         assert_eq!(err.field.as_deref(), Some("title"));
     }
@@ -478,7 +484,7 @@ mod shipped {
             "articles": [{"title": "A & B", "summary": "s1", "url": "https://e.example/1"},
                          {"title": "C", "summary": "s2", "url": "https://e.example/2"}]
         });
-        let out = t.render(&ctx).unwrap();
+        let out = t.render(ctx).unwrap();
         assert_eq!(out.subject, "Zoë, this week's Gazette: A & B");
         assert!(out.html.contains("<h2 style=\""), "{}", out.html);
         assert!(out.html.contains("A &amp; B"));

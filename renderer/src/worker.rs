@@ -35,7 +35,7 @@ pub fn render_batch(
     let mut recipients: Vec<_> = input.recipients.iter().collect();
     recipients.sort_by_key(|r| r.id);
     for r in recipients {
-        match template.render(&context(r)) {
+        match template.render(context(r)) {
             Ok(parts) => messages.push(RenderedMessage {
                 recipient_id: r.id,
                 to: r.email.clone(),

@@ -337,7 +337,7 @@ async fn the_endpoint_renders_genuine_jobs_once_and_refuses_forgeries() {
     );
     assert_eq!(
         svc.source.rendered.lock().unwrap()[0].1,
-        "campaigns/c1/batches/4.json.zst"
+        "campaigns/c1/batches/4.batch.zst"
     );
     assert!(trap.received_requests().await.unwrap().is_empty());
     svc.stop.send(()).unwrap();

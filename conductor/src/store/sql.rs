@@ -102,21 +102,44 @@ impl Backend {
 
     /// Inserts recipients from a JSON array (`$3`) of `{id, batch, email, key, name, data}` for
     /// campaign `$1` at time `$2`; an address already in the campaign is skipped (a duplicate).
+    /// Returns each inserted row's batch and key. On PostgreSQL the data goes in with them, the
+    /// array parsed once; SQLite has no `INSERT` in a `WITH`, and runs [`Self::insert_data`] next.
     fn insert_recipients(self) -> &'static str {
         match self {
             Backend::Sqlite => {
-                "INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, data, state, updated_ms) \
+                "INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, state, updated_ms) \
                  SELECT $1, json_extract(r.value, '$.id'), json_extract(r.value, '$.batch'), \
                  json_extract(r.value, '$.email'), json_extract(r.value, '$.key'), json_extract(r.value, '$.name'), \
-                 json_extract(r.value, '$.data'), 'pending', $2 FROM json_each($3) AS r WHERE true \
+                 'pending', $2 FROM json_each($3) AS r WHERE true \
                  ON CONFLICT (email_key, campaign_id) DO NOTHING RETURNING batch, email_key"
             }
             Backend::Postgres => {
-                "INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, data, state, updated_ms) \
-                 SELECT $1, (r->>'id')::bigint, (r->>'batch')::bigint, r->>'email', r->>'key', r->>'name', \
-                 r->>'data', 'pending', $2 FROM jsonb_array_elements($3::jsonb) AS r \
-                 ON CONFLICT (email_key, campaign_id) DO NOTHING RETURNING batch, email_key"
+                "WITH src AS MATERIALIZED (SELECT (r->>'id')::bigint AS id, (r->>'batch')::bigint AS batch, \
+                 r->>'email' AS email, r->>'key' AS email_key, r->>'name' AS name, r->>'data' AS data \
+                 FROM jsonb_array_elements($3::jsonb) AS r), \
+                 ins AS (INSERT INTO recipients (campaign_id, id, batch, email, email_key, name, state, updated_ms) \
+                 SELECT $1, id, batch, email, email_key, name, 'pending', $2 FROM src \
+                 ON CONFLICT (email_key, campaign_id) DO NOTHING RETURNING id, batch, email_key), \
+                 kept AS (INSERT INTO recipient_data (campaign_id, id, data) \
+                 SELECT $1, src.id, src.data FROM src JOIN ins ON ins.id = src.id \
+                 ON CONFLICT (campaign_id, id) DO NOTHING) \
+                 SELECT batch, email_key FROM ins"
             }
+        }
+    }
+
+    /// SQLite's second half of [`Self::insert_recipients`]: the data of the rows it inserted (a
+    /// duplicate's id has no recipient row), from the same array.
+    fn insert_data(self) -> Option<&'static str> {
+        match self {
+            Backend::Sqlite => Some(
+                "INSERT INTO recipient_data (campaign_id, id, data) \
+                 SELECT $1, json_extract(r.value, '$.id'), json_extract(r.value, '$.data') \
+                 FROM json_each($2) AS r WHERE EXISTS (SELECT 1 FROM recipients x \
+                 WHERE x.campaign_id = $1 AND x.id = json_extract(r.value, '$.id')) \
+                 ON CONFLICT (campaign_id, id) DO NOTHING",
+            ),
+            Backend::Postgres => None,
         }
     }
 
@@ -649,15 +672,31 @@ impl SqlStore {
             if removed >= budget {
                 return Ok((removed, false));
             }
+            let mut tx = self.write.begin().await?;
             let n = sqlx::query(
                 "DELETE FROM recipients WHERE campaign_id = $1 AND id IN \
-                 (SELECT id FROM recipients WHERE campaign_id = $1 LIMIT $2)",
+                 (SELECT id FROM recipients WHERE campaign_id = $1 ORDER BY id LIMIT $2)",
             )
             .bind(id)
             .bind(SWEEP_CHUNK)
-            .execute(&self.write)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+            // The same chunk's data: both tables are in id order, and a recipient's data row is
+            // written with it.
+            sqlx::query(
+                "DELETE FROM recipient_data WHERE campaign_id = $1 AND id IN \
+                 (SELECT id FROM recipient_data WHERE campaign_id = $1 ORDER BY id LIMIT $2)",
+            )
+            .bind(id)
+            .bind(if (n as i64) < SWEEP_CHUNK {
+                i64::MAX
+            } else {
+                n as i64
+            })
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             removed += n;
             if (n as i64) < SWEEP_CHUNK {
                 break;
@@ -912,12 +951,20 @@ impl Store for SqlStore {
                 })
             })
             .collect();
+        let json_rows = to_json(&json_rows);
         let inserted = sqlx::query(self.backend.insert_recipients())
             .bind(id)
             .bind(now)
-            .bind(to_json(&json_rows))
+            .bind(&json_rows)
             .fetch_all(&mut *tx)
             .await?;
+        if let Some(sql) = self.backend.insert_data() {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(&json_rows)
+                .execute(&mut *tx)
+                .await?;
+        }
         drop(json_rows);
         let mut tally = Tally::default();
         let mut sizes: std::collections::BTreeMap<i64, i64> = Default::default();
@@ -1404,8 +1451,9 @@ impl Store for SqlStore {
         // A batch is a range of ids: read by the primary key, whatever the campaign's size.
         let ids = planner::ids_of(job.batch, c.get::<i64, _>("batch_size") as u32);
         let rows = sqlx::query(
-            "SELECT id, email, name, data FROM recipients WHERE campaign_id = $1 AND id >= $2 AND id < $3 \
-             AND batch = $4 ORDER BY id",
+            "SELECT r.id, r.email, r.name, d.data FROM recipients r \
+             JOIN recipient_data d ON d.campaign_id = r.campaign_id AND d.id = r.id \
+             WHERE r.campaign_id = $1 AND r.id >= $2 AND r.id < $3 AND r.batch = $4 ORDER BY r.id",
         )
         .bind(&job.campaign_id)
         .bind(ids.start)

@@ -1,0 +1,11 @@
+-- A recipient's template data is written once and read when its batch renders; its state changes
+-- three times or more. Kept in the recipient's row, every state change wrote a new version of the
+-- data too (about 1 KB a recipient for a newsletter's fields).
+CREATE TABLE recipient_data (
+    campaign_id TEXT NOT NULL,
+    id          BIGINT NOT NULL,
+    data        TEXT NOT NULL,
+    PRIMARY KEY (campaign_id, id)
+);
+INSERT INTO recipient_data (campaign_id, id, data) SELECT campaign_id, id, data FROM recipients;
+ALTER TABLE recipients DROP COLUMN data;
