@@ -222,6 +222,24 @@ async fn create_multipart(
     req: Request<Body>,
     key: Option<String>,
 ) -> Result<(crate::store::Campaign, Vec<String>, bool), Problem> {
+    // Whatever ends the request early — a limit, a broken stream, a part out of place — the
+    // campaign it opened is given up, so no half-made campaign is left listed.
+    let mut opened_id = None;
+    let made = read_multipart(svc, req, key, &mut opened_id).await;
+    if made.is_err() {
+        if let Some(id) = opened_id {
+            svc.abandon(&id).await;
+        }
+    }
+    made
+}
+
+async fn read_multipart(
+    svc: &Arc<Service>,
+    req: Request<Body>,
+    key: Option<String>,
+    opened_id: &mut Option<String>,
+) -> Result<(crate::store::Campaign, Vec<String>, bool), Problem> {
     let limit = svc.max_upload_bytes;
     let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| {
         Problem::new(
@@ -253,7 +271,11 @@ async fn create_multipart(
                     ));
                 }
                 let key = key.clone().map(|k| keyed(k, &bytes));
-                opened = Some(svc.open(c, Status::Importing, key).await?);
+                let open = svc.open(c, Status::Importing, key).await?;
+                if let Open::New { campaign, .. } = &open {
+                    *opened_id = Some(campaign.id.clone());
+                }
+                opened = Some(open);
             }
             "recipients" if done.is_none() => {
                 let format = ListFormat::of_media_type(field.content_type().unwrap_or(""))
@@ -287,8 +309,6 @@ async fn create_multipart(
                             svc.import(&campaign.id, rules, Source::Stream(format, rx))
                         );
                         if let Err(cut) = forwarded {
-                            // `import` has abandoned it (its list ended in an error).
-                            svc.abandon(&campaign.id).await;
                             return Err(cut.into());
                         }
                         let imported = imported?;
@@ -297,17 +317,13 @@ async fn create_multipart(
                         match multipart.next_field().await {
                             Ok(None) => {}
                             Ok(Some(extra)) => {
-                                svc.abandon(&campaign.id).await;
                                 let name = extra.name().unwrap_or_default().to_string();
                                 return Err(missing(
                                     &name,
                                     &format!("unexpected part `{name}` after `recipients`"),
                                 ));
                             }
-                            Err(e) => {
-                                svc.abandon(&campaign.id).await;
-                                return Err(multipart_problem(e, limit));
-                            }
+                            Err(e) => return Err(multipart_problem(e, limit)),
                         }
                         let (c, warnings) = svc.finish(&campaign.id, imported, true).await?;
                         return Ok((c, warnings, false));
@@ -324,10 +340,7 @@ async fn create_multipart(
     }
     match (done, opened) {
         (Some(done), _) => Ok(done),
-        (None, Some(Open::New { campaign, .. })) => {
-            svc.store
-                .abandon_import(&campaign.id, svc.work.clock.now_ms())
-                .await?;
+        (None, Some(Open::New { .. })) => {
             Err(missing("recipients", "the `recipients` part is required"))
         }
         (None, Some(Open::Replay(c))) => Ok((c, Vec::new(), true)),

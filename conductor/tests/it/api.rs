@@ -284,6 +284,46 @@ async fn bodies_over_the_limit_are_413() {
 }
 
 #[tokio::test]
+async fn a_part_out_of_place_after_the_campaign_leaves_nothing() {
+    // Each of these ends the request once the `campaign` part has opened a campaign.
+    let app = spawn_app().await;
+    let campaign = || {
+        reqwest::multipart::Part::text(csv_campaign().to_string())
+            .mime_str("application/json")
+            .unwrap()
+    };
+    let stray = reqwest::multipart::Form::new()
+        .part("campaign", campaign())
+        .text("extra", "x");
+    let list_as_image = reqwest::multipart::Form::new()
+        .part("campaign", campaign())
+        .part(
+            "recipients",
+            reqwest::multipart::Part::bytes(b"email\na@example.com\n".to_vec())
+                .mime_str("image/png")
+                .unwrap(),
+        );
+    let no_list = reqwest::multipart::Form::new().part("campaign", campaign());
+    for (form, detail) in [
+        (stray, "unexpected part `extra`"),
+        (list_as_image, "CSV (text/csv) or NDJSON"),
+        (no_list, "`recipients` part is required"),
+    ] {
+        let r = app
+            .client
+            .post(app.url("/v1/campaigns"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let p = expect_problem(r, 422, "/problems/validation").await;
+        assert!(p.to_string().contains(detail), "{detail:?} not in {p}");
+        assert_nothing_stored(&app).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn other_media_types_methods_and_paths() {
     let app = spawn_app().await;
     let r = app
