@@ -60,23 +60,12 @@ pub fn sendgrid(
         })
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| excerpt(body));
-    let reason = format!("SendGrid {status}: {message}");
-    match status {
-        200..=299 => Outcome::Sent {
-            provider_id: message_id,
-        },
-        // 401 bad key; 403 unverified sender identity, suspended or restricted account.
-        401 | 403 => Outcome::AccountStop { reason },
-        429 => Outcome::Throttled {
-            reason,
-            retry_after_ms,
-        },
-        500..=599 => Outcome::Deferred {
-            reason,
-            retry_after_ms,
-        },
-        _ => Outcome::Failed { reason },
-    }
+    ladder(
+        status,
+        format!("SendGrid {status}: {message}"),
+        retry_after_ms,
+        || message_id,
+    )
 }
 
 /// Postmark `POST /email`: `{"ErrorCode", "Message", "MessageID"}`; the ErrorCode decides, whatever
@@ -94,29 +83,19 @@ pub fn postmark(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome
         .map(str::to_string)
         .unwrap_or_else(|| excerpt(body));
     let reason = format!("Postmark {status}/{}: {message}", code.unwrap_or(-1));
-    match (status, code) {
-        (200..=299, Some(0) | None) => Outcome::Sent {
-            provider_id: json
-                .as_ref()
-                .and_then(|j| j.get("MessageID"))
-                .and_then(|i| i.as_str())
-                .map(str::to_string),
-        },
+    match code {
         // 10 bad token; 400/401 sender signature missing or unconfirmed; 405 out of credits;
         // 412 account pending approval; 413 account suspended or inactive.
-        (_, Some(10 | 400 | 401 | 405 | 412 | 413)) | (401 | 403, _) => {
-            Outcome::AccountStop { reason }
-        }
-        (429, _) => Outcome::Throttled {
-            reason,
-            retry_after_ms,
-        },
-        (500..=599, _) => Outcome::Deferred {
-            reason,
-            retry_after_ms,
-        },
-        // 300 invalid request, 406 inactive (suppressed) recipient, and every other refusal.
-        _ => Outcome::Failed { reason },
+        Some(10 | 400 | 401 | 405 | 412 | 413) => Outcome::AccountStop { reason },
+        // 300 invalid request, 406 inactive (suppressed) recipient, and every other refusal, which
+        // a batch answers with a 200.
+        Some(c) if c != 0 && (200..=299).contains(&status) => Outcome::Failed { reason },
+        _ => ladder(status, reason, retry_after_ms, || {
+            json.as_ref()
+                .and_then(|j| j.get("MessageID"))
+                .and_then(|i| i.as_str())
+                .map(str::to_string)
+        }),
     }
 }
 
@@ -187,26 +166,13 @@ pub fn resend(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome {
         field("message").unwrap_or_else(|| excerpt(body))
     );
     match status {
-        200..=299 => Outcome::Sent {
-            provider_id: field("id"),
-        },
-        // Bad or missing key, restricted key, unverified domain.
-        401 | 403 => Outcome::AccountStop { reason },
         // The same key is still in flight at Resend: try again shortly.
         409 if name == "concurrent_idempotent_requests" => Outcome::Deferred {
             reason,
             retry_after_ms: retry_after_ms.or(Some(1_000)),
         },
         429 if name == "daily_quota_exceeded" => Outcome::AccountStop { reason },
-        429 => Outcome::Throttled {
-            reason,
-            retry_after_ms,
-        },
-        500..=599 => Outcome::Deferred {
-            reason,
-            retry_after_ms,
-        },
-        _ => Outcome::Failed { reason },
+        _ => ladder(status, reason, retry_after_ms, || field("id")),
     }
 }
 
@@ -219,28 +185,40 @@ pub fn mailgun(status: u16, retry_after_ms: Option<i64>, body: &str) -> Outcome 
         .and_then(|m| m.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| excerpt(body));
-    match status {
-        200..=299 => Outcome::Sent {
-            provider_id: json
-                .as_ref()
+    ladder(
+        status,
+        format!("Mailgun {status}: {message}"),
+        retry_after_ms,
+        || {
+            json.as_ref()
                 .and_then(|j| j.get("id"))
                 .and_then(|i| i.as_str())
-                .map(|id| id.trim_matches(|c| c == '<' || c == '>').to_string()),
+                .map(|id| id.trim_matches(|c| c == '<' || c == '>').to_string())
         },
-        401 | 403 => Outcome::AccountStop {
-            reason: format!("Mailgun {status}: {message}"),
-        },
+    )
+}
+
+/// The status ladder every HTTP provider shares; each reads its own body into `reason` and `id`,
+/// and names its exceptions before it comes here.
+fn ladder(
+    status: u16,
+    reason: String,
+    retry_after_ms: Option<i64>,
+    id: impl FnOnce() -> Option<String>,
+) -> Outcome {
+    match status {
+        200..=299 => Outcome::Sent { provider_id: id() },
+        // A bad or missing key; an unverified sender or domain; a suspended or restricted account.
+        401 | 403 => Outcome::AccountStop { reason },
         429 => Outcome::Throttled {
-            reason: format!("Mailgun {status}: {message}"),
+            reason,
             retry_after_ms,
         },
         500..=599 => Outcome::Deferred {
-            reason: format!("Mailgun {status}: {message}"),
+            reason,
             retry_after_ms,
         },
-        _ => Outcome::Failed {
-            reason: format!("Mailgun {status}: {message}"),
-        },
+        _ => Outcome::Failed { reason },
     }
 }
 
