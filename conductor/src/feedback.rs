@@ -529,6 +529,74 @@ mod tests {
         })
     }
 
+    // Known answers from an independent signer (Python's `hmac`, and `cryptography` for ECDSA
+    // P-256 with SHA-256), so the verifiers are not checked only against our own signers: a wrong
+    // byte layout would pass both.
+    const KAT_TIMESTAMP: &str = "1700000000";
+    const KAT_TOKEN: &str = "8c6b0a3a9e7f4c0fa1d2e3b4c5d6e7f8091a2b3c4d5e6f7081";
+    const KAT_MAILGUN: &str = "247adbb9338155617305070994dc74e523619d61ca52b72868d911f12ea19a94";
+    /// The public key of the P-256 private scalar 0x0707…07, as SendGrid shows one.
+    const KAT_SENDGRID_KEY: &str = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEHhhTL9R1TALzBB2cdc6zO4P/2BrHzk/ogsyxyYvFiW6kbDEcTi/0DdlqNlPm5FRF0y3+SG7O11x6kMahiIHAow==";
+    const KAT_SENDGRID_BODY: &str = r#"[{"email":"gone@example.org","event":"bounce","type":"bounce","sg_event_id":"sg-kat-1","reason":"550 5.1.1 unknown user"}]"#;
+    const KAT_SENDGRID_SIGNATURE: &str = "MEYCIQClxNUcuIsC7urBXMNIaMjzO92rmYxsxSpRaYJhkl6MIgIhAICPyN2Pvk6wMdGs+PPQQpdEr3HAUE7vRUg+GwoQreD4";
+
+    #[test]
+    fn a_mailgun_post_signed_elsewhere_is_verified() {
+        let raw = serde_json::to_vec(&serde_json::json!({
+            "signature": {"timestamp": KAT_TIMESTAMP, "token": KAT_TOKEN, "signature": KAT_MAILGUN},
+            "event-data": bounce(),
+        }))
+        .unwrap();
+        let e = mailgun(&raw, KEY, 1_700_000_000_000 + 1_000).unwrap();
+        assert_eq!(e.kind, Kind::HardBounce);
+        assert_eq!(e.key, format!("mailgun:{KAT_TOKEN}"));
+        assert_eq!(
+            mailgun_signature(KEY, KAT_TIMESTAMP, KAT_TOKEN),
+            KAT_MAILGUN
+        );
+        // Token before timestamp is another message.
+        assert_ne!(
+            mailgun_signature(KEY, KAT_TOKEN, KAT_TIMESTAMP),
+            KAT_MAILGUN
+        );
+    }
+
+    #[test]
+    fn a_sendgrid_post_signed_elsewhere_is_verified() {
+        let key = sendgrid_key(KAT_SENDGRID_KEY).unwrap();
+        let signing = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+        assert_eq!(
+            sendgrid_public_key(signing.verifying_key()),
+            KAT_SENDGRID_KEY
+        );
+        let body = KAT_SENDGRID_BODY.as_bytes();
+        let events = sendgrid(
+            body,
+            Some(KAT_TIMESTAMP),
+            Some(KAT_SENDGRID_SIGNATURE),
+            &key,
+        )
+        .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, Kind::HardBounce);
+        assert_eq!(events[0].email, "gone@example.org");
+        // The signature covers the timestamp header too, and the body byte for byte.
+        assert!(matches!(
+            sendgrid(body, Some("1700000001"), Some(KAT_SENDGRID_SIGNATURE), &key),
+            Err(FeedbackError::BadSignature)
+        ));
+        let spaced = KAT_SENDGRID_BODY.replace(',', ", ");
+        assert!(matches!(
+            sendgrid(
+                spaced.as_bytes(),
+                Some(KAT_TIMESTAMP),
+                Some(KAT_SENDGRID_SIGNATURE),
+                &key
+            ),
+            Err(FeedbackError::BadSignature)
+        ));
+    }
+
     #[test]
     fn a_signed_hard_bounce_is_read() {
         let e = mailgun(&post(NOW, "tok-1", bounce(), KEY), KEY, NOW + 1_000).unwrap();
