@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conductor::config::Config;
+use conductor::domain::validate::{self, CampaignRequest, RecipientIn};
 use conductor::startup::Runtime;
 use conductor::store::{Action, Status};
-use conductor::validate::{self, CampaignRequest, RecipientIn};
 use sender::{Clock, SystemClock};
 
 const DOMAIN: &str = "example.org";

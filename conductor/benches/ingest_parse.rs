@@ -69,7 +69,10 @@ fn main() {
     let mut per_row = Vec::new();
     for rows in [50_000usize, 100_000, 200_000] {
         let data = csv(rows);
-        let t = time(|| conductor::lists::parse_csv(&data).unwrap().len(), 3);
+        let t = time(
+            || conductor::domain::lists::parse_csv(&data).unwrap().len(),
+            3,
+        );
         let us = t.as_secs_f64() * 1e6 / rows as f64;
         per_row.push(us);
         println!(

@@ -83,9 +83,10 @@ async fn main() {
     let started = Instant::now();
     if senders == 0 {
         println!("embedded: {recipients} recipients, cap {cap}/min");
-        let summary = conductor::demo::run(config.clone(), None, recipients, Arc::new(SystemClock))
-            .await
-            .expect("demo run");
+        let summary =
+            conductor::cli::demo::run(config.clone(), None, recipients, Arc::new(SystemClock))
+                .await
+                .expect("demo run");
         summary.print(&config);
         let k = &summary.campaign.counts;
         // `pending` holds everything not yet final (in flight and deferred included).

@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conductor::config::Config;
+use conductor::domain::validate::{self, CampaignRequest, RecipientIn};
 use conductor::startup::Application;
 use conductor::store::Status;
-use conductor::validate::{self, CampaignRequest, RecipientIn};
 use sender::SystemClock;
 
 /// Requests the generator lets wait at once before it counts further slots as not made.

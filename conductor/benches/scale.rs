@@ -234,7 +234,7 @@ async fn run(n: u64, url: &str, dir: &std::path::Path, minutes: u32) -> Run {
 /// against the Mailgun-compatible sink; returns what the sink received in each of those minutes.
 /// It starts on a minute's boundary: the bench's own leases opened the current minute with no cap.
 async fn capped_minutes(
-    svc: &conductor::service::Service,
+    svc: &conductor::http::service::Service,
     sink: &sink::Sink,
     whole: u32,
 ) -> Vec<(i64, usize)> {

@@ -95,9 +95,10 @@ async fn main() {
             "embedded sender, SQLite: {recipients} recipients, uncapped; {} lanes of {} requests in flight, {} per lease",
             s.lanes, s.concurrency, s.lease_size
         );
-        let summary = conductor::demo::run(config.clone(), None, recipients, Arc::new(SystemClock))
-            .await
-            .expect("demo run");
+        let summary =
+            conductor::cli::demo::run(config.clone(), None, recipients, Arc::new(SystemClock))
+                .await
+                .expect("demo run");
         summary.print(&config);
     } else {
         println!("{senders} sender processes, PostgreSQL: {recipients} recipients, uncapped");

@@ -1,38 +1,24 @@
 //! The conductor: REST API, campaign state, minute ledger, work hand-out and progress.
+//!
+//! The layers are the folders, and each imports only the ones below it:
+//!
+//! - `http`: the routes, the state they share (`service::Service`, through which every campaign
+//!   action goes), the problem documents, auth, the dashboard and the OpenAPI document.
+//! - `engine`: what runs on its own: the work hand-out and reconcile loop (`work`), render dispatch,
+//!   lifecycle events, list import, metrics, and the shared views and progress hubs that pollers
+//!   read.
+//! - `store`: the database (SQLite or PostgreSQL) that applies the domain's decisions.
+//! - `domain`: pure rules: recipient states and their transitions, the minute ledger, the planner,
+//!   fair share, throttling, schedules, the forecast, list parsing and validation, webhook and
+//!   unsubscribe tokens. No I/O, and nothing else of this crate (`tests/layers.rs` checks it).
+//!
+//! Beside them: `config` (the file, its live handle and its watcher), `cli` (the command line and the
+//! demo) and `startup` (which wires the layers into a running service).
 
-pub mod api;
-pub mod auth;
-mod body;
 pub mod cli;
 pub mod config;
-pub mod config_watch;
-pub mod demo;
-pub mod dispatch;
-pub mod eta;
-pub mod events;
-pub mod fair;
-pub mod feedback;
-pub mod feedback_api;
-pub mod governor_api;
-pub mod ingest;
-pub mod ledger;
-pub mod lists;
-pub mod metrics;
-pub mod planner;
-pub mod problem;
-pub mod progress;
-pub mod recipient;
-pub mod retry;
-pub mod schedule;
-pub mod secret;
-pub mod service;
-mod site;
+pub mod domain;
+mod engine;
+pub mod http;
 pub mod startup;
 pub mod store;
-pub mod throttle;
-pub mod unsubscribe;
-pub mod unsubscribe_api;
-pub mod validate;
-pub mod views;
-pub mod work;
-pub mod workers_api;

@@ -146,7 +146,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
             println!("token:  {token}");
             println!(
                 "config: [server] api_tokens = [\"{}\"]",
-                conductor::auth::digest(&token)
+                conductor::http::auth::digest(&token)
             );
         }
         Command::Serve { config } => {
@@ -182,7 +182,8 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
             }
             cfg.validate()?;
             let summary =
-                conductor::demo::run(cfg.clone(), None, recipients, Arc::new(SystemClock)).await?;
+                conductor::cli::demo::run(cfg.clone(), None, recipients, Arc::new(SystemClock))
+                    .await?;
             summary.print(&cfg);
         }
     }

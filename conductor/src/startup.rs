@@ -14,11 +14,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::dispatch::{Dispatch, LocalDispatch, SnsDispatch};
-use crate::events::{EventSink, Events, SnsEvents};
-use crate::service::Service;
+use crate::engine::dispatch::{Dispatch, LocalDispatch, SnsDispatch};
+use crate::engine::events::{EventSink, Events, SnsEvents};
+use crate::engine::work::Work;
+use crate::http::service::Service;
 use crate::store::{SqlStore, Store, StoreError};
-use crate::work::Work;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -151,7 +151,7 @@ impl Runtime {
         }
 
         if let Some(path) = config_path {
-            tasks.push(tokio::spawn(crate::config_watch::watch_file(
+            tasks.push(tokio::spawn(crate::config::watch::watch_file(
                 path,
                 config_tx.clone(),
                 store.clone(),
@@ -240,7 +240,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let router = crate::api::router(self.runtime.service.clone());
+        let router = crate::http::api::router(self.runtime.service.clone());
         // Event streams never end by themselves: close them when shutdown begins, or the graceful
         // shutdown would wait for every open browser tab.
         let streams = self.runtime.service.streams.clone();

@@ -91,8 +91,8 @@ pub async fn distributed(
     }
     let (created, _, _) = svc
         .create(
-            conductor::demo::request(recipients),
-            conductor::demo::recipients(recipients),
+            conductor::cli::demo::request(recipients),
+            conductor::cli::demo::recipients(recipients),
             None,
         )
         .await

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 pub use sql::SqlStore;
 
-use crate::validate::ValidCampaign;
+use crate::domain::validate::ValidCampaign;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,11 +84,11 @@ pub struct CampaignHead<'a> {
     pub reply_to: Option<&'a renderer::Mailbox>,
     pub template: &'a renderer::TemplateSource,
     pub template_name: Option<&'a str>,
-    pub limits: &'a crate::validate::Limits,
+    pub limits: &'a crate::domain::validate::Limits,
 }
 
-impl<'a> From<&'a crate::validate::Prepared> for CampaignHead<'a> {
-    fn from(p: &'a crate::validate::Prepared) -> Self {
+impl<'a> From<&'a crate::domain::validate::Prepared> for CampaignHead<'a> {
+    fn from(p: &'a crate::domain::validate::Prepared) -> Self {
         Self {
             name: &p.name,
             from: &p.from,
@@ -174,7 +174,7 @@ pub struct Campaign {
     /// Not sent before this.
     pub send_at: Option<String>,
     /// Only sent within this daily window.
-    pub window: Option<crate::schedule::SendWindow>,
+    pub window: Option<crate::domain::schedule::SendWindow>,
     pub counts: Counts,
 }
 
@@ -202,7 +202,7 @@ pub struct Running {
     pub priority: u32,
     pub per_minute: Option<u32>,
     pub send_at_ms: Option<Millis>,
-    pub window: Option<crate::schedule::SendWindow>,
+    pub window: Option<crate::domain::schedule::SendWindow>,
     /// Recipients per batch: batch `n` holds ids `n × batch_size ..`.
     pub batch_size: i64,
 }
@@ -419,7 +419,7 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false when the event was already recorded.
     async fn record_feedback(
         &self,
-        event: &crate::feedback::Event,
+        event: &crate::domain::feedback::Event,
         now: Millis,
     ) -> Result<bool, StoreError>;
 
@@ -464,10 +464,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Campaign, StoreError>;
     /// What `/metrics` reads from the store: ledger totals per scope (forfeits counted for minutes
     /// before `current_minute`), recipients of running campaigns by state, campaigns by status.
-    async fn metrics_view(
-        &self,
-        current_minute: Millis,
-    ) -> Result<crate::metrics::StoreView, StoreError>;
+    async fn metrics_view(&self, current_minute: Millis) -> Result<StoreView, StoreError>;
     /// Running campaigns, oldest first.
     async fn running(&self) -> Result<Vec<Running>, StoreError>;
     /// How many of a campaign's recipients still to be sent are in each of `domains`.
@@ -475,6 +472,16 @@ pub trait Store: Send + Sync + 'static {
     async fn record_audit(&self, entries: &[AuditEntry], now: Millis) -> Result<(), StoreError>;
     /// The newest `limit` audit entries, newest first.
     async fn audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// What the store adds at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct StoreView {
+    /// scope → (tokens granted, tokens forfeited: granted but not used in minutes that ended).
+    pub ledger: Vec<(String, u64, u64)>,
+    /// Recipients of running campaigns by state.
+    pub queue: Vec<(String, u64)>,
+    pub campaigns: Vec<(String, u64)>,
 }
 
 pub fn rfc3339(ms: Millis) -> String {

@@ -24,11 +24,11 @@ use super::{
     rfc3339, Action, AuditEntry, Campaign, CampaignHead, Counts, IdempotencyKey, LeaseRules,
     MinuteStats, Opened, RecipientRow, ReportRules, Running, Status, Store, StoreError,
 };
-use crate::fair::Fair;
-use crate::feedback;
-use crate::ledger::{self, MinuteRow};
-use crate::planner;
-use crate::recipient::{self, Effect, RecipientState, SettleRules};
+use crate::domain::fair::Fair;
+use crate::domain::feedback;
+use crate::domain::ledger::{self, MinuteRow};
+use crate::domain::planner;
+use crate::domain::recipient::{self, Effect, RecipientState, SettleRules};
 
 const GLOBAL: &str = "global";
 
@@ -2429,10 +2429,7 @@ impl Store for SqlStore {
         self.campaign(id).await
     }
 
-    async fn metrics_view(
-        &self,
-        current_minute: Millis,
-    ) -> Result<crate::metrics::StoreView, StoreError> {
+    async fn metrics_view(&self, current_minute: Millis) -> Result<super::StoreView, StoreError> {
         let count = |r: &AnyRow, k: &str| r.get::<i64, _>(k).max(0) as u64;
         let ledger = sqlx::query(
             "SELECT scope, CAST(sum(granted) AS BIGINT) AS granted, CAST(sum(forfeited) AS BIGINT) AS forfeited \
@@ -2466,7 +2463,7 @@ impl Store for SqlStore {
         .iter()
         .map(|r| (r.get("status"), count(r, "n")))
         .collect();
-        Ok(crate::metrics::StoreView {
+        Ok(super::StoreView {
             ledger,
             queue,
             campaigns,

@@ -15,7 +15,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::StoreError;
-use crate::recipient::RecipientState;
+use crate::domain::recipient::RecipientState;
 
 /// The part of an address key its domain counter is kept under: what follows its last `@`.
 pub(super) fn domain_of(key: &str) -> &str {

@@ -102,7 +102,8 @@ async fn create_list_watch_and_act_from_the_command_line_client() {
 #[tokio::test]
 async fn with_api_tokens_every_v1_route_needs_one() {
     let token = "cnd_test_token_0123456789abcdef";
-    let app = spawn_app_with(|c| c.server.api_tokens = vec![conductor::auth::digest(token)]).await;
+    let app =
+        spawn_app_with(|c| c.server.api_tokens = vec![conductor::http::auth::digest(token)]).await;
     let files = tempfile::tempdir().unwrap();
     let (t, list) = (template_dir(files.path()), csv(files.path(), 3));
     let anonymous = Client::new(&app.base, None);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use conductor::feedback::mailgun_signature;
+use conductor::domain::feedback::mailgun_signature;
 use serde_json::{json, Value};
 
 use crate::sink::{send_to, Sink};
@@ -325,7 +325,7 @@ async fn without_signed_links_messages_keep_the_provider_tag() {
 
 #[tokio::test]
 async fn sendgrid_and_postmark_feedback_suppress_addresses_for_the_next_campaign() {
-    use conductor::feedback::{sendgrid_public_key, sendgrid_signature};
+    use conductor::domain::feedback::{sendgrid_public_key, sendgrid_signature};
     let signing = p256::ecdsa::SigningKey::from_slice(&[3; 32]).unwrap();
     let (sink, base) = Sink::start().await;
     let app = spawn_app_with(|c| {

@@ -502,7 +502,7 @@ fn mailgun_post(key: &str, token: &str, event: &str) -> Value {
     let ts = chrono::Utc::now().timestamp().to_string();
     json!({
         "signature": {"timestamp": ts, "token": token,
-                      "signature": conductor::feedback::mailgun_signature(key, &ts, token)},
+                      "signature": conductor::domain::feedback::mailgun_signature(key, &ts, token)},
         "event-data": {"event": event, "recipient": "r1@example.com"},
     })
 }

@@ -152,11 +152,11 @@ async fn an_import_cut_off_by_a_stop_is_gone_after_restart() {
         ))
         .await
         .unwrap();
-        let c = conductor::validate::validate(
+        let c = conductor::domain::validate::validate(
             serde_json::from_value(campaign()).unwrap(),
-            conductor::validate::json_rows(
+            conductor::domain::validate::json_rows(
                 (0..50)
-                    .map(|i| conductor::validate::RecipientIn {
+                    .map(|i| conductor::domain::validate::RecipientIn {
                         email: format!("k{i}@example.com"),
                         name: None,
                         data: json!({"city": "Bonn"}).as_object().cloned(),

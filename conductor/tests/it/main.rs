@@ -11,6 +11,7 @@ mod feedback;
 mod governor;
 mod hostile;
 mod ingest;
+mod layers;
 mod moto;
 mod ses_feedback;
 mod sink;

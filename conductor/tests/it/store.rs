@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use conductor::domain::validate::{self, CampaignRequest, RecipientIn, ValidCampaign};
 use conductor::store::{Action, LeaseRules, ReportRules, SqlStore, Status, Store, StoreError};
-use conductor::validate::{self, CampaignRequest, RecipientIn, ValidCampaign};
 use sender::{LeaseReply, Millis, Outcome, RecipientOutcome, SendLease};
 
 const M: Millis = 1_700_000_040_000; // a minute boundary
@@ -820,10 +820,10 @@ async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_camp
     store: Arc<dyn Store>,
 ) {
     let id = create(&store, 3, 100, M).await; // rendered, nothing leased yet
-    let complaint = conductor::feedback::Event {
+    let complaint = conductor::domain::feedback::Event {
         key: "mailgun:tok-1".into(),
         provider: "mailgun",
-        kind: conductor::feedback::Kind::Complaint,
+        kind: conductor::domain::feedback::Kind::Complaint,
         email: "r1@example.com".into(),
         campaign_id: Some(id.clone()),
         recipient_id: Some(1),
@@ -839,9 +839,9 @@ async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_camp
     let c = store.campaign(&id).await.unwrap();
     assert_eq!(c.counts.suppressed, 1);
     // A delivered event records, suppresses nothing.
-    let delivered = conductor::feedback::Event {
+    let delivered = conductor::domain::feedback::Event {
         key: "mailgun:tok-2".into(),
-        kind: conductor::feedback::Kind::Delivered,
+        kind: conductor::domain::feedback::Kind::Delivered,
         email: "r2@example.com".into(),
         ..complaint.clone()
     };
@@ -852,7 +852,7 @@ async fn a_complaint_suppresses_the_address_before_its_next_send_and_in_new_camp
         "the list carries the complainer into new campaigns as suppressed"
     );
     // One in a later batch of the same chunk is found as well.
-    let late = conductor::feedback::Event {
+    let late = conductor::domain::feedback::Event {
         key: "mailgun:tok-3".into(),
         email: "r201@example.com".into(),
         ..complaint.clone()
@@ -1061,7 +1061,7 @@ async fn scheduled_campaigns_wait_for_send_at_and_their_window(store: Arc<dyn St
         &store,
         &campaign_of(
             CampaignRequest {
-                window: Some(conductor::schedule::SendWindow {
+                window: Some(conductor::domain::schedule::SendWindow {
                     hours: "13:00-14:00".into(),
                     timezone: "UTC".into(),
                     days: vec![],
@@ -1221,10 +1221,10 @@ async fn a_suppressed_address_is_never_leased_by_any_path(store: Arc<dyn Store>)
         .iter()
         .enumerate()
     {
-        let event = conductor::feedback::Event {
+        let event = conductor::domain::feedback::Event {
             key: format!("list-unsubscribe:{n}"),
             provider: "list-unsubscribe",
-            kind: conductor::feedback::Kind::Unsubscribe,
+            kind: conductor::domain::feedback::Kind::Unsubscribe,
             email: email.to_string(),
             campaign_id: Some(id.clone()),
             recipient_id: None,
@@ -1369,10 +1369,10 @@ async fn counters_always_equal_a_full_recount(store: Arc<dyn Store>) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(14);
     let mut now = M;
-    let complaint = |email: String, key: u32| conductor::feedback::Event {
+    let complaint = |email: String, key: u32| conductor::domain::feedback::Event {
         key: format!("mailgun:prop-{key}"),
         provider: "mailgun",
-        kind: conductor::feedback::Kind::Complaint,
+        kind: conductor::domain::feedback::Kind::Complaint,
         email,
         campaign_id: None,
         recipient_id: None,

@@ -24,10 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use std::future::Future;
 
-use crate::problem::Problem;
-use crate::service::Service;
+use axum::body::Bytes;
 
 /// How long a computed view is served as it is.
 pub const FRESH: Duration = Duration::from_secs(1);
@@ -64,36 +63,36 @@ pub struct Views {
 }
 
 impl Views {
-    /// The campaign's view as JSON: a fresh one at once; a stale one at once while a newer one is
-    /// computed in the background; else computed now (once, however many ask).
-    pub async fn get(&self, svc: &Arc<Service>, id: &str) -> Result<Bytes, Problem> {
+    /// The campaign's view as JSON, and whether this request computed it: a fresh one at once; a
+    /// stale one at once while `compute` makes a newer one in the background; else `compute` now
+    /// (once, however many ask). Errors are not kept: the next request asks again.
+    pub async fn get<F, Fut, E>(&self, id: &str, compute: F) -> Result<(Bytes, bool), E>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let slot = self.slot(id);
         if let Some(v) = slot.servable() {
             if v.at.elapsed() >= FRESH && !slot.refreshing.swap(true, Ordering::AcqRel) {
-                let (svc, id, slot) = (svc.clone(), id.to_string(), slot.clone());
+                let (id, slot) = (id.to_string(), slot.clone());
                 tokio::spawn(async move {
                     let _one = slot.computing.lock().await;
-                    if let Err(e) = compute(&svc, &id, &slot).await {
-                        tracing::warn!(campaign = %id, error = %e.detail, "campaign view not refreshed");
+                    if let Err(e) = fill(&slot, compute()).await {
+                        tracing::warn!(campaign = %id, error = %e, "campaign view not refreshed");
                     }
                     slot.refreshing.store(false, Ordering::Release);
                 });
             }
-            svc.work.metrics.campaign_view(false);
-            return Ok(v.json);
+            return Ok((v.json, false));
         }
         let _one = slot.computing.lock().await;
         // Whoever held the lock before may have just computed it.
         if let Some(v) = slot.servable() {
-            svc.work.metrics.campaign_view(false);
-            return Ok(v.json);
+            return Ok((v.json, false));
         }
-        match compute(svc, id, &slot).await {
-            Ok(json) => {
-                svc.work.metrics.campaign_view(true);
-                Ok(json)
-            }
-            // Errors (no such campaign, store down) are not kept: the next request asks again.
+        match fill(&slot, compute()).await {
+            Ok(json) => Ok((json, true)),
             Err(e) => {
                 self.forget(id);
                 Err(e)
@@ -116,12 +115,11 @@ impl Views {
     }
 }
 
-async fn compute(svc: &Service, id: &str, slot: &Slot) -> Result<Bytes, Problem> {
+/// Computes a view into its slot.
+async fn fill<E>(slot: &Slot, compute: impl Future<Output = Result<Bytes, E>>) -> Result<Bytes, E> {
     // As old as the read it starts with.
     let at = Instant::now();
-    let c = svc.store.campaign(id).await?;
-    let value = crate::governor_api::with_eta(svc, c).await?;
-    let json = Bytes::from(serde_json::to_vec(&value).map_err(|_| Problem::internal())?);
+    let json = compute.await?;
     *slot.view.lock().expect("view poisoned") = Some(View {
         at,
         json: json.clone(),

@@ -53,7 +53,7 @@ pub struct CampaignRequest {
     pub send_at: Option<String>,
     /// Only within this daily window.
     #[serde(default)]
-    pub window: Option<crate::schedule::SendWindow>,
+    pub window: Option<crate::domain::schedule::SendWindow>,
 }
 
 /// How a campaign is paced and when it may send, as given at creation (and, for `per_minute` and
@@ -63,7 +63,7 @@ pub struct Limits {
     pub per_minute: Option<u32>,
     pub priority: u32,
     pub send_at_ms: Option<i64>,
-    pub window: Option<crate::schedule::SendWindow>,
+    pub window: Option<crate::domain::schedule::SendWindow>,
 }
 
 pub const MAX_PRIORITY: u32 = 100;

@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::feedback::{Event, Kind};
-use crate::service::Service;
+use crate::domain::feedback::{Event, Kind};
+use crate::domain::unsubscribe::Subscriber;
+use crate::http::service::Service;
 use crate::store::StoreError;
-use crate::unsubscribe::Subscriber;
 
 pub fn router() -> Router<Arc<Service>> {
     Router::new().route("/u/{token}", get(confirm).post(unsubscribe))
@@ -79,7 +79,9 @@ async fn unsubscribe(
         return not_valid();
     };
     // The link's signature is the proof; only then is the (tiny) body read.
-    let body = match crate::body::read(body, crate::body::UNSUBSCRIBE, "an unsubscribe").await {
+    let body = match crate::http::body::read(body, crate::http::body::UNSUBSCRIBE, "an unsubscribe")
+        .await
+    {
         Ok(b) => b,
         Err(p) => return p.into_response(),
     };

@@ -15,8 +15,8 @@ use renderer::{RenderJob, RenderSource, RenderedBatch, SourceError};
 use sender::remote::{LeaseRequest, LeaseResponse, ReportRequest, LEASES_PATH};
 use sender::{WorkError, WorkSource};
 
-use crate::problem::Problem;
-use crate::service::Service;
+use crate::http::problem::Problem;
+use crate::http::service::Service;
 
 pub fn router() -> Router<Arc<Service>> {
     Router::new()
@@ -42,7 +42,7 @@ fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if crate::secret::same(token.as_bytes(), secret.as_bytes()) => Ok(()),
+        Some(token) if crate::domain::secret::same(token.as_bytes(), secret.as_bytes()) => Ok(()),
         _ => Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "/problems/unauthorized",
@@ -68,7 +68,8 @@ async fn lease(
     body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
-    let body = crate::body::read(body, crate::body::WORKER_SMALL, "a lease request").await?;
+    let body =
+        crate::http::body::read(body, crate::http::body::WORKER_SMALL, "a lease request").await?;
     let req: LeaseRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     if !(1..=10_000).contains(&req.want) {
         return Err(Problem::new(
@@ -93,7 +94,8 @@ async fn report(
     body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
-    let body = crate::body::read(body, crate::body::WORKER_REPORT, "a lease report").await?;
+    let body =
+        crate::http::body::read(body, crate::http::body::WORKER_REPORT, "a lease report").await?;
     let req: ReportRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     match svc.work.report(&id, req.outcomes, req.last).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -133,7 +135,8 @@ async fn claim(
     body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
-    let body = crate::body::read(body, crate::body::WORKER_SMALL, "a render claim").await?;
+    let body =
+        crate::http::body::read(body, crate::http::body::WORKER_SMALL, "a render claim").await?;
     let job: RenderJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     let input = svc.work.load(&job).await.map_err(source_problem)?;
     Ok(Json(input).into_response())
@@ -145,7 +148,8 @@ async fn rendered(
     body: Body,
 ) -> Result<Response, Problem> {
     authorise(&svc, &headers)?;
-    let body = crate::body::read(body, crate::body::WORKER_REPORT, "a render report").await?;
+    let body =
+        crate::http::body::read(body, crate::http::body::WORKER_REPORT, "a render report").await?;
     let report: RenderedReport =
         serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     // Senders fetch what the store names: only the batch's own key may be recorded.

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 use std::rc::Rc;
 
-use crate::validate::{Invalid, RecipientIn, Row, MAX_COLUMNS, MAX_FIELD_BYTES, MAX_ROW_BYTES};
+use crate::domain::validate::{
+    Invalid, RecipientIn, Row, MAX_COLUMNS, MAX_FIELD_BYTES, MAX_ROW_BYTES,
+};
 
 /// The bytes a CSV reader has taken but whose lines are not yet counted: the reader reads ahead of
 /// the record it returns, so its records' line numbers are counted here from their byte positions.

@@ -1,5 +1,5 @@
 //! RFC 8058 one-click unsubscribe: signed links that name a campaign's recipient. Pure: the endpoint
-//! (`unsubscribe_api.rs`) does the I/O.
+//! (`http/unsubscribe.rs`) does the I/O.
 //!
 //! A token is `{campaign}.{recipient}.{mac}`, the MAC an HMAC-SHA256 of both under
 //! `[unsubscribe] secret`, cut to 128 bits and base64url-encoded. Nothing is stored per link, so a
@@ -169,7 +169,7 @@ impl Links {
         }
         let given = URL_SAFE_NO_PAD.decode(mac).ok()?;
         let expected = self.mac(campaign, recipient_id);
-        crate::secret::same(&expected, &given).then(|| Subscriber {
+        crate::domain::secret::same(&expected, &given).then(|| Subscriber {
             campaign_id: campaign.to_string(),
             recipient_id,
         })

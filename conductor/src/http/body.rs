@@ -4,7 +4,7 @@
 
 use axum::body::{Body, Bytes};
 
-use crate::problem::Problem;
+use crate::http::problem::Problem;
 
 /// Routes of the API that take small JSON documents (PUT, retry, actions).
 pub const API: usize = 64 * 1024;

@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
-use crate::feedback::{self, FeedbackError};
-use crate::problem::Problem;
-use crate::service::Service;
+use crate::domain::feedback::{self, FeedbackError};
+use crate::http::problem::Problem;
+use crate::http::service::Service;
 
 pub fn router() -> Router<Arc<Service>> {
     Router::new()
@@ -20,36 +20,6 @@ pub fn router() -> Router<Arc<Service>> {
         .route("/v1/feedback/sendgrid", post(sendgrid))
         .route("/v1/feedback/postmark", post(postmark))
         .route("/v1/feedback/ses", post(ses))
-}
-
-/// The SES feedback endpoint's parts: who may post (SNS, on the configured topics) and the client
-/// that confirms its subscriptions.
-pub struct SesIntake {
-    pub verifier: renderer::sns::Verifier,
-    pub confirm: reqwest::Client,
-    /// The section it was built from: a config edit builds a new one.
-    pub built_from: feedback::SesFeedback,
-}
-
-impl SesIntake {
-    /// `None` when `[feedback.ses] topic_arns` is empty: the endpoint is closed.
-    pub fn new(
-        cfg: &feedback::SesFeedback,
-        certs: Arc<dyn renderer::sns::CertFetcher>,
-    ) -> Option<Self> {
-        if cfg.topic_arns.is_empty() {
-            return None;
-        }
-        Some(Self {
-            verifier: renderer::sns::Verifier::new(
-                cfg.topic_arns.iter().cloned(),
-                cfg.verify_signatures,
-                certs,
-            ),
-            confirm: renderer::sns::confirm_client(),
-            built_from: cfg.clone(),
-        })
-    }
 }
 
 fn disabled(provider: &'static str, how: &str) -> Problem {
@@ -115,7 +85,8 @@ async fn sendgrid(
     if header("x-twilio-email-event-webhook-signature").is_none() {
         return Err(unauthorised(FeedbackError::BadSignature));
     }
-    let body = crate::body::read(body, crate::body::WEBHOOK, "a SendGrid webhook").await?;
+    let body =
+        crate::http::body::read(body, crate::http::body::WEBHOOK, "a SendGrid webhook").await?;
     let events = match feedback::sendgrid(
         &body,
         header("x-twilio-email-event-webhook-timestamp"),
@@ -160,7 +131,8 @@ async fn postmark(
         );
         return Ok(response);
     }
-    let body = crate::body::read(body, crate::body::WEBHOOK, "a Postmark webhook").await?;
+    let body =
+        crate::http::body::read(body, crate::http::body::WEBHOOK, "a Postmark webhook").await?;
     match feedback::postmark(&body) {
         Ok(event) => {
             record(&svc, &[event]).await?;
@@ -181,7 +153,8 @@ async fn mailgun(State(svc): State<Arc<Service>>, body: Body) -> Result<Response
         ));
     };
     // Mailgun's signature is inside the JSON, so the body is read first, but never past a webhook's size.
-    let body = crate::body::read(body, crate::body::WEBHOOK, "a Mailgun webhook").await?;
+    let body =
+        crate::http::body::read(body, crate::http::body::WEBHOOK, "a Mailgun webhook").await?;
     let now = svc.work.clock.now_ms();
     let verified = match feedback::mailgun_verify(&body, key, now) {
         Ok(v) => v,
@@ -247,7 +220,7 @@ async fn ses(
             "the topic is not one of [feedback.ses] topic_arns",
         ));
     }
-    let body = crate::body::read(body, crate::body::WEBHOOK, "an SNS delivery").await?;
+    let body = crate::http::body::read(body, crate::http::body::WEBHOOK, "an SNS delivery").await?;
     let msg = match intake.verifier.check(&body).await {
         Ok(m) => m,
         Err(e @ (SnsError::Malformed(_) | SnsError::UnknownType(_))) => {

@@ -7,6 +7,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::store::StoreView;
+
 /// Bucket upper bounds, in seconds, for request and render latencies.
 const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
@@ -74,16 +76,6 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
-}
-
-/// What the store adds at scrape time.
-#[derive(Debug, Clone, Default)]
-pub struct StoreView {
-    /// scope → (tokens granted, tokens forfeited: granted but not used in minutes that ended).
-    pub ledger: Vec<(String, u64, u64)>,
-    /// Recipients of running campaigns by state.
-    pub queue: Vec<(String, u64)>,
-    pub campaigns: Vec<(String, u64)>,
 }
 
 impl Metrics {

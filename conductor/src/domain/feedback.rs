@@ -247,7 +247,7 @@ pub fn mailgun_verify(
     mac.update(s.token.as_bytes());
     let expected = hex(&mac.finalize().into_bytes());
     let given = s.signature.trim().to_ascii_lowercase();
-    if !crate::secret::same(expected.as_bytes(), given.as_bytes()) {
+    if !crate::domain::secret::same(expected.as_bytes(), given.as_bytes()) {
         return Err(FeedbackError::BadSignature);
     }
     let signed_ms = s
@@ -413,7 +413,7 @@ pub fn basic_auth_matches(header: Option<&str>, username: &str, password: &str) 
     };
     let expected =
         base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-    crate::secret::same(given.trim().as_bytes(), expected.as_bytes())
+    crate::domain::secret::same(given.trim().as_bytes(), expected.as_bytes())
 }
 
 /// Reads a Postmark webhook (one record per post; authenticated by the endpoint, not signed).

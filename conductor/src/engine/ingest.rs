@@ -3,7 +3,7 @@
 //! the valid chunks back through another bounded channel to be stored, each in a short transaction
 //! of its own. Memory stays at a few chunks whatever the list's length, and the async threads only
 //! move bytes. Any problem stops the import; the caller then abandons it, so nothing half-made is
-//! left (see [`crate::service::Service::fill`]).
+//! left (see `Service::fill` in the HTTP layer).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,10 +15,9 @@ use renderer::RecipientData;
 use sender::Clock;
 use tokio::sync::mpsc;
 
-use crate::lists::{CsvRows, NdjsonRows};
-use crate::problem::Problem;
+use crate::domain::lists::{CsvRows, NdjsonRows};
+use crate::domain::validate::{Invalid, Row, RowCheck, RowRules};
 use crate::store::Store;
-use crate::validate::{Invalid, Row, RowCheck, RowRules};
 
 /// Rows checked and stored together: one transaction each.
 pub const CHUNK_ROWS: usize = 10_000;
@@ -92,20 +91,25 @@ pub enum Cut {
     Broken(String),
 }
 
-impl From<Cut> for Problem {
-    fn from(c: Cut) -> Self {
-        match c {
-            Cut::TooLarge(limit) => Problem::too_large_for(
-                "a recipient list upload (server.max_upload_bytes)",
-                limit as usize,
-            ),
-            Cut::Broken(why) => Problem::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "/problems/upload-cut-off",
-                "The upload ended before its end",
-                format!("the recipient list did not arrive whole: {why}; nothing was stored"),
-            ),
-        }
+/// Why an import stopped; nothing of it is kept (the caller abandons it).
+#[derive(Debug)]
+pub enum ImportError {
+    /// A row, or the list as a whole, is not valid.
+    Invalid(Invalid),
+    Store(crate::store::StoreError),
+    /// The list's parser thread died.
+    Parser,
+}
+
+impl From<Invalid> for ImportError {
+    fn from(e: Invalid) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl From<crate::store::StoreError> for ImportError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(e)
     }
 }
 
@@ -171,13 +175,13 @@ pub async fn import(
     id: &str,
     rules: Arc<RowRules>,
     source: Source,
-) -> Result<Imported, Problem> {
+) -> Result<Imported, ImportError> {
     let (chunks_tx, mut chunks_rx) = mpsc::channel::<Vec<RecipientData>>(2);
     let parser = tokio::task::spawn_blocking(move || parse(&rules, source, chunks_tx));
     let mut duplicates = 0;
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.tick().await;
-    let stored: Result<(), Problem> = loop {
+    let stored: Result<(), ImportError> = loop {
         tokio::select! {
             chunk = chunks_rx.recv() => {
                 let Some(chunk) = chunk else { break Ok(()) };
@@ -197,7 +201,7 @@ pub async fn import(
     drop(chunks_rx);
     let parsed = parser.await.map_err(|e| {
         tracing::error!(error = %e, "list parser failed");
-        Problem::internal()
+        ImportError::Parser
     })?;
     stored?;
     let (rows, warnings) = parsed?;

@@ -12,8 +12,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::problem::Problem;
-use crate::service::Service;
+use crate::http::problem::Problem;
+use crate::http::service::Service;
 
 /// `sha256:` and the hex digest of `token`, as `[server] api_tokens` holds it.
 pub fn digest(token: &str) -> String {
@@ -22,18 +22,6 @@ pub fn digest(token: &str) -> String {
         "sha256:{}",
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     )
-}
-
-/// Checks one configured entry; the message says what a good one looks like.
-pub fn check_entry(entry: &str) -> Result<(), String> {
-    let hex = entry
-        .strip_prefix("sha256:")
-        .ok_or_else(|| "must be \"sha256:\" and the hex SHA-256 of the token (`conductor token new` prints one); the token itself never goes in the config".to_string())?;
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        // Never echoed: a token pasted here by mistake would end up in logs and the audit.
-        return Err("a digest must be 64 hex digits after \"sha256:\"".to_string());
-    }
-    Ok(())
 }
 
 /// Whether `path` with `method` needs a token (when tokens are configured at all): everything but the
@@ -58,7 +46,7 @@ pub fn allows(tokens: &[String], authorization: Option<&str>) -> bool {
     };
     let d = digest(given.trim());
     tokens.iter().fold(false, |ok, t| {
-        ok | crate::secret::same(t.to_ascii_lowercase().as_bytes(), d.as_bytes())
+        ok | crate::domain::secret::same(t.to_ascii_lowercase().as_bytes(), d.as_bytes())
     })
 }
 
@@ -103,9 +91,13 @@ mod tests {
         );
         assert!(!allows(&tokens, Some("Basic s3cret-token")));
         assert!(!allows(&tokens, None));
-        assert!(check_entry(&tokens[0]).is_ok());
-        assert!(check_entry("s3cret-token").unwrap_err().contains("sha256:"));
-        assert!(check_entry("sha256:abc").unwrap_err().contains("64 hex"));
+        assert!(crate::config::check_entry(&tokens[0]).is_ok());
+        assert!(crate::config::check_entry("s3cret-token")
+            .unwrap_err()
+            .contains("sha256:"));
+        assert!(crate::config::check_entry("sha256:abc")
+            .unwrap_err()
+            .contains("64 hex"));
     }
 
     #[test]

@@ -1,112 +1,16 @@
-//! Live progress: `GET /v1/campaigns/{id}/events` (Server-Sent Events).
-//!
-//! One watcher per campaign that anyone is watching looks at the store once a second and, when
-//! anything changed, publishes a frame to every client at once (a broadcast channel), so fifty open
-//! browser tabs cost what one does and never touch the send path. Frames carry increasing ids and
-//! the last few hundred are kept, so a client that reconnects with `Last-Event-ID` gets what it
-//! missed; one that was gone longer gets a fresh snapshot first. Frame ids start from the watcher's
-//! clock in microseconds, so a watcher started later (after a quiet spell, or a restart) still
-//! numbers above anything an earlier one sent.
+//! `GET /v1/campaigns/{id}/events`: the watcher that feeds a campaign's progress hub once a second,
+//! and the Server-Sent Events stream that follows it (see [`crate::engine::progress`]).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::service::Service;
+use crate::engine::progress::{Frame, Hub, IDLE_STOP, TICK};
+use crate::http::service::Service;
 use crate::store::{Campaign, Status};
-
-/// Frames kept for clients that reconnect.
-const RECENT: usize = 300;
-/// A watcher with no clients for this long stops.
-const IDLE_STOP: Duration = Duration::from_secs(30);
-/// How often a watcher looks.
-pub const TICK: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
-    pub id: i64,
-    /// `progress` or `status`.
-    pub event: &'static str,
-    pub data: Value,
-}
-
-struct Hub {
-    tx: broadcast::Sender<Arc<Frame>>,
-    recent: Mutex<VecDeque<Arc<Frame>>>,
-}
-
-impl Hub {
-    fn publish(&self, frame: Frame) {
-        let frame = Arc::new(frame);
-        let mut recent = self.recent.lock().expect("recent frames poisoned");
-        if recent.len() == RECENT {
-            recent.pop_front();
-        }
-        recent.push_back(frame.clone());
-        // Nobody listening right now is fine: the frame is kept for the next one.
-        let _ = self.tx.send(frame);
-    }
-}
-
-/// The watchers, by campaign.
-#[derive(Default)]
-pub struct Progress {
-    hubs: Mutex<HashMap<String, Arc<Hub>>>,
-}
-
-/// What a client gets first, then the live receiver.
-pub struct Subscription {
-    pub backlog: Vec<Arc<Frame>>,
-    pub live: broadcast::Receiver<Arc<Frame>>,
-}
-
-impl Progress {
-    /// Subscribes to a campaign's frames, starting its watcher if nobody was watching. `last` is the
-    /// client's `Last-Event-ID`: the backlog holds the frames after it when they are still kept, else
-    /// the latest frame (a snapshot of the present).
-    pub fn subscribe(&self, svc: &Arc<Service>, campaign: &str, last: Option<i64>) -> Subscription {
-        let stop = &svc.streams;
-        let hub = {
-            let mut hubs = self.hubs.lock().expect("hubs poisoned");
-            hubs.entry(campaign.to_string())
-                .or_insert_with(|| {
-                    let hub = Arc::new(Hub {
-                        tx: broadcast::channel(64).0,
-                        recent: Mutex::new(VecDeque::new()),
-                    });
-                    tokio::spawn(watch(
-                        svc.clone(),
-                        campaign.to_string(),
-                        hub.clone(),
-                        stop.clone(),
-                    ));
-                    hub
-                })
-                .clone()
-        };
-        // Subscribe before reading the backlog, so nothing falls between the two.
-        let live = hub.tx.subscribe();
-        let recent = hub.recent.lock().expect("recent frames poisoned");
-        let kept_from = recent.front().map(|f| f.id);
-        let backlog = match (last, kept_from) {
-            (Some(last), Some(first)) if last >= first - 1 => {
-                recent.iter().filter(|f| f.id > last).cloned().collect()
-            }
-            _ => recent.back().cloned().into_iter().collect(),
-        };
-        Subscription { backlog, live }
-    }
-
-    fn forget(&self, campaign: &str, hub: &Arc<Hub>) {
-        let mut hubs = self.hubs.lock().expect("hubs poisoned");
-        if hubs.get(campaign).is_some_and(|h| Arc::ptr_eq(h, hub)) {
-            hubs.remove(campaign);
-        }
-    }
-}
 
 /// What the dashboard and `campaign watch` show: counts per state, this minute's global ledger
 /// against its cap, the send rate over the last minute, the ETA.
@@ -119,7 +23,7 @@ async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Value {
         .ok()
         .and_then(|m| m.last().copied())
         .filter(|m| m.minute_ms == sender::clock::minute_start(now));
-    let eta = match crate::governor_api::with_eta(svc, c.clone()).await {
+    let eta = match crate::http::governor::with_eta(svc, c.clone()).await {
         Ok(v) => v.get("eta").cloned().unwrap_or(Value::Null),
         Err(_) => Value::Null,
     };
@@ -197,7 +101,7 @@ async fn watch(
             }
             Err(e) => tracing::warn!(campaign = %campaign, error = %e, "progress not read"),
         }
-        if hub.tx.receiver_count() == 0 {
+        if hub.listeners() == 0 {
             let since = *idle_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= IDLE_STOP {
                 svc.progress.forget(&campaign, &hub);
@@ -218,16 +122,18 @@ pub async fn events(
     axum::extract::State(svc): axum::extract::State<Arc<Service>>,
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
-) -> Result<axum::response::Response, crate::problem::Problem> {
+) -> Result<axum::response::Response, crate::http::problem::Problem> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use axum::response::IntoResponse;
     // Does it exist? Asked of the shared view: fifty tabs opening at once must not be fifty reads.
-    svc.work.views.get(&svc, &id).await?;
+    crate::http::view::campaign_view(&svc, &id).await?;
     let last: Option<i64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let sub = svc.progress.subscribe(&svc, &id, last);
+    let sub = svc.progress.subscribe(&id, last, |hub| {
+        tokio::spawn(watch(svc.clone(), id.clone(), hub, svc.streams.clone()));
+    });
     let state = (
         sub.backlog.into_iter(),
         sub.live,

@@ -2,6 +2,8 @@
 //! CSV, list, show, pause, resume, cancel, and `watch` a send on its event stream with progress bars,
 //! exiting with a status that says how it ended.
 
+pub mod demo;
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -14,8 +14,8 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::problem::Problem;
-use crate::service::Service;
+use crate::http::problem::Problem;
+use crate::http::service::Service;
 
 /// The host part of a `Host` value (`name`, `name:port`, `[::1]:port`), lower-cased, without brackets.
 pub fn host_of(authority: &str) -> Option<String> {

@@ -83,7 +83,7 @@ pub fn rate_needed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger;
+    use crate::domain::ledger;
 
     const M: Millis = 1_700_000_040_000; // a minute boundary
 

@@ -12,11 +12,11 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::ingest::{self, ListFormat, Source};
-use crate::problem::Problem;
-use crate::service::{Open, Service};
+use crate::domain::validate::{self, CampaignRequest};
+use crate::engine::ingest::{self, ListFormat, Source};
+use crate::http::problem::Problem;
+use crate::http::service::{Open, Service};
 use crate::store::{Action, IdempotencyKey, Status};
-use crate::validate::{self, CampaignRequest};
 
 pub fn router(service: Arc<Service>) -> Router {
     // The routes that take a recipient list stream it, counting against `max_upload_bytes`
@@ -41,10 +41,13 @@ pub fn router(service: Arc<Service>) -> Router {
             post(create_campaign).layer(upload).get(list_campaigns),
         )
         .route("/v1/campaigns/{id}", get(get_campaign).put(update_campaign))
-        .route("/v1/campaigns/{id}/plan", get(crate::governor_api::plan))
-        .route("/v1/campaigns/{id}/events", get(crate::progress::events))
+        .route("/v1/campaigns/{id}/plan", get(crate::http::governor::plan))
+        .route(
+            "/v1/campaigns/{id}/events",
+            get(crate::http::stream::events),
+        )
         .route("/metrics", get(metrics))
-        .route("/v1/governor", get(crate::governor_api::governor))
+        .route("/v1/governor", get(crate::http::governor::governor))
         .route(
             "/v1/campaigns/{id}/recipients",
             get(list_recipients).put(put_recipients).layer(upload),
@@ -53,9 +56,9 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/campaigns/{id}/retry", post(retry))
         .route("/v1/campaigns/{id}/{action}", post(act))
         .route("/v1/minutes", get(minutes))
-        .merge(crate::workers_api::router())
-        .merge(crate::feedback_api::router())
-        .merge(crate::unsubscribe_api::router())
+        .merge(crate::http::workers::router())
+        .merge(crate::http::feedback::router())
+        .merge(crate::http::unsubscribe::router())
         .fallback(|| async { Problem::not_found("no such resource") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -65,15 +68,15 @@ pub fn router(service: Arc<Service>) -> Router {
                 "this resource does not accept that method",
             )
         })
-        .layer(DefaultBodyLimit::max(crate::body::API))
+        .layer(DefaultBodyLimit::max(crate::http::body::API))
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
-            crate::auth::require_token,
+            crate::http::auth::require_token,
         ))
         // Outermost: a foreign Host or a cross-site post is refused before anything else runs.
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
-            crate::site::check,
+            crate::http::site::check,
         ))
         .with_state(service)
 }
@@ -259,7 +262,7 @@ async fn read_multipart(
         let name = field.name().unwrap_or_default().to_string();
         match name.as_str() {
             "campaign" if opened.is_none() => {
-                let bytes = read_part(field, crate::body::CAMPAIGN_PART, limit).await?;
+                let bytes = read_part(field, crate::http::body::CAMPAIGN_PART, limit).await?;
                 let c: CampaignRequest = serde_path_to_error::deserialize(
                     &mut serde_json::Deserializer::from_slice(&bytes),
                 )
@@ -422,7 +425,7 @@ async fn get_campaign(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let json = svc.work.views.get(&svc, &id).await?;
+    let json = crate::http::view::campaign_view(&svc, &id).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         json,

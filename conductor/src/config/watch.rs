@@ -70,7 +70,7 @@ pub fn cap_changes(old: &Governor, new: &Governor, now: i64) -> Vec<AuditEntry> 
         }
     }
     if old.schedule != new.schedule {
-        let show = |s: &crate::schedule::ScheduleConfig| {
+        let show = |s: &crate::domain::schedule::ScheduleConfig| {
             serde_json::json!({
                 "timezone": s.timezone, "warmup_start": s.warmup_start, "warmup": s.warmup,
                 "quiet_hours": s.quiet_hours,

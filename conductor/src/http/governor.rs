@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::eta;
-use crate::problem::Problem;
-use crate::service::Service;
+use crate::domain::forecast;
+use crate::http::problem::Problem;
+use crate::http::service::Service;
 use crate::store::{rfc3339, Campaign, Status};
 use sender::Millis;
 
@@ -23,7 +23,7 @@ struct Outlook {
     throttled: u32,
     /// This campaign's share of the global cap among the running campaigns (by priority).
     share: f64,
-    window: Option<crate::schedule::Window>,
+    window: Option<crate::domain::schedule::Window>,
     send_at_ms: Option<Millis>,
 }
 
@@ -95,7 +95,7 @@ fn deferral_rate(c: &Campaign) -> f64 {
 /// When a running campaign will finish: the slowest of its own pace and each capped domain's.
 async fn forecast(svc: &Service, c: &Campaign, o: &Outlook, now: Millis) -> Option<Millis> {
     let d = deferral_rate(c);
-    let mut eta = eta::finish(c.counts.pending as u64, d, now, |m| o.rate(c, m))?;
+    let mut eta = forecast::finish(c.counts.pending as u64, d, now, |m| o.rate(c, m))?;
     let domains: Vec<(String, u32)> = o
         .cfg
         .governor
@@ -107,7 +107,7 @@ async fn forecast(svc: &Service, c: &Campaign, o: &Outlook, now: Millis) -> Opti
         let names: Vec<String> = domains.iter().map(|(d, _)| d.clone()).collect();
         let open = svc.store.open_by_domain(&c.id, &names).await.ok()?;
         for ((_, cap), n) in domains.iter().zip(open) {
-            let t = eta::finish(n as u64, d, now, |m| o.rate(c, m).min(*cap))?;
+            let t = forecast::finish(n as u64, d, now, |m| o.rate(c, m).min(*cap))?;
             eta = eta.max(t);
         }
     }
@@ -170,7 +170,7 @@ pub async fn plan(
     let rate = o.rate(&c, sender::clock::minute_start(now));
     // Up to a month of minutes is CPU work: off the async threads.
     let needed = tokio::task::spawn_blocking(move || {
-        eta::rate_needed(remaining, d, now, deadline, |m| o.open(m), 10_000_000)
+        forecast::rate_needed(remaining, d, now, deadline, |m| o.open(m), 10_000_000)
     })
     .await
     .map_err(|_| Problem::internal())?;

@@ -5,7 +5,7 @@
 use sender::{Millis, Outcome};
 use serde::Serialize;
 
-use crate::retry::retry_delay_ms;
+use crate::domain::retry::retry_delay_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

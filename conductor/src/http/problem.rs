@@ -4,8 +4,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::domain::validate::{FieldError, Invalid};
+use crate::engine::ingest::{Cut, ImportError};
 use crate::store::StoreError;
-use crate::validate::{FieldError, Invalid};
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
@@ -16,6 +17,12 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 impl Problem {
@@ -165,5 +172,32 @@ impl IntoResponse for Problem {
             body,
         )
             .into_response()
+    }
+}
+
+impl From<Cut> for Problem {
+    fn from(c: Cut) -> Self {
+        match c {
+            Cut::TooLarge(limit) => Problem::too_large_for(
+                "a recipient list upload (server.max_upload_bytes)",
+                limit as usize,
+            ),
+            Cut::Broken(why) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "/problems/upload-cut-off",
+                "The upload ended before its end",
+                format!("the recipient list did not arrive whole: {why}; nothing was stored"),
+            ),
+        }
+    }
+}
+
+impl From<ImportError> for Problem {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::Invalid(e) => e.into(),
+            ImportError::Store(e) => e.into(),
+            ImportError::Parser => Problem::internal(),
+        }
     }
 }

@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::config::OnAmbiguous;
-use crate::dispatch::Dispatch;
-use crate::events::{Events, Kind};
+use crate::domain::throttle::{Aimd, Change};
+use crate::engine::dispatch::Dispatch;
+use crate::engine::events::{Events, Kind};
 use crate::store::{LeaseRules, ReportRules, Store, StoreError};
-use crate::throttle::{Aimd, Change};
 
 /// How long an `Idempotency-Key` is remembered.
 const IDEMPOTENCY_KEPT_MS: i64 = 24 * 3_600_000;
@@ -35,10 +35,10 @@ pub struct Work {
     pub wake: Notify,
     /// This conductor's view of provider throttling; the minute's cap is fixed by whoever opens it.
     pub throttle: Mutex<Aimd>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: crate::engine::metrics::Metrics,
     /// `GET /v1/campaigns/{id}` as computed about once a second, shared by every poller; dropped
     /// here whenever this conductor changes a campaign's status.
-    pub views: crate::views::Views,
+    pub views: crate::engine::views::Views,
 }
 
 impl Work {

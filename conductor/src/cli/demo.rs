@@ -11,9 +11,9 @@ use sender::Clock;
 
 use crate::config::{Config, ProviderKind};
 
+use crate::domain::validate::{CampaignRequest, RecipientIn, Row};
 use crate::startup::{Runtime, StartupError};
 use crate::store::{Campaign, MinuteStats, Status};
-use crate::validate::{CampaignRequest, RecipientIn, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::events::Kind;
-use crate::ingest::{self, Source};
-use crate::problem::Problem;
+use crate::domain::validate::{self, CampaignRequest, Row, RowRules};
+use crate::engine::events::Kind;
+use crate::engine::ingest::{self, Source};
+use crate::engine::work::Work;
+use crate::http::problem::Problem;
 use crate::store::{Action, Campaign, IdempotencyKey, Opened, Status, Store};
-use crate::validate::{self, CampaignRequest, Row, RowRules};
-use crate::work::Work;
 
 /// A campaign stored with no recipients yet, and the rules its rows are checked by.
 pub enum Open {
@@ -27,22 +27,22 @@ pub struct Service {
     /// Largest recipient list upload (CSV or NDJSON, streamed), fixed when the router is built.
     pub max_upload_bytes: u64,
     /// SES feedback through SNS, built from the live `[feedback.ses]` and built again when it changes.
-    pub ses: std::sync::Mutex<Option<Arc<crate::feedback_api::SesIntake>>>,
+    pub ses: std::sync::Mutex<Option<Arc<crate::engine::ses_intake::SesIntake>>>,
     pub sns_certs: Arc<dyn renderer::sns::CertFetcher>,
     /// Watchers of campaigns that someone follows live.
-    pub progress: crate::progress::Progress,
+    pub progress: crate::engine::progress::Progress,
     /// Cancelled when the server begins to shut down: ends the event streams.
     pub streams: tokio_util::sync::CancellationToken,
 }
 
 impl Service {
     /// The SES intake for the `[feedback.ses]` in force now; `None` while it names no topics.
-    pub fn ses_intake(&self) -> Option<Arc<crate::feedback_api::SesIntake>> {
+    pub fn ses_intake(&self) -> Option<Arc<crate::engine::ses_intake::SesIntake>> {
         let wanted = self.work.config.borrow().feedback.ses.clone();
         let mut cached = self.ses.lock().expect("ses intake poisoned");
         if cached.as_ref().map(|i| &i.built_from) != Some(&wanted) {
-            *cached =
-                crate::feedback_api::SesIntake::new(&wanted, self.sns_certs.clone()).map(Arc::new);
+            *cached = crate::engine::ses_intake::SesIntake::new(&wanted, self.sns_certs.clone())
+                .map(Arc::new);
         }
         cached.clone()
     }
@@ -137,9 +137,9 @@ impl Service {
         let clock = self.work.clock.clone();
         match ingest::import(&self.store, &clock, id, rules, source).await {
             Ok(i) => Ok(i),
-            Err(problem) => {
+            Err(e) => {
                 self.abandon(id).await;
-                Err(problem)
+                Err(e.into())
             }
         }
     }

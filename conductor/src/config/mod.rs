@@ -5,6 +5,8 @@
 //! file in the `sender` binary. Secrets come only from the environment or a file named in the config,
 //! never from the config itself, and are never printed.
 
+pub mod watch;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -29,8 +31,8 @@ pub struct Config {
     pub dispatch: renderer::aws::DispatchConfig,
     pub events: Events,
     pub safety: sender::safety::Safety,
-    pub feedback: crate::feedback::FeedbackConfig,
-    pub unsubscribe: crate::unsubscribe::UnsubscribeConfig,
+    pub feedback: crate::domain::feedback::FeedbackConfig,
+    pub unsubscribe: crate::domain::unsubscribe::UnsubscribeConfig,
     /// Read by `renderer` processes; the conductor only checks that it parses.
     pub renderer: renderer::service::RendererSettings,
     pub log: renderer::process::LogConfig,
@@ -158,12 +160,12 @@ pub struct Governor {
     /// No send is started this close to the end of a minute, so that it lands inside it.
     pub safety_margin_ms: u32,
     /// Backing off below the cap when the provider throttles.
-    pub throttle: crate::throttle::ThrottleConfig,
+    pub throttle: crate::domain::throttle::ThrottleConfig,
     /// Per-recipient-domain caps (`"gmail.com" = 2000`): messages per minute to that domain, all
     /// campaigns together.
     pub domains: std::collections::BTreeMap<String, u32>,
     /// Warm-up ramps and quiet hours.
-    pub schedule: crate::schedule::ScheduleConfig,
+    pub schedule: crate::domain::schedule::ScheduleConfig,
 }
 
 impl Default for Governor {
@@ -180,7 +182,7 @@ impl Default for Governor {
 
 impl Governor {
     /// The schedule, checked at load (so this cannot fail on a loaded config).
-    pub fn schedule(&self) -> crate::schedule::Schedule {
+    pub fn schedule(&self) -> crate::domain::schedule::Schedule {
         self.schedule.check().unwrap_or_default()
     }
 
@@ -302,7 +304,7 @@ impl Config {
             return Err(invalid("server.max_upload_bytes", "must be at least 1024"));
         }
         for t in &self.server.api_tokens {
-            crate::auth::check_entry(t).map_err(|e| invalid("server.api_tokens", e))?;
+            check_entry(t).map_err(|e| invalid("server.api_tokens", e))?;
         }
         let ip = self.listen_addr()?.ip();
         if !ip.is_loopback() && self.server.api_tokens.is_empty() && !self.server.allow_open_api {
@@ -416,6 +418,18 @@ fn is_host(h: &str) -> bool {
         .and_then(|r| r.strip_suffix(']'))
         .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
     !h.is_empty() && (bare_ipv6 || bracketed || !h.contains(['/', ' ', '@', ':']))
+}
+
+/// Checks one `[server] api_tokens` entry; the message says what a good one looks like.
+pub fn check_entry(entry: &str) -> Result<(), String> {
+    let hex = entry
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "must be \"sha256:\" and the hex SHA-256 of the token (`conductor token new` prints one); the token itself never goes in the config".to_string())?;
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        // Never echoed: a token pasted here by mistake would end up in logs and the audit.
+        return Err("a digest must be 64 hex digits after \"sha256:\"".to_string());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

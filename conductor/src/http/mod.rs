@@ -1,0 +1,14 @@
+//! The HTTP face: the router and its shared state, one file per resource, problems, auth.
+
+pub mod api;
+pub mod auth;
+mod body;
+mod feedback;
+mod governor;
+mod problem;
+pub mod service;
+mod site;
+mod stream;
+mod unsubscribe;
+mod view;
+mod workers;
