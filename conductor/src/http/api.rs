@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::validate::{self, CampaignRequest};
 use crate::engine::ingest::{self, ListFormat, Source};
-use crate::http::problem::Problem;
+use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::{Open, Service};
 use crate::store::{Action, IdempotencyKey, Status};
 
@@ -63,7 +63,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "/problems/method-not-allowed",
+                ProblemType::MethodNotAllowed,
                 "Method not allowed",
                 "this resource does not accept that method",
             )
@@ -132,7 +132,7 @@ async fn create_campaign(
     } else {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "/problems/unsupported-media-type",
+            ProblemType::UnsupportedMediaType,
             "Unsupported media type",
             "send application/json, or multipart/form-data with `campaign` (JSON) and `recipients` (CSV or NDJSON) parts",
         ));
@@ -213,7 +213,7 @@ fn multipart_problem(e: axum::extract::multipart::MultipartError, limit: u64) ->
     } else {
         Problem::new(
             StatusCode::BAD_REQUEST,
-            "/problems/invalid-multipart",
+            ProblemType::InvalidMultipart,
             "The multipart body is not valid",
             e.body_text(),
         )
@@ -247,7 +247,7 @@ async fn read_multipart(
     let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| {
         Problem::new(
             StatusCode::BAD_REQUEST,
-            "/problems/invalid-multipart",
+            ProblemType::InvalidMultipart,
             "The multipart body is not valid",
             e.body_text(),
         )
@@ -386,7 +386,7 @@ async fn put_recipients(
     let format = ListFormat::of_media_type(content_type).ok_or_else(|| {
         Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "/problems/unsupported-media-type",
+            ProblemType::UnsupportedMediaType,
             "Unsupported media type",
             "send the list as text/csv or application/x-ndjson",
         )
@@ -517,7 +517,7 @@ async fn retry(
     if req.states.len() > STATES.len() {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "/problems/validation",
+            ProblemType::Validation,
             "Invalid retry request",
             format!("`states` lists at most {} states", STATES.len()),
         ));
@@ -532,7 +532,7 @@ async fn retry(
     {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "/problems/validation",
+            ProblemType::Validation,
             "Invalid retry request",
             format!(
                 "`states` must list some of {}",

@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::http::problem::Problem;
+use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
 
 /// `sha256:` and the hex digest of `token`, as `[server] api_tokens` holds it.
@@ -64,7 +64,7 @@ pub async fn require_token(State(svc): State<Arc<Service>>, req: Request, next: 
     }
     let mut r = Problem::new(
         StatusCode::UNAUTHORIZED,
-        "/problems/unauthorised",
+        ProblemType::Unauthorised,
         "Token required",
         "this route needs `Authorization: Bearer TOKEN` with a token listed in [server] api_tokens",
     )

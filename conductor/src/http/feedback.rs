@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::Router;
 
 use crate::domain::feedback::{self, FeedbackError};
-use crate::http::problem::Problem;
+use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
 
 pub fn router() -> Router<Arc<Service>> {
@@ -25,7 +25,7 @@ pub fn router() -> Router<Arc<Service>> {
 fn disabled(provider: &'static str, how: &str) -> Problem {
     Problem::new(
         StatusCode::FORBIDDEN,
-        "/problems/feedback-disabled",
+        ProblemType::FeedbackDisabled,
         "Feedback from this provider is not enabled",
         format!("{provider}: {how}"),
     )
@@ -34,7 +34,7 @@ fn disabled(provider: &'static str, how: &str) -> Problem {
 fn unauthorised(e: impl ToString) -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
-        "/problems/bad-signature",
+        ProblemType::BadSignature,
         "Signature does not verify",
         e.to_string(),
     )
@@ -43,7 +43,7 @@ fn unauthorised(e: impl ToString) -> Problem {
 fn malformed(provider: &str, e: FeedbackError) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
-        "/problems/validation",
+        ProblemType::Validation,
         "Not a webhook payload",
         format!("{provider}: {e}"),
     )
@@ -120,7 +120,7 @@ async fn postmark(
     if !feedback::basic_auth_matches(given, user, password) {
         let mut response = Problem::new(
             StatusCode::UNAUTHORIZED,
-            "/problems/unauthorised",
+            ProblemType::Unauthorised,
             "Credentials required",
             "the webhook URL's basic-auth credentials do not match [feedback.postmark]",
         )
@@ -162,7 +162,7 @@ async fn mailgun(State(svc): State<Arc<Service>>, body: Body) -> Result<Response
         Err(e @ FeedbackError::Stale { .. }) => {
             return Err(Problem::new(
                 StatusCode::NOT_ACCEPTABLE,
-                "/problems/stale-webhook",
+                ProblemType::StaleWebhook,
                 "Webhook too old",
                 e.to_string(),
             ))
@@ -178,7 +178,7 @@ async fn mailgun(State(svc): State<Arc<Service>>, body: Body) -> Result<Response
     {
         return Err(Problem::new(
             StatusCode::NOT_ACCEPTABLE,
-            "/problems/replayed-webhook",
+            ProblemType::ReplayedWebhook,
             "Already received",
             "this signature's token was used before",
         ));
@@ -215,7 +215,7 @@ async fn ses(
     if topic.is_some_and(|t| !intake.built_from.topic_arns.iter().any(|known| known == t)) {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
-            "/problems/bad-signature",
+            ProblemType::BadSignature,
             "Not a genuine SNS delivery",
             "the topic is not one of [feedback.ses] topic_arns",
         ));
@@ -230,7 +230,7 @@ async fn ses(
             tracing::warn!(error = %e, "SES feedback not verified yet");
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "/problems/unavailable",
+                ProblemType::Unavailable,
                 "Cannot verify the signature now",
                 e.to_string(),
             ));
@@ -239,7 +239,7 @@ async fn ses(
             tracing::warn!(error = %e, "SES feedback refused");
             return Err(Problem::new(
                 StatusCode::FORBIDDEN,
-                "/problems/bad-signature",
+                ProblemType::BadSignature,
                 "Not a genuine SNS delivery",
                 e.to_string(),
             ));
@@ -269,7 +269,7 @@ async fn ses(
                     tracing::warn!(topic = %msg.topic_arn, error = %e, "SES feedback subscription not confirmed");
                     Err(Problem::new(
                         StatusCode::BAD_GATEWAY,
-                        "/problems/unavailable",
+                        ProblemType::Unavailable,
                         "Subscription not confirmed",
                         e,
                     ))
@@ -289,7 +289,7 @@ async fn ses(
                 Err(FeedbackError::Ignored(_)) => Ok(StatusCode::OK.into_response()),
                 Err(e @ FeedbackError::Stale { .. }) => Err(Problem::new(
                     StatusCode::BAD_REQUEST,
-                    "/problems/stale-webhook",
+                    ProblemType::StaleWebhook,
                     "Webhook too old",
                     e.to_string(),
                 )),

@@ -8,10 +8,110 @@ use crate::domain::validate::{FieldError, Invalid};
 use crate::engine::ingest::{Cut, ImportError};
 use crate::store::StoreError;
 
+/// Every problem `type` the API answers: one spelling each, listed in the OpenAPI document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemType {
+    Validation,
+    UploadCutOff,
+    InvalidJson,
+    TemplateSyntax,
+    UnknownTemplate,
+    InvalidCsv,
+    InvalidQuery,
+    InvalidMultipart,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    Unauthorised,
+    HostNotAllowed,
+    CrossSite,
+    BadSignature,
+    StaleWebhook,
+    ReplayedWebhook,
+    FeedbackDisabled,
+    WorkersDisabled,
+    NoRecipients,
+    LeaseLost,
+    RenderGone,
+    Unavailable,
+    Internal,
+}
+
+impl ProblemType {
+    pub const ALL: [ProblemType; 26] = [
+        Self::Validation,
+        Self::UploadCutOff,
+        Self::InvalidJson,
+        Self::TemplateSyntax,
+        Self::UnknownTemplate,
+        Self::InvalidCsv,
+        Self::InvalidQuery,
+        Self::InvalidMultipart,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::Unauthorised,
+        Self::HostNotAllowed,
+        Self::CrossSite,
+        Self::BadSignature,
+        Self::StaleWebhook,
+        Self::ReplayedWebhook,
+        Self::FeedbackDisabled,
+        Self::WorkersDisabled,
+        Self::NoRecipients,
+        Self::LeaseLost,
+        Self::RenderGone,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The `type` URI, relative to the API's base.
+    pub fn uri(self) -> &'static str {
+        match self {
+            Self::Validation => "/problems/validation",
+            Self::UploadCutOff => "/problems/upload-cut-off",
+            Self::InvalidJson => "/problems/invalid-json",
+            Self::TemplateSyntax => "/problems/template-syntax",
+            Self::UnknownTemplate => "/problems/unknown-template",
+            Self::InvalidCsv => "/problems/invalid-csv",
+            Self::InvalidQuery => "/problems/invalid-query",
+            Self::InvalidMultipart => "/problems/invalid-multipart",
+            Self::PayloadTooLarge => "/problems/payload-too-large",
+            Self::UnsupportedMediaType => "/problems/unsupported-media-type",
+            Self::NotFound => "/problems/not-found",
+            Self::MethodNotAllowed => "/problems/method-not-allowed",
+            Self::Conflict => "/problems/conflict",
+            Self::Unauthorised => "/problems/unauthorised",
+            Self::HostNotAllowed => "/problems/host-not-allowed",
+            Self::CrossSite => "/problems/cross-site",
+            Self::BadSignature => "/problems/bad-signature",
+            Self::StaleWebhook => "/problems/stale-webhook",
+            Self::ReplayedWebhook => "/problems/replayed-webhook",
+            Self::FeedbackDisabled => "/problems/feedback-disabled",
+            Self::WorkersDisabled => "/problems/workers-disabled",
+            Self::NoRecipients => "/problems/no-recipients",
+            Self::LeaseLost => "/problems/lease-lost",
+            Self::RenderGone => "/problems/render-gone",
+            Self::Unavailable => "/problems/unavailable",
+            Self::Internal => "/problems/internal",
+        }
+    }
+}
+
+impl Serialize for ProblemType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.uri())
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: ProblemType,
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
@@ -28,7 +128,7 @@ impl std::fmt::Display for Problem {
 impl Problem {
     pub fn new(
         status: StatusCode,
-        kind: &'static str,
+        kind: ProblemType,
         title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
@@ -46,13 +146,13 @@ impl Problem {
         let (status, kind, title) = if e.is_data() {
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "/problems/validation",
+                ProblemType::Validation,
                 "The campaign is not valid",
             )
         } else {
             (
                 StatusCode::BAD_REQUEST,
-                "/problems/invalid-json",
+                ProblemType::InvalidJson,
                 "The request body is not valid JSON",
             )
         };
@@ -78,7 +178,7 @@ impl Problem {
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "/problems/payload-too-large",
+            ProblemType::PayloadTooLarge,
             "The request body is too large",
             format!(
                 "the body exceeds the configured limit of {limit} bytes (server.max_body_bytes)"
@@ -90,7 +190,7 @@ impl Problem {
     pub fn too_large_for(what: &str, limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "/problems/payload-too-large",
+            ProblemType::PayloadTooLarge,
             "The request body is too large",
             format!("{what} takes at most {limit} bytes"),
         )
@@ -99,7 +199,7 @@ impl Problem {
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "/problems/not-found",
+            ProblemType::NotFound,
             "Not found",
             detail,
         )
@@ -108,7 +208,7 @@ impl Problem {
     pub fn bad_query(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "/problems/invalid-query",
+            ProblemType::InvalidQuery,
             "Invalid query parameter",
             detail,
         )
@@ -117,7 +217,7 @@ impl Problem {
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "/problems/internal",
+            ProblemType::Internal,
             "Internal error",
             "the server could not complete the request; it has been logged",
         )
@@ -128,13 +228,13 @@ impl From<Invalid> for Problem {
     fn from(e: Invalid) -> Self {
         let detail = e.to_string();
         let (kind, title) = match &e {
-            Invalid::UnknownTemplate(_) => ("/problems/unknown-template", "No such template"),
+            Invalid::UnknownTemplate(_) => (ProblemType::UnknownTemplate, "No such template"),
             Invalid::TemplateSyntax(_) => {
-                ("/problems/template-syntax", "The template does not compile")
+                (ProblemType::TemplateSyntax, "The template does not compile")
             }
-            Invalid::NoRecipients => ("/problems/no-recipients", "The recipient list is empty"),
-            Invalid::Csv(_) => ("/problems/invalid-csv", "The recipients CSV is not valid"),
-            Invalid::Fields(_) => ("/problems/validation", "The campaign is not valid"),
+            Invalid::NoRecipients => (ProblemType::NoRecipients, "The recipient list is empty"),
+            Invalid::Csv(_) => (ProblemType::InvalidCsv, "The recipients CSV is not valid"),
+            Invalid::Fields(_) => (ProblemType::Validation, "The campaign is not valid"),
         };
         let mut p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, title, detail);
         if let Invalid::Fields(errors) = e {
@@ -150,7 +250,7 @@ impl From<StoreError> for Problem {
             StoreError::NotFound(id) => Problem::not_found(format!("no campaign {id}")),
             StoreError::Conflict(why) => Problem::new(
                 StatusCode::CONFLICT,
-                "/problems/conflict",
+                ProblemType::Conflict,
                 "Not possible in this state",
                 why,
             ),
@@ -184,7 +284,7 @@ impl From<Cut> for Problem {
             ),
             Cut::Broken(why) => Problem::new(
                 StatusCode::BAD_REQUEST,
-                "/problems/upload-cut-off",
+                ProblemType::UploadCutOff,
                 "The upload ended before its end",
                 format!("the recipient list did not arrive whole: {why}; nothing was stored"),
             ),
@@ -199,5 +299,30 @@ impl From<ImportError> for Problem {
             ImportError::Store(e) => e.into(),
             ImportError::Parser => Problem::internal(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_type_is_spelled_once_and_listed_in_the_api_description() {
+        let doc = include_str!("openapi.json");
+        let mut seen = std::collections::HashSet::new();
+        for t in ProblemType::ALL {
+            assert!(seen.insert(t.uri()), "{} twice", t.uri());
+            assert!(doc.contains(t.uri()), "{} is not in openapi.json", t.uri());
+        }
+        let p = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            ProblemType::Unauthorised,
+            "t",
+            "d",
+        );
+        assert_eq!(
+            serde_json::to_value(&p).unwrap()["type"],
+            "/problems/unauthorised"
+        );
     }
 }

@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::http::problem::Problem;
+use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
 
 /// The host part of a `Host` value (`name`, `name:port`, `[::1]:port`), lower-cased, without brackets.
@@ -88,7 +88,7 @@ pub async fn check(State(svc): State<Arc<Service>>, req: Request, next: Next) ->
     {
         return Problem::new(
             StatusCode::MISDIRECTED_REQUEST,
-            "/problems/host-not-allowed",
+            ProblemType::HostNotAllowed,
             "Host not allowed",
             "this server does not answer to that Host; list the name it is reached by in [server] allowed_hosts",
         )
@@ -100,7 +100,7 @@ pub async fn check(State(svc): State<Arc<Service>>, req: Request, next: Next) ->
             tracing::warn!(method = %req.method(), path = %req.uri().path(), %why, "cross-site request refused");
             return Problem::new(
                 StatusCode::FORBIDDEN,
-                "/problems/cross-site",
+                ProblemType::CrossSite,
                 "Cross-site request refused",
                 format!("requests that change something must come from this server's own pages or from a program: {why}"),
             )

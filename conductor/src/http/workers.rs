@@ -15,7 +15,7 @@ use renderer::{RenderJob, RenderSource, RenderedBatch, SourceError};
 use sender::remote::{LeaseRequest, LeaseResponse, ReportRequest, LEASES_PATH};
 use sender::{WorkError, WorkSource};
 
-use crate::http::problem::Problem;
+use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
 
 pub fn router() -> Router<Arc<Service>> {
@@ -32,7 +32,7 @@ fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(secret) = secret.as_deref() else {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
-            "/problems/workers-disabled",
+            ProblemType::WorkersDisabled,
             "Remote workers are not enabled",
             "set CONDUCTOR__WORKERS__SECRET on the conductor and on its workers",
         ));
@@ -45,7 +45,7 @@ fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
         Some(token) if crate::domain::secret::same(token.as_bytes(), secret.as_bytes()) => Ok(()),
         _ => Err(Problem::new(
             StatusCode::UNAUTHORIZED,
-            "/problems/unauthorized",
+            ProblemType::Unauthorised,
             "Not authorised",
             "a worker must present the workers' secret as a bearer token",
         )),
@@ -56,7 +56,7 @@ fn unavailable(e: WorkError) -> Problem {
     tracing::warn!(error = %e, "worker request failed");
     Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "/problems/unavailable",
+        ProblemType::Unavailable,
         "Try again",
         e.to_string(),
     )
@@ -74,7 +74,7 @@ async fn lease(
     if !(1..=10_000).contains(&req.want) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "/problems/validation",
+            ProblemType::Validation,
             "Invalid lease request",
             "`want` must be between 1 and 10000",
         ));
@@ -101,7 +101,7 @@ async fn report(
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(WorkError::LeaseLost(id)) => Err(Problem::new(
             StatusCode::CONFLICT,
-            "/problems/lease-lost",
+            ProblemType::LeaseLost,
             "Lease not held",
             format!("lease {id} has expired or was closed"),
         )),
@@ -113,7 +113,7 @@ fn source_problem(e: SourceError) -> Problem {
     match e {
         SourceError::Gone(why) => Problem::new(
             StatusCode::GONE,
-            "/problems/render-gone",
+            ProblemType::RenderGone,
             "Nothing to render",
             why,
         ),
@@ -121,7 +121,7 @@ fn source_problem(e: SourceError) -> Problem {
             tracing::warn!(error = %why, "render request failed");
             Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "/problems/unavailable",
+                ProblemType::Unavailable,
                 "Try again",
                 why,
             )
@@ -158,7 +158,7 @@ async fn rendered(
     if report.key != expected && report.key != older {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "/problems/validation",
+            ProblemType::Validation,
             "Invalid render report",
             format!(
                 "batch objects are written at {expected}, not {}",
