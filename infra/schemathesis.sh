@@ -11,8 +11,9 @@ if [ ! -x "$venv/bin/st" ]; then
   "$venv/bin/pip" install -q 'schemathesis==4.32.5'
 fi
 
-# The binary the tests already built.
-[ -x target/debug/conductor ] || cargo build --workspace --all-targets -q
+# The binary the tests already built (where cargo puts it).
+bin="${CARGO_TARGET_DIR:-target}/debug/conductor"
+[ -x "$bin" ] || cargo build --workspace --all-targets -q
 
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -28,7 +29,7 @@ dir = "$dir/outbox"
 [campaigns]
 templates_dir = "$PWD/templates"
 TOML
-target/debug/conductor serve --config "$dir/conductor.toml" > "$dir/server.log" 2>&1 &
+"$bin" serve --config "$dir/conductor.toml" > "$dir/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 1 60); do

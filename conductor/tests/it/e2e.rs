@@ -142,6 +142,21 @@ async fn pause_resume_and_cancel() {
 
     let paused: Value = app.act(&id, "pause").await.json().await.unwrap();
     assert_eq!(paused["status"], "paused");
+    // Sending stops: once what was in flight is reported, nothing more goes out while paused
+    // (a lease covers at most 5 s of slots; no new one is granted to a paused campaign).
+    let settled = app
+        .wait_for(&id, Duration::from_secs(30), |c| {
+            c["status"] == "paused" && c["counts"]["in_flight"] == 0
+        })
+        .await;
+    let sent = settled["counts"]["sent"].as_i64().unwrap();
+    assert_eq!(outbox(&app, &id).len() as i64, sent);
+    assert!(sent < 200, "{settled}");
+    // Five slots' worth at 120 per minute.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let still = app.get_json(&format!("/v1/campaigns/{id}")).await;
+    assert_eq!(still["counts"]["sent"].as_i64(), Some(sent), "{still}");
+    assert_eq!(outbox(&app, &id).len() as i64, sent);
     let resumed: Value = app.act(&id, "resume").await.json().await.unwrap();
     assert_eq!(resumed["status"], "running");
     let r = app.act(&id, "cancel").await;
