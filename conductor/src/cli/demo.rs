@@ -176,7 +176,7 @@ pub async fn run(
         }
         let minute = svc
             .store
-            .minutes("global", clock.now_ms())
+            .minutes(&crate::domain::scope::Scope::Global, clock.now_ms())
             .await?
             .last()
             .copied();
@@ -200,7 +200,10 @@ pub async fn run(
     };
     progress.finish();
     let elapsed = started.elapsed();
-    let minutes = svc.store.minutes("global", start_ms).await?;
+    let minutes = svc
+        .store
+        .minutes(&crate::domain::scope::Scope::Global, start_ms)
+        .await?;
     runtime.shutdown().await;
     Ok(Summary {
         render_time: render_time.unwrap_or(elapsed),

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Governor};
+use crate::domain::scope::Scope;
 use crate::store::{rfc3339, AuditEntry, Store};
 
 const SOURCE: &str = "config file";
@@ -49,7 +50,7 @@ pub fn cap_changes(old: &Governor, new: &Governor, now: i64) -> Vec<AuditEntry> 
     if old.per_minute != new.per_minute {
         out.push(entry(
             now,
-            "global",
+            &Scope::Global.to_string(),
             "cap",
             Some(old.per_minute.to_string()),
             Some(new.per_minute.to_string()),
@@ -62,7 +63,7 @@ pub fn cap_changes(old: &Governor, new: &Governor, now: i64) -> Vec<AuditEntry> 
         if a != b {
             out.push(entry(
                 now,
-                &format!("domain:{d}"),
+                &Scope::Domain(d.clone()).to_string(),
                 "cap",
                 a.map(u32::to_string),
                 b.map(u32::to_string),

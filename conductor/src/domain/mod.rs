@@ -9,6 +9,7 @@ pub mod planner;
 pub mod recipient;
 pub mod retry;
 pub mod schedule;
+pub mod scope;
 pub mod secret;
 pub mod throttle;
 pub mod unsubscribe;

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::domain::scope::Scope;
 use crate::domain::validate::{self, CampaignRequest};
 use crate::engine::ingest::{self, ListFormat, Source};
 use crate::http::problem::{Problem, ProblemType};
@@ -626,9 +627,15 @@ async fn minutes(
             .timestamp_millis(),
         None => svc.work.clock.now_ms() - 60 * 60_000,
     };
+    let scope = match q.scope.as_deref() {
+        None => Scope::Global,
+        Some(s) => Scope::parse(s).ok_or_else(|| {
+            Problem::bad_query("`scope` must be `global`, `domain:NAME` or `campaign:ID`")
+        })?,
+    };
     let minutes: Vec<_> = svc
         .store
-        .minutes(q.scope.as_deref().unwrap_or("global"), since)
+        .minutes(&scope, since)
         .await?
         .into_iter()
         .map(|m| {

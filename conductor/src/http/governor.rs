@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::domain::forecast;
+use crate::domain::scope::Scope;
 use crate::http::problem::Problem;
 use crate::http::service::Service;
 use crate::store::{rfc3339, Campaign, Status};
@@ -211,28 +212,28 @@ pub async fn governor(State(svc): State<Arc<Service>>) -> Result<Response, Probl
         .expect("throttle poisoned")
         .cap(g.per_minute);
     let rows = svc.store.minute_rows(minute).await?;
-    let this_minute = |scope: &str| {
+    let this_minute = |scope: &Scope| {
         rows.iter().find(|(s, _)| s == scope).map(
             |(_, m)| json!({"cap": m.cap, "granted": m.granted, "used": m.used, "sent": m.sent}),
         )
     };
     let mut scopes = vec![json!({
-        "scope": "global",
+        "scope": Scope::Global,
         "configured": g.per_minute,
         "warmup": schedule.warmup_cap(now),
         "quiet_hours_now": schedule.quiet(now),
         "throttled_to": (throttled < g.per_minute).then_some(throttled),
         "effective": schedule.cap(g.per_minute, now).min(throttled),
-        "this_minute": this_minute("global"),
+        "this_minute": this_minute(&Scope::Global),
     })];
     for (d, cap) in &g.domains {
-        let scope = format!("domain:{d}");
+        let scope = Scope::Domain(d.clone());
         scopes.push(json!({
             "scope": scope, "configured": cap, "effective": cap, "this_minute": this_minute(&scope),
         }));
     }
     for c in svc.store.running().await? {
-        let scope = format!("campaign:{}", c.id);
+        let scope = Scope::Campaign(c.id.clone());
         scopes.push(json!({
             "scope": scope, "configured": c.per_minute, "effective": c.per_minute,
             "priority": c.priority, "sending_now": c.may_send(now), "this_minute": this_minute(&scope),

@@ -18,7 +18,7 @@ async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Value {
     let now = svc.work.clock.now_ms();
     let minute = svc
         .store
-        .minutes("global", now)
+        .minutes(&crate::domain::scope::Scope::Global, now)
         .await
         .ok()
         .and_then(|m| m.last().copied())

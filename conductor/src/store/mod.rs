@@ -12,6 +12,7 @@ use serde::Serialize;
 
 pub use sql::SqlStore;
 
+use crate::domain::scope::Scope;
 use crate::domain::validate::ValidCampaign;
 
 #[derive(Debug, thiserror::Error)]
@@ -449,9 +450,9 @@ pub trait Store: Send + Sync + 'static {
     async fn lower_cap(&self, minute: Millis, cap: u32) -> Result<(), StoreError>;
 
     /// The ledger of one scope (`global`, `domain:…`, `campaign:…`), minute by minute from `since`.
-    async fn minutes(&self, scope: &str, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
+    async fn minutes(&self, scope: &Scope, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;
     /// Every scope's row for one minute.
-    async fn minute_rows(&self, minute: Millis) -> Result<Vec<(String, MinuteStats)>, StoreError>;
+    async fn minute_rows(&self, minute: Millis) -> Result<Vec<(Scope, MinuteStats)>, StoreError>;
 
     /// Changes a campaign's own cap (`Some(None)` removes it) and priority; applies from the next
     /// minute (this minute's row keeps its cap), and is written to the audit log.

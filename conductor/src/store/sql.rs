@@ -29,8 +29,7 @@ use crate::domain::feedback;
 use crate::domain::ledger::{self, MinuteRow};
 use crate::domain::planner;
 use crate::domain::recipient::{self, Effect, RecipientState, SettleRules};
-
-const GLOBAL: &str = "global";
+use crate::domain::scope::Scope;
 
 /// Recipients one lease could take (all of one batch), and the capped domain they are all in (if any).
 struct Pick {
@@ -574,17 +573,18 @@ impl SqlStore {
     async fn ledger_rows(
         &self,
         tx: &mut Transaction<'_, Any>,
-        scopes: &mut [(String, u32)],
+        scopes: &mut [(Scope, u32)],
         minute: Millis,
     ) -> Result<Vec<MinuteRow>, StoreError> {
-        scopes.sort();
+        scopes.sort_by_cached_key(|(scope, _)| scope.to_string());
         let mut rows = Vec::with_capacity(scopes.len());
         for (scope, cap) in scopes.iter() {
+            let scope = scope.to_string();
             sqlx::query(
                 "INSERT INTO minute_ledger (scope, minute_ms, cap, granted, next_slot_ms) VALUES ($1, $2, $3, 0, $2) \
                  ON CONFLICT (scope, minute_ms) DO NOTHING",
             )
-            .bind(scope)
+            .bind(&scope)
             .bind(minute)
             .bind(i64::from(*cap))
             .execute(&mut **tx)
@@ -593,7 +593,7 @@ impl SqlStore {
                 "SELECT minute_ms, cap, granted, next_slot_ms FROM minute_ledger WHERE scope = $1 AND minute_ms = $2{}",
                 self.backend.for_update()
             ))
-            .bind(scope)
+            .bind(&scope)
             .bind(minute)
             .fetch_one(&mut **tx)
             .await?;
@@ -1567,7 +1567,10 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .filter_map(|s: String| s.strip_prefix("domain:").map(str::to_string))
+        .filter_map(|s: String| match Scope::parse(&s) {
+            Some(Scope::Domain(d)) => Some(d),
+            _ => None,
+        })
         .collect();
         let mut blocked = false;
         let mut tally = Tally::default();
@@ -1579,12 +1582,12 @@ impl Store for SqlStore {
                 continue;
             };
             let own = c.per_minute;
-            let mut scopes = vec![(GLOBAL.to_string(), r.cap)];
+            let mut scopes = vec![(Scope::Global, r.cap)];
             if let Some(cap) = own {
-                scopes.push((format!("campaign:{cid}"), cap));
+                scopes.push((Scope::Campaign(cid.clone()), cap));
             }
             if let Some((d, cap)) = &pick.domain {
-                scopes.push((format!("domain:{d}"), *cap));
+                scopes.push((Scope::Domain(d.clone()), *cap));
             }
             // Each minute's rows are created with the caps in force when the minute is first touched,
             // then locked for the claim: claims by every conductor on this minute take turns here.
@@ -1597,7 +1600,10 @@ impl Store for SqlStore {
             let (grant, next) =
                 ledger::claim_all(&input, pick.rows.len() as u32, r.now, r.margin_ms);
             if grant.tokens == 0 {
-                let global = rows[scopes.iter().position(|(s, _)| s == GLOBAL).unwrap_or(0)];
+                let global = rows[scopes
+                    .iter()
+                    .position(|(s, _)| *s == Scope::Global)
+                    .unwrap_or(0)];
                 if global.granted >= global.cap || r.now >= grant.deadline {
                     // The account's budget is spent: nobody gets anything before the next minute.
                     tally.apply(&mut tx).await?;
@@ -1614,7 +1620,7 @@ impl Store for SqlStore {
                 sqlx::query("UPDATE minute_ledger SET granted = $1, next_slot_ms = $2 WHERE scope = $3 AND minute_ms = $4")
                     .bind(i64::from(row.granted))
                     .bind(row.next_slot)
-                    .bind(scope)
+                    .bind(scope.to_string())
                     .bind(row.minute)
                     .execute(&mut *tx)
                     .await?;
@@ -1636,7 +1642,7 @@ impl Store for SqlStore {
                 q = q.bind(*id);
             }
             q.execute(&mut *tx).await?;
-            let scope_names: Vec<&str> = scopes.iter().map(|(s, _)| s.as_str()).collect();
+            let scope_names: Vec<String> = scopes.iter().map(|(s, _)| s.to_string()).collect();
             sqlx::query(
                 "INSERT INTO leases (id, campaign_id, batch, minute_ms, tokens, created_ms, expires_ms, \
                  heard_ms, first_at_ms, spacing_us, recipients, scopes) VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $8, $9, $10, $11)",
@@ -1717,9 +1723,14 @@ impl Store for SqlStore {
         let cid: String = lease.get("campaign_id");
         let minute: i64 = lease.get("minute_ms");
         // Leases from before scopes were recorded drew on the global scope alone.
-        let scopes: Vec<String> = match lease.get::<Option<String>, _>("scopes") {
-            Some(s) => json(&s)?,
-            None => vec![GLOBAL.to_string()],
+        let scopes: Vec<Scope> = match lease.get::<Option<String>, _>("scopes") {
+            Some(s) => json::<Vec<String>>(&s)?
+                .iter()
+                .map(|s| {
+                    Scope::parse(s).ok_or_else(|| StoreError::Corrupt(format!("lease scope {s:?}")))
+                })
+                .collect::<Result<_, _>>()?,
+            None => vec![Scope::Global],
         };
         let cancelled = Self::cancelled(&mut tx, &cid).await?;
         // The reported recipients this lease still holds, with the requests each has made so far:
@@ -1822,7 +1833,7 @@ impl Store for SqlStore {
                 sqlx::query("UPDATE minute_ledger SET used = used + $1, sent = sent + $2 WHERE scope = $3 AND minute_ms = $4")
                     .bind(used)
                     .bind(sent)
-                    .bind(scope)
+                    .bind(scope.to_string())
                     .bind(minute)
                     .execute(&mut *tx)
                     .await?;
@@ -2341,7 +2352,7 @@ impl Store for SqlStore {
         )
         .bind(i64::from(cap))
         .bind(i64::from(cap))
-        .bind(GLOBAL)
+        .bind(Scope::Global.to_string())
         .bind(minute)
         .bind(i64::from(cap))
         .execute(&self.write)
@@ -2349,28 +2360,32 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn minutes(&self, scope: &str, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {
+    async fn minutes(&self, scope: &Scope, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {
         let rows = sqlx::query(
             "SELECT minute_ms, cap, granted, used, sent FROM minute_ledger WHERE scope = $1 AND minute_ms >= $2 ORDER BY minute_ms LIMIT 10080",
         )
-        .bind(scope)
+        .bind(scope.to_string())
         .bind(sender::clock::minute_start(since))
         .fetch_all(&self.read)
         .await?;
         Ok(rows.iter().map(minute_stats).collect())
     }
 
-    async fn minute_rows(&self, minute: Millis) -> Result<Vec<(String, MinuteStats)>, StoreError> {
+    async fn minute_rows(&self, minute: Millis) -> Result<Vec<(Scope, MinuteStats)>, StoreError> {
         let rows = sqlx::query(
             "SELECT scope, minute_ms, cap, granted, used, sent FROM minute_ledger WHERE minute_ms = $1 ORDER BY scope LIMIT 10000",
         )
         .bind(minute)
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get::<String, _>("scope"), minute_stats(r)))
-            .collect())
+        rows.iter()
+            .map(|r| {
+                let scope: String = r.get("scope");
+                Scope::parse(&scope)
+                    .map(|s| (s, minute_stats(r)))
+                    .ok_or_else(|| StoreError::Corrupt(format!("ledger scope {scope:?}")))
+            })
+            .collect()
     }
 
     async fn set_limits(
@@ -2391,7 +2406,7 @@ impl Store for SqlStore {
         let mut note = |kind: &str, old: Option<String>, new: Option<String>| {
             audit.push(AuditEntry {
                 at: rfc3339(now),
-                scope: format!("campaign:{id}"),
+                scope: Scope::Campaign(id.to_string()).to_string(),
                 kind: kind.into(),
                 old,
                 new,

@@ -357,6 +357,14 @@ async fn other_media_types_methods_and_paths() {
         .unwrap();
     let p = expect_problem(r, 400, "/problems/invalid-query").await;
     assert!(p["detail"].as_str().unwrap().contains("since"));
+    let r = app
+        .client
+        .get(app.url("/v1/minutes?scope=user:x"))
+        .send()
+        .await
+        .unwrap();
+    let p = expect_problem(r, 400, "/problems/invalid-query").await;
+    assert!(p["detail"].as_str().unwrap().contains("scope"), "{p}");
     let r = app.client.get(app.url("/nowhere")).send().await.unwrap();
     expect_problem(r, 404, "/problems/not-found").await;
     app.stop().await;

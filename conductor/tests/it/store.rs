@@ -1,6 +1,7 @@
 //! The store suite: per-recipient state, leases and the minute ledger, with time passed in explicitly.
 //! Every case runs on SQLite and on PostgreSQL (each test in its own schema).
 
+use conductor::domain::scope::Scope;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -211,7 +212,7 @@ async fn leases_never_grant_more_than_the_cap_in_a_minute(store: Arc<dyn Store>)
         store.lease(rules(40, M + 60_000, 100)).await.unwrap(),
         LeaseReply::Lease(_)
     ));
-    let minutes = store.minutes("global", M).await.unwrap();
+    let minutes = store.minutes(&Scope::Global, M).await.unwrap();
     assert_eq!(
         (
             minutes[0].cap,
@@ -293,7 +294,7 @@ async fn reports_settle_recipients_and_late_reports_are_fenced(store: Arc<dyn St
         .await;
     assert!(matches!(late, Err(StoreError::LeaseLost(_))));
     assert_eq!(store.campaign(&id).await.unwrap().counts.sent, 3);
-    let m = store.minutes("global", M).await.unwrap()[0];
+    let m = store.minutes(&Scope::Global, M).await.unwrap()[0];
     assert_eq!(
         (m.granted, m.used, m.sent),
         (10, 5, 3),
@@ -368,7 +369,7 @@ async fn deferred_recipients_wait_and_every_retry_costs_a_token(store: Arc<dyn S
     let l = lease(store.lease(rules(10, M + 10_000, 6_000)).await.unwrap());
     assert_eq!(l.recipients, vec![0]);
     assert_eq!(
-        store.minutes("global", M).await.unwrap()[0].granted,
+        store.minutes(&Scope::Global, M).await.unwrap()[0].granted,
         2,
         "the retry took a second token"
     );
@@ -693,7 +694,7 @@ async fn conductors_sharing_postgres_never_grant_past_the_cap_nor_lease_twice() 
         (700, 700),
         "exactly the cap, nobody twice"
     );
-    let m = stores[1].minutes("global", M).await.unwrap()[0];
+    let m = stores[1].minutes(&Scope::Global, M).await.unwrap()[0];
     assert_eq!((m.cap, m.granted, m.used), (700, 700, 700));
     drop(stores);
     schema.drop().await;
@@ -988,15 +989,15 @@ async fn campaign_and_domain_caps_bind_under_the_global_one(store: Arc<dyn Store
     );
     // B is not held back by A's cap: it gets the rest of the global budget, up to its list.
     assert_eq!(b_got, 50);
-    let minute = |scope: String| {
+    let minute = |scope: Scope| {
         let store = store.clone();
         async move { store.minutes(&scope, M).await.unwrap()[0] }
     };
-    let ca = minute(format!("campaign:{a}")).await;
+    let ca = minute(Scope::Campaign(a.clone())).await;
     assert_eq!((ca.cap, ca.granted, ca.used, ca.sent), (10, 10, 10, 10));
-    let g = minute("domain:gmail.com".into()).await;
+    let g = minute(Scope::Domain("gmail.com".into())).await;
     assert_eq!((g.cap, g.granted, g.sent), (4, 4, 4));
-    let global = minute("global".into()).await;
+    let global = minute(Scope::Global).await;
     assert_eq!((global.granted, global.sent), (60, 60));
     let rows = store.minute_rows(M).await.unwrap();
     assert_eq!(rows.len(), 3, "{rows:?}");
@@ -1823,7 +1824,7 @@ async fn finished_history_is_pruned_and_the_metrics_totals_kept(store: Arc<dyn S
         store.metrics_view(later + 60_000).await.unwrap().ledger,
         totals
     );
-    let minutes = store.minutes("global", 0).await.unwrap();
+    let minutes = store.minutes(&Scope::Global, 0).await.unwrap();
     assert_eq!(
         minutes
             .iter()
@@ -1844,6 +1845,6 @@ async fn finished_history_is_pruned_and_the_metrics_totals_kept(store: Arc<dyn S
         .report(&open.lease_id, &report, true, report_rules(later))
         .await
         .unwrap();
-    let minutes = store.minutes("global", 0).await.unwrap();
+    let minutes = store.minutes(&Scope::Global, 0).await.unwrap();
     assert_eq!(u64::from(minutes[0].used), new_n + open_n);
 }
