@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::domain::recipient::RecipientState;
 use crate::domain::scope::Scope;
 use crate::domain::validate::{self, CampaignRequest};
 use crate::engine::ingest::{self, ListFormat, Source};
@@ -451,17 +452,14 @@ async fn act(
     Ok(Json(svc.act(&id, action).await?).into_response())
 }
 
-const STATES: &[&str] = &[
-    "pending",
-    "rendered",
-    "leased",
-    "sent",
-    "failed",
-    "deferred",
-    "unknown",
-    "suppressed",
-    "cancelled",
-];
+/// States as a list for a message: `a, b, c`.
+fn names(states: &[RecipientState]) -> String {
+    states
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 #[derive(Deserialize)]
 struct RecipientsQuery {
@@ -479,19 +477,22 @@ async fn list_recipients(
 ) -> Result<Response, Problem> {
     // Numbers that are not numbers get a problem document, not axum's plain-text rejection.
     let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
-    if let Some(s) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
-        return Err(Problem::bad_query(format!(
-            "`state` {s:?} is not one of {}",
-            STATES.join(", ")
-        )));
-    }
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(RecipientState::parse(s).ok_or_else(|| {
+            Problem::bad_query(format!(
+                "`state` {s:?} is not one of {}",
+                names(&RecipientState::ALL)
+            ))
+        })?),
+    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::bad_query("`limit` must be between 1 and 1000"));
     }
     let page = svc
         .store
-        .recipients(&id, q.state.as_deref(), q.after.unwrap_or(-1), limit)
+        .recipients(&id, state, q.after.unwrap_or(-1), limit)
         .await?;
     let next = (page.len() == limit as usize)
         .then(|| page.last().map(|r| r.id))
@@ -512,46 +513,43 @@ async fn retry(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let mut req: RetryRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let req: RetryRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let invalid = |detail: String| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ProblemType::Validation,
+            "Invalid retry request",
+            detail,
+        )
+    };
     // Each state is one statement in the writer: the same state twice is once, and a list longer
     // than there are states is refused unread.
-    if req.states.len() > STATES.len() {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ProblemType::Validation,
-            "Invalid retry request",
-            format!("`states` lists at most {} states", STATES.len()),
-        ));
+    if req.states.len() > RecipientState::ALL.len() {
+        return Err(invalid(format!(
+            "`states` lists at most {} states",
+            RecipientState::ALL.len()
+        )));
     }
-    req.states.sort();
-    req.states.dedup();
-    if req.states.is_empty()
-        || req
-            .states
-            .iter()
-            .any(|s| !crate::store::RETRYABLE.contains(&s.as_str()))
-    {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ProblemType::Validation,
-            "Invalid retry request",
-            format!(
-                "`states` must list some of {}",
-                crate::store::RETRYABLE.join(", ")
-            ),
-        ));
+    let some_of = || {
+        invalid(format!(
+            "`states` must list some of {}",
+            names(&RecipientState::RETRYABLE)
+        ))
+    };
+    let mut states = Vec::with_capacity(req.states.len());
+    for s in &req.states {
+        let s = RecipientState::parse(s)
+            .filter(|s| RecipientState::RETRYABLE.contains(s))
+            .ok_or_else(some_of)?;
+        if !states.contains(&s) {
+            states.push(s);
+        }
     }
-    let moved = svc
-        .store
-        .retry(&id, &req.states, svc.work.clock.now_ms())
-        .await?;
-    svc.work.views.forget(&id);
-    svc.work.wake.notify_one();
-    tracing::info!(campaign = %id, recipients = moved, states = ?req.states, "recipients queued again on request");
-    Ok(
-        Json(serde_json::json!({ "requeued": moved, "campaign": svc.store.campaign(&id).await? }))
-            .into_response(),
-    )
+    if states.is_empty() {
+        return Err(some_of());
+    }
+    let (moved, campaign) = svc.retry(&id, &states).await?;
+    Ok(Json(serde_json::json!({ "requeued": moved, "campaign": campaign })).into_response())
 }
 
 /// `PUT /v1/campaigns/{id}`: `{"per_minute": 1000 | null, "priority": 3}`; either may be left out.
@@ -597,13 +595,7 @@ async fn update_campaign(
     if per_minute.is_none() && priority.is_none() {
         return Err(missing("per_minute", "give `per_minute` and/or `priority`"));
     }
-    let c = svc
-        .store
-        .set_limits(&id, per_minute, priority, svc.work.clock.now_ms())
-        .await?;
-    svc.work.views.forget(&id);
-    svc.work.wake.notify_one();
-    Ok(Json(c).into_response())
+    Ok(Json(svc.set_limits(&id, per_minute, priority).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::domain::recipient::RecipientState;
 use crate::domain::validate::{self, CampaignRequest, Row, RowRules};
 use crate::engine::events::Kind;
 use crate::engine::ingest::{self, Source};
@@ -218,8 +219,7 @@ impl Service {
 
     pub async fn act(&self, id: &str, action: Action) -> Result<Campaign, Problem> {
         let (c, changed) = self.store.act(id, action, self.work.clock.now_ms()).await?;
-        self.work.views.forget(id);
-        self.work.wake.notify_one();
+        self.changed(id);
         if changed {
             let kind = match action {
                 Action::Pause => Kind::Paused,
@@ -229,5 +229,43 @@ impl Service {
             self.work.events.emit(kind, id, None).await;
         }
         Ok(c)
+    }
+
+    /// Queues a campaign's recipients in `states` (some of [`RecipientState::RETRYABLE`]) again, on
+    /// an operator's request; returns how many, and the campaign.
+    pub async fn retry(
+        &self,
+        id: &str,
+        states: &[RecipientState],
+    ) -> Result<(u64, Campaign), Problem> {
+        let moved = self
+            .store
+            .retry(id, states, self.work.clock.now_ms())
+            .await?;
+        self.changed(id);
+        tracing::info!(campaign = %id, recipients = moved, states = ?states, "recipients queued again on request");
+        Ok((moved, self.store.campaign(id).await?))
+    }
+
+    /// Changes a campaign's own cap (`Some(None)` removes it) and priority, from the next minute.
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        per_minute: Option<Option<u32>>,
+        priority: Option<u32>,
+    ) -> Result<Campaign, Problem> {
+        let c = self
+            .store
+            .set_limits(id, per_minute, priority, self.work.clock.now_ms())
+            .await?;
+        self.changed(id);
+        Ok(c)
+    }
+
+    /// What every action that changes a campaign ends with: its cached view is dropped, so the
+    /// next read shows the change, and the work loop is woken to act on it.
+    fn changed(&self, id: &str) {
+        self.work.views.forget(id);
+        self.work.wake.notify_one();
     }
 }

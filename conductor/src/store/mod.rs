@@ -12,6 +12,7 @@ use serde::Serialize;
 
 pub use sql::SqlStore;
 
+use crate::domain::recipient::RecipientState;
 use crate::domain::scope::Scope;
 use crate::domain::validate::ValidCampaign;
 
@@ -191,10 +192,6 @@ pub struct RecipientRow {
     pub provider_id: Option<String>,
     pub updated_at: String,
 }
-
-/// Recipient states an operator may send again: a permanent failure, or a send whose fate is unknown
-/// (which may then arrive twice — the operator's call, never the system's).
-pub const RETRYABLE: &[&str] = &["failed", "unknown"];
 
 /// A running campaign as the governor sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -438,13 +435,18 @@ pub trait Store: Send + Sync + 'static {
     async fn recipients(
         &self,
         id: &str,
-        state: Option<&str>,
+        state: Option<RecipientState>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<RecipientRow>, StoreError>;
-    /// Puts a campaign's recipients in `states` (a subset of [`RETRYABLE`]) back in the queue and the
+    /// Puts a campaign's recipients in `states` (those of [`RecipientState::RETRYABLE`]) back in the queue and the
     /// campaign back to running, a chunk per transaction; returns how many.
-    async fn retry(&self, id: &str, states: &[String], now: Millis) -> Result<u64, StoreError>;
+    async fn retry(
+        &self,
+        id: &str,
+        states: &[RecipientState],
+        now: Millis,
+    ) -> Result<u64, StoreError>;
 
     /// Lowers this minute's global cap (throttling), never below what it has already granted.
     async fn lower_cap(&self, minute: Millis, cap: u32) -> Result<(), StoreError>;

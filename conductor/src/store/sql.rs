@@ -2241,7 +2241,7 @@ impl Store for SqlStore {
     async fn recipients(
         &self,
         id: &str,
-        state: Option<&str>,
+        state: Option<RecipientState>,
         after: i64,
         limit: u32,
     ) -> Result<Vec<RecipientRow>, StoreError> {
@@ -2258,7 +2258,10 @@ impl Store for SqlStore {
             "SELECT {cols} FROM recipients WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         );
         let rows = match state {
-            Some(state) => sqlx::query(&by_state).bind(id).bind(state).bind(batch),
+            Some(state) => sqlx::query(&by_state)
+                .bind(id)
+                .bind(state.as_str())
+                .bind(batch),
             None => sqlx::query(&all).bind(id),
         }
         .bind(after)
@@ -2280,7 +2283,12 @@ impl Store for SqlStore {
             .collect())
     }
 
-    async fn retry(&self, id: &str, states: &[String], now: Millis) -> Result<u64, StoreError> {
+    async fn retry(
+        &self,
+        id: &str,
+        states: &[RecipientState],
+        now: Millis,
+    ) -> Result<u64, StoreError> {
         let row = sqlx::query("SELECT status, bodies_purged_ms FROM campaigns WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.read)
@@ -2300,7 +2308,7 @@ impl Store for SqlStore {
         let mut moved = 0u64;
         let from_states = RecipientState::RETRYABLE
             .into_iter()
-            .filter(|s| states.iter().any(|x| x == s.as_str()));
+            .filter(|s| states.contains(s));
         for from in from_states {
             // A chunk per transaction: the first chunk can be leased while the rest are moved.
             loop {

@@ -1,5 +1,7 @@
 //! Every bad input answers 4xx problem+json naming what is wrong, and stores nothing.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -420,6 +422,65 @@ async fn a_sandbox_refuses_any_recipient_it_does_not_list() {
         })
         .await;
     assert_eq!(c["counts"]["sent"], 3, "{c}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_on_request_queues_the_failed_again_and_they_are_sent() {
+    let app = spawn_app().await;
+    let mut draft = csv_campaign();
+    draft["draft"] = json!(true);
+    let c: Value = app
+        .post_json("/v1/campaigns", &draft)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = c["id"].as_str().unwrap().to_string();
+    let r = app
+        .client
+        .put(app.url(&format!("/v1/campaigns/{id}/recipients")))
+        .header("content-type", "text/csv")
+        .body("email,city\nr0@example.com,Bonn\nr1@example.com,Köln\nr2@example.com,Ulm\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A sandbox turned on before the start fails every one of them at the lease, unsent.
+    let mut strict = (**app.config.borrow()).clone();
+    strict.safety.sandbox = true;
+    strict.safety.allow_domains = vec!["example.org".into()];
+    app.config.send_replace(Arc::new(strict));
+    assert_eq!(app.act(&id, "start").await.status(), 200);
+    let c = app
+        .wait_for(&id, std::time::Duration::from_secs(30), is_completed)
+        .await;
+    assert_eq!(
+        (c["counts"]["failed"].as_i64(), c["counts"]["sent"].as_i64()),
+        (Some(3), Some(0)),
+        "{c}"
+    );
+
+    let mut open = (**app.config.borrow()).clone();
+    open.safety.sandbox = false;
+    app.config.send_replace(Arc::new(open));
+    let r = app
+        .post_json(
+            &format!("/v1/campaigns/{id}/retry"),
+            &json!({"states": ["failed"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["requeued"], 3, "{body}");
+    assert_eq!(body["campaign"]["status"], "running", "{body}");
+    let c = app
+        .wait_for(&id, std::time::Duration::from_secs(30), |c| {
+            c["status"] == "completed" && c["counts"]["sent"] == 3
+        })
+        .await;
+    assert_eq!(c["counts"]["failed"], 0, "{c}");
+    assert_eq!(crate::e2e::outbox(&app, &id).len(), 3);
     app.stop().await;
 }
 

@@ -1,6 +1,7 @@
 //! The store suite: per-recipient state, leases and the minute ledger, with time passed in explicitly.
 //! Every case runs on SQLite and on PostgreSQL (each test in its own schema).
 
+use conductor::domain::recipient::RecipientState;
 use conductor::domain::scope::Scope;
 use std::path::Path;
 use std::sync::Arc;
@@ -874,7 +875,7 @@ async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc
         vec![id.clone()]
     );
     let unknown = store
-        .recipients(&id, Some("unknown"), -1, 100)
+        .recipients(&id, Some(RecipientState::Unknown), -1, 100)
         .await
         .unwrap();
     assert_eq!(
@@ -892,7 +893,7 @@ async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc
     // On request: back in the queue, the campaign running again; the sent one stays sent.
     assert_eq!(
         store
-            .retry(&id, &["unknown".to_string()], M + 130_000)
+            .retry(&id, &[RecipientState::Unknown], M + 130_000)
             .await
             .unwrap(),
         4
@@ -903,10 +904,13 @@ async fn unknown_recipients_are_listed_and_sent_again_only_on_request(store: Arc
     let again = lease(store.lease(rules(5, M + 180_000, 6_000)).await.unwrap());
     assert_eq!(again.recipients, vec![1, 2, 3, 4]);
     // Nothing else is retryable, and a cancelled campaign is not retried at all.
-    assert_eq!(store.retry(&id, &["sent".to_string()], M).await.unwrap(), 0);
+    assert_eq!(
+        store.retry(&id, &[RecipientState::Sent], M).await.unwrap(),
+        0
+    );
     store.act(&id, Action::Cancel, M).await.unwrap();
     assert!(matches!(
-        store.retry(&id, &["unknown".to_string()], M).await,
+        store.retry(&id, &[RecipientState::Unknown], M).await,
         Err(StoreError::Conflict(_))
     ));
 }
@@ -1236,7 +1240,7 @@ async fn a_suppressed_address_is_never_leased_by_any_path(store: Arc<dyn Store>)
     let requeued = store
         .retry(
             &id,
-            &["failed".to_string(), "unknown".to_string()],
+            &[RecipientState::Failed, RecipientState::Unknown],
             M + 2_000,
         )
         .await
@@ -1293,7 +1297,10 @@ async fn the_sandbox_in_force_at_lease_time_decides(store: Arc<dyn Store>) {
             .unwrap(),
     );
     assert_eq!(l.recipients, vec![0]);
-    let stranger = store.recipients(&id, Some("failed"), -1, 10).await.unwrap();
+    let stranger = store
+        .recipients(&id, Some(RecipientState::Failed), -1, 10)
+        .await
+        .unwrap();
     assert_eq!(stranger.len(), 1);
     assert_eq!(stranger[0].email, "real.person@customer.test");
     assert!(
@@ -1351,7 +1358,10 @@ async fn an_unreadable_batch_is_rendered_again_then_its_recipients_fail(store: A
         }
         now += 60_000;
     }
-    let failed = store.recipients(&id, Some("failed"), -1, 10).await.unwrap();
+    let failed = store
+        .recipients(&id, Some(RecipientState::Failed), -1, 10)
+        .await
+        .unwrap();
     assert_eq!(failed.len(), 3);
     assert!(
         failed[0]
@@ -1502,7 +1512,7 @@ async fn counters_always_equal_a_full_recount(store: Arc<dyn Store>) {
             }
             8 => {
                 let id = &ids[rng.random_range(0..ids.len())];
-                let states = vec!["failed".to_string(), "unknown".to_string()];
+                let states = [RecipientState::Failed, RecipientState::Unknown];
                 let _ = store.retry(id, &states, now).await;
             }
             _ => {
