@@ -17,12 +17,7 @@ pub async fn sdk_config(region: Option<&str>, endpoint: Option<&str>) -> SdkConf
 
 /// An endpoint override must be an absolute http(s) URL; `key` names the setting in messages.
 pub fn check_endpoint(key: &str, endpoint: Option<&str>) -> Result<(), crate::config::ConfigError> {
-    match endpoint {
-        Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => Err(
-            crate::config::invalid(key, format!("{e:?} is not an http:// or https:// URL")),
-        ),
-        _ => Ok(()),
-    }
+    endpoint.map_or(Ok(()), |e| crate::config::check_http_url(key, e))
 }
 
 /// The message of an SDK error with its causes, which `Display` alone leaves out.

@@ -192,21 +192,71 @@ fn set_path(
     Ok(())
 }
 
+/// The one check for every URL-valued setting (endpoints, base URLs, public URLs): an absolute
+/// `http://` or `https://` URL with a host; `key` names the setting in the message.
+pub fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    match host {
+        Some(h) if !h.is_empty() && !h.contains(char::is_whitespace) => Ok(()),
+        _ => Err(invalid(
+            key,
+            format!("{url:?} is not an http:// or https:// URL"),
+        )),
+    }
+}
+
+/// A secret (an API key, a signing key, a password) as the config holds it: `Debug` never shows it,
+/// so a config dump, a log line or an error cannot carry it. Read it with [`Secret::expose`] where it
+/// is used.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// `[workers]` as a worker process reads it: only the shared secret (from the environment).
-#[derive(Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 #[serde(default)]
 pub struct WorkerSecret {
-    secret: Option<String>,
+    secret: Option<Secret>,
 }
 
 impl WorkerSecret {
     pub fn require(self) -> Result<String, ConfigError> {
-        self.secret.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-            invalid(
-                "workers.secret",
-                "set CONDUCTOR__WORKERS__SECRET to the secret the conductor was given",
-            )
-        })
+        self.secret
+            .map(|s| s.0)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "workers.secret",
+                    "set CONDUCTOR__WORKERS__SECRET to the secret the conductor was given",
+                )
+            })
     }
 }
 
@@ -228,10 +278,36 @@ mod tests {
         pool: u32,
     }
 
-    impl std::fmt::Debug for WorkerSecret {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("WorkerSecret")
+    #[test]
+    fn urls_are_checked_in_one_place() {
+        for ok in [
+            "https://api.mailgun.net",
+            "http://127.0.0.1:4566/",
+            "https://h/p?q",
+        ] {
+            assert!(check_http_url("k", ok).is_ok(), "{ok}");
         }
+        for bad in [
+            "",
+            "api.mailgun.net",
+            "ftp://h",
+            "https://",
+            "http:///path",
+            "https://a b",
+        ] {
+            let e = check_http_url("provider.x.base_url", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("provider.x.base_url"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_secret_is_never_shown_by_debug() {
+        let p: Probe = from_toml("", env("CONDUCTOR__WORKERS__SECRET", "hunter2-secret")).unwrap();
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     fn env(k: &str, v: &str) -> Vec<(String, String)> {

@@ -60,12 +60,7 @@ impl RendererSettings {
         }
         dispatch.check()?;
         if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(
-                    "renderer.public_url",
-                    format!("{url:?} is not an http:// or https:// URL"),
-                ));
-            }
+            crate::config::check_http_url("renderer.public_url", url)?;
         }
         self.listen.parse().map_err(|e| {
             invalid(

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use renderer::config::{from_toml, invalid, load, ConfigError, ENV_PREFIX};
+pub use renderer::config::{
+    check_http_url, from_toml, invalid, load, ConfigError, Secret, ENV_PREFIX,
+};
 
 use crate::clock::Clock;
 use crate::provider::{Mailgun, Outbox, Postmark, Provider, Resend, SendGrid, Ses};
@@ -97,13 +99,13 @@ impl Default for OutboxConfig {
     }
 }
 
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MailgunConfig {
     pub base_url: String,
     pub domain: String,
     /// Only from `CONDUCTOR__PROVIDER__MAILGUN__API_KEY`; a key written in the file is refused.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// A file holding the key (a mounted secret).
     pub api_key_file: Option<PathBuf>,
 }
@@ -116,17 +118,6 @@ impl Default for MailgunConfig {
             api_key: None,
             api_key_file: None,
         }
-    }
-}
-
-impl std::fmt::Debug for MailgunConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MailgunConfig")
-            .field("base_url", &self.base_url)
-            .field("domain", &self.domain)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("api_key_file", &self.api_key_file)
-            .finish()
     }
 }
 
@@ -143,11 +134,15 @@ impl MailgunConfig {
 /// A secret from the environment (`value`, set from `CONDUCTOR__…`) or from a file named in the
 /// config; `key` is its config path, for messages.
 fn secret(
-    value: &Option<String>,
+    value: &Option<Secret>,
     file: &Option<PathBuf>,
     key: &str,
 ) -> Result<String, ConfigError> {
-    if let Some(k) = value.as_ref().filter(|k| !k.trim().is_empty()) {
+    if let Some(k) = value
+        .as_ref()
+        .map(Secret::expose)
+        .filter(|k| !k.trim().is_empty())
+    {
         return Ok(k.trim().to_string());
     }
     if let Some(path) = file {
@@ -166,24 +161,14 @@ fn secret(
 }
 
 /// `[provider.sendgrid]`, `[provider.resend]`: an HTTP API with a bearer key.
-#[derive(Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Empty: the provider's own API host.
     pub base_url: String,
     /// Only from the environment (`CONDUCTOR__PROVIDER__SENDGRID__API_KEY`, `…__RESEND__API_KEY`).
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub api_key_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for ApiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("api_key_file", &self.api_key_file)
-            .finish()
-    }
 }
 
 impl ApiConfig {
@@ -197,12 +182,12 @@ impl ApiConfig {
 }
 
 /// `[provider.postmark]`
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostmarkConfig {
     pub base_url: String,
     /// Only from `CONDUCTOR__PROVIDER__POSTMARK__SERVER_TOKEN`.
-    pub server_token: Option<String>,
+    pub server_token: Option<Secret>,
     pub server_token_file: Option<PathBuf>,
     /// Marketing mail must go through a broadcast stream.
     pub message_stream: String,
@@ -223,31 +208,8 @@ impl Default for PostmarkConfig {
     }
 }
 
-impl std::fmt::Debug for PostmarkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostmarkConfig")
-            .field("base_url", &self.base_url)
-            .field(
-                "server_token",
-                &self.server_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("server_token_file", &self.server_token_file)
-            .field("message_stream", &self.message_stream)
-            .field("batch_size", &self.batch_size)
-            .finish()
-    }
-}
-
 const SENDGRID_API: &str = "https://api.sendgrid.com";
 const RESEND_API: &str = "https://api.resend.com";
-
-fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    if url.starts_with("https://") || url.starts_with("http://") {
-        Ok(())
-    } else {
-        Err(invalid(key, "must be an http(s) URL"))
-    }
-}
 
 impl ProviderConfig {
     /// Everything a sender needs, its secret included.
@@ -297,12 +259,7 @@ impl ProviderConfig {
         }
         if self.kind == ProviderKind::Mailgun {
             let m = &self.mailgun;
-            if !(m.base_url.starts_with("https://") || m.base_url.starts_with("http://")) {
-                return Err(invalid(
-                    "provider.mailgun.base_url",
-                    "must be an http(s) URL",
-                ));
-            }
+            check_http_url("provider.mailgun.base_url", &m.base_url)?;
             if m.domain.trim().is_empty() {
                 return Err(invalid(
                     "provider.mailgun.domain",
@@ -311,15 +268,15 @@ impl ProviderConfig {
             }
         }
         match self.kind {
-            ProviderKind::Sendgrid => check_url(
+            ProviderKind::Sendgrid => check_http_url(
                 "provider.sendgrid.base_url",
                 &self.sendgrid.base(SENDGRID_API),
             )?,
             ProviderKind::Resend => {
-                check_url("provider.resend.base_url", &self.resend.base(RESEND_API))?
+                check_http_url("provider.resend.base_url", &self.resend.base(RESEND_API))?
             }
             ProviderKind::Postmark => {
-                check_url("provider.postmark.base_url", &self.postmark.base_url)?;
+                check_http_url("provider.postmark.base_url", &self.postmark.base_url)?;
                 if self.postmark.message_stream.trim().is_empty() {
                     return Err(invalid(
                         "provider.postmark.message_stream",

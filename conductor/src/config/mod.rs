@@ -7,6 +7,7 @@
 
 pub mod watch;
 
+use renderer::config::Secret;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -241,27 +242,17 @@ impl Governor {
 }
 
 /// `[workers]`: remote renderer and sender processes.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Workers {
     /// Run the sender in this process (the embedded default). Turn off when `sender` processes do it.
     pub embedded_sender: bool,
     /// The secret remote workers present as a bearer token; only from `CONDUCTOR__WORKERS__SECRET`.
     /// Without it the worker API is closed.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// How long past its spend-by moment plus the provider timeout a lease may stay unreported before
     /// its recipients are marked `unknown` (the sender is presumed dead).
     pub lease_grace_ms: u32,
-}
-
-impl std::fmt::Debug for Workers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workers")
-            .field("embedded_sender", &self.embedded_sender)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .field("lease_grace_ms", &self.lease_grace_ms)
-            .finish()
-    }
 }
 
 impl Default for Workers {
@@ -373,7 +364,8 @@ impl Config {
         if self
             .workers
             .secret
-            .as_deref()
+            .as_ref()
+            .map(Secret::expose)
             .is_some_and(|s| s.trim().len() < 16)
         {
             return Err(invalid("workers.secret", "must be at least 16 characters"));

@@ -3,6 +3,7 @@
 
 use hmac::{Hmac, Mac};
 use p256::ecdsa::VerifyingKey;
+use renderer::config::Secret;
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -13,21 +14,10 @@ pub const MAX_AGE_MS: i64 = 5 * 60_000;
 
 /// `[feedback.mailgun]`: the webhook signing key, only from
 /// `CONDUCTOR__FEEDBACK__MAILGUN__SIGNING_KEY`. Without it the endpoint is closed.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MailgunFeedback {
-    pub signing_key: Option<String>,
-}
-
-impl std::fmt::Debug for MailgunFeedback {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MailgunFeedback")
-            .field(
-                "signing_key",
-                &self.signing_key.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    pub signing_key: Option<Secret>,
 }
 
 /// `[feedback.sendgrid]`: the Signed Event Webhook's public key, as SendGrid shows it (base64 DER).
@@ -40,20 +30,11 @@ pub struct SendgridFeedback {
 
 /// `[feedback.postmark]`: Postmark signs nothing; its webhook URL carries basic-auth credentials.
 /// The password only from `CONDUCTOR__FEEDBACK__POSTMARK__PASSWORD`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostmarkFeedback {
     pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for PostmarkFeedback {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostmarkFeedback")
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub password: Option<Secret>,
 }
 
 /// `[feedback.ses]`: SES posts its feedback to SNS topics; the conductor accepts deliveries only from
@@ -93,7 +74,7 @@ impl FeedbackConfig {
             .mailgun
             .signing_key
             .as_ref()
-            .is_some_and(|k| k.trim().is_empty())
+            .is_some_and(|k| k.expose().trim().is_empty())
         {
             return Err(invalid(
                 "feedback.mailgun.signing_key",
@@ -122,7 +103,7 @@ impl FeedbackConfig {
                         "must be non-empty and without ':'",
                     ));
                 }
-                if pw.trim().len() < 16 {
+                if pw.expose().trim().len() < 16 {
                     return Err(invalid(
                         "feedback.postmark.password",
                         "must be at least 16 characters",

@@ -8,6 +8,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use renderer::config::Secret;
 use renderer::UnsubscribeLink;
 use serde::Deserialize;
 use sha2::Sha256;
@@ -21,7 +22,7 @@ const MIN_SECRET_LEN: usize = 32;
 
 /// `[unsubscribe]`. Without `base_url` messages carry no `List-Unsubscribe` and `{{unsubscribe_url}}`
 /// is Mailgun's `%unsubscribe_url%` tag.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UnsubscribeConfig {
     /// Where recipients reach this conductor, e.g. `https://mail.example.com`; links are
@@ -30,17 +31,7 @@ pub struct UnsubscribeConfig {
     /// An address for `List-Unsubscribe`'s `mailto:` alternative (handled outside this service).
     pub mailto: Option<String>,
     /// The signing key, only from `CONDUCTOR__UNSUBSCRIBE__SECRET`.
-    pub secret: Option<String>,
-}
-
-impl std::fmt::Debug for UnsubscribeConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnsubscribeConfig")
-            .field("base_url", &self.base_url)
-            .field("mailto", &self.mailto)
-            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub secret: Option<Secret>,
 }
 
 impl UnsubscribeConfig {
@@ -83,7 +74,7 @@ impl UnsubscribeConfig {
                 "unsubscribe.secret",
                 "is required with unsubscribe.base_url: set CONDUCTOR__UNSUBSCRIBE__SECRET",
             )),
-            Some(s) if s.trim().len() < MIN_SECRET_LEN => Err(invalid(
+            Some(s) if s.expose().trim().len() < MIN_SECRET_LEN => Err(invalid(
                 "unsubscribe.secret",
                 format!("must be at least {MIN_SECRET_LEN} characters"),
             )),
@@ -96,7 +87,7 @@ impl UnsubscribeConfig {
         Some(Links {
             base_url: self.base_url.as_ref()?.trim_end_matches('/').to_string(),
             mailto: self.mailto.clone(),
-            secret: self.secret.clone()?.into_bytes(),
+            secret: self.secret.as_ref()?.expose().as_bytes().to_vec(),
         })
     }
 }
@@ -184,7 +175,7 @@ mod tests {
         UnsubscribeConfig {
             base_url: Some(base.into()),
             mailto: Some("unsubscribe@example.com".into()),
-            secret: Some("s".repeat(40)),
+            secret: Some("s".repeat(40).into()),
         }
     }
 
@@ -217,7 +208,7 @@ mod tests {
         let links = config("https://mail.example.com").links().unwrap();
         let token = links.token("c1", 7);
         let other = UnsubscribeConfig {
-            secret: Some("t".repeat(40)),
+            secret: Some("t".repeat(40).into()),
             ..config("https://mail.example.com")
         }
         .links()

@@ -13,6 +13,7 @@ use axum::Router;
 use crate::domain::feedback::{self, FeedbackError};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
+use renderer::config::Secret;
 
 pub fn router() -> Router<Arc<Service>> {
     Router::new()
@@ -108,7 +109,10 @@ async fn postmark(
     body: Body,
 ) -> Result<Response, Problem> {
     let p = svc.work.config.borrow().feedback.postmark.clone();
-    let (Some(user), Some(password)) = (p.username.as_deref(), p.password.as_deref()) else {
+    let (Some(user), Some(password)) = (
+        p.username.as_deref(),
+        p.password.as_ref().map(Secret::expose),
+    ) else {
         return Err(disabled(
             "postmark",
             "set [feedback.postmark] username and CONDUCTOR__FEEDBACK__POSTMARK__PASSWORD",
@@ -146,7 +150,7 @@ async fn postmark(
 /// Mailgun retries anything but 200 and 406 for hours; 406 tells it to stop (stale or replayed).
 async fn mailgun(State(svc): State<Arc<Service>>, body: Body) -> Result<Response, Problem> {
     let config = svc.work.config.borrow().feedback.mailgun.clone();
-    let Some(key) = config.signing_key.as_deref() else {
+    let Some(key) = config.signing_key.as_ref().map(Secret::expose) else {
         return Err(disabled(
             "mailgun",
             "set CONDUCTOR__FEEDBACK__MAILGUN__SIGNING_KEY to the webhook signing key",

@@ -17,6 +17,7 @@ use sender::{WorkError, WorkSource};
 
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
+use renderer::config::Secret;
 
 pub fn router() -> Router<Arc<Service>> {
     Router::new()
@@ -29,7 +30,7 @@ pub fn router() -> Router<Arc<Service>> {
 fn authorise(svc: &Service, headers: &HeaderMap) -> Result<(), Problem> {
     // Live: a rotated secret applies at the next request.
     let secret = svc.work.config.borrow().workers.secret.clone();
-    let Some(secret) = secret.as_deref() else {
+    let Some(secret) = secret.as_ref().map(Secret::expose) else {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             ProblemType::WorkersDisabled,
