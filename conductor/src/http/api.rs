@@ -16,6 +16,7 @@ use crate::domain::recipient::RecipientState;
 use crate::domain::scope::Scope;
 use crate::domain::validate::{self, CampaignRequest};
 use crate::engine::ingest::{self, ListFormat, Source};
+use crate::http::extract::ApiJson;
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::{Open, Service};
 use crate::store::{Action, IdempotencyKey, Status};
@@ -511,9 +512,8 @@ struct RetryRequest {
 async fn retry(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    ApiJson(req): ApiJson<RetryRequest>,
 ) -> Result<Response, Problem> {
-    let req: RetryRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     let invalid = |detail: String| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -557,10 +557,8 @@ async fn retry(
 async fn update_campaign(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    ApiJson(fields): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, Problem> {
-    let fields: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
     let mut errors = Vec::new();
     let mut per_minute = None;
     let mut priority = None;

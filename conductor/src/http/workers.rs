@@ -71,7 +71,7 @@ async fn lease(
     authorise(&svc, &headers)?;
     let body =
         crate::http::body::read(body, crate::http::body::WORKER_SMALL, "a lease request").await?;
-    let req: LeaseRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let req: LeaseRequest = crate::http::extract::json(&body)?;
     if !(1..=10_000).contains(&req.want) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -97,7 +97,7 @@ async fn report(
     authorise(&svc, &headers)?;
     let body =
         crate::http::body::read(body, crate::http::body::WORKER_REPORT, "a lease report").await?;
-    let req: ReportRequest = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let req: ReportRequest = crate::http::extract::json(&body)?;
     match svc.work.report(&id, req.outcomes, req.last).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(WorkError::LeaseLost(id)) => Err(Problem::new(
@@ -138,7 +138,7 @@ async fn claim(
     authorise(&svc, &headers)?;
     let body =
         crate::http::body::read(body, crate::http::body::WORKER_SMALL, "a render claim").await?;
-    let job: RenderJob = serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let job: RenderJob = crate::http::extract::json(&body)?;
     let input = svc.work.load(&job).await.map_err(source_problem)?;
     Ok(Json(input).into_response())
 }
@@ -151,8 +151,7 @@ async fn rendered(
     authorise(&svc, &headers)?;
     let body =
         crate::http::body::read(body, crate::http::body::WORKER_REPORT, "a render report").await?;
-    let report: RenderedReport =
-        serde_json::from_slice(&body).map_err(|e| Problem::bad_json(&e))?;
+    let report: RenderedReport = crate::http::extract::json(&body)?;
     // Senders fetch what the store names: only the batch's own key may be recorded.
     let expected = RenderedBatch::key(&report.job.campaign_id, report.job.batch);
     let older = RenderedBatch::format_one_key(&report.job.campaign_id, report.job.batch);

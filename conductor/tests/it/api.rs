@@ -282,6 +282,25 @@ async fn bodies_over_the_limit_are_413() {
         .unwrap();
     expect_problem(r, 413, "/problems/payload-too-large").await;
     assert_nothing_stored(&app).await;
+    // The small JSON routes answer their limit, and bytes that are not JSON, as problems too.
+    let padded = json!({"per_minute": 5, "pad": "x".repeat(70 * 1024)});
+    let r = app
+        .client
+        .put(app.url("/v1/campaigns/any"))
+        .json(&padded)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 413, "/problems/payload-too-large").await;
+    let r = app
+        .client
+        .post(app.url("/v1/campaigns/any/retry"))
+        .header("content-type", "application/json")
+        .body("{\"states\": [")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(r, 400, "/problems/invalid-json").await;
     app.stop().await;
 }
 
