@@ -68,11 +68,42 @@ pub enum SenderError {
     Batch { key: String, reason: String },
 }
 
-fn collect(outcomes: Vec<RecipientOutcome>, done: &mut Vec<RecipientOutcome>, halted: &mut bool) {
-    *halted |= outcomes
-        .iter()
-        .any(|o| matches!(o.outcome, Outcome::AccountStop { .. }));
-    done.extend(outcomes);
+/// Why a lease stopped before its last token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    /// The minute's deadline passed: a token is never spent late.
+    Expired,
+    /// The sender is shutting down.
+    Stopping,
+    /// The provider refused the account: nothing more goes out on it.
+    AccountStop,
+    /// The conductor could not be told what was done: no send starts unheard.
+    Unheard,
+}
+
+/// A lease being worked: the outcomes not yet reported, and what they have told us.
+struct Run {
+    done: Vec<RecipientOutcome>,
+    account_stopped: bool,
+    /// When the conductor last heard from us.
+    heard: Millis,
+}
+
+impl Run {
+    fn new(heard: Millis) -> Self {
+        Self {
+            done: Vec::new(),
+            account_stopped: false,
+            heard,
+        }
+    }
+
+    fn collect(&mut self, outcomes: Vec<RecipientOutcome>) {
+        self.account_stopped |= outcomes
+            .iter()
+            .any(|o| matches!(o.outcome, Outcome::AccountStop { .. }));
+        self.done.extend(outcomes);
+    }
 }
 
 /// How many decoded batches to keep: consecutive leases usually come from the same batch.
@@ -181,129 +212,188 @@ impl Sender {
         self.work(&lease, &batch).await
     }
 
+    /// Works a lease: each request at its slot, until its tokens are spent or something halts it;
+    /// then waits for the answers still coming and reports them.
     async fn work(&self, lease: &SendLease, batch: &RenderedBatch) -> Result<Step, SenderError> {
         let mut in_flight = FuturesUnordered::new();
-        let mut done: Vec<RecipientOutcome> = Vec::new();
-        let mut attempted = 0;
-        let mut stopped = false;
-        let mut halted = false;
-        let limit = self.provider.batch_limit().max(1);
         // Granting the lease is the first time we are heard from.
-        let mut heard = self.clock.now_ms();
+        let mut run = Run::new(self.clock.now_ms());
+        let limit = self.provider.batch_limit().max(1);
+        // Tokens started so far: every token before `k` is in a request.
         let mut k = 0;
-        while k < lease.tokens() {
+        let halt = loop {
+            if k >= lease.tokens() {
+                break None;
+            }
             // Take in whatever has answered, so an account stop halts the lease at once.
             while let Some(Some(o)) = in_flight.next().now_or_never() {
-                collect(o, &mut done, &mut halted);
+                run.collect(o);
             }
-            if stopped || halted || self.stop.is_cancelled() {
-                break;
+            if let Some(h) = self.halt(&run) {
+                break Some(h);
             }
             // Tokens k..end go in one request (one token each) at the slot of the last of them.
             let end = pacing::batch_end(lease, k, limit);
-            loop {
-                match pacing::next(lease, end - 1, self.clock.now_ms()) {
-                    Next::Go => break,
-                    Next::Expired => {
-                        stopped = true;
-                        break;
-                    }
-                    Next::WaitUntil(t) => {
-                        tokio::select! {
-                            _ = self.clock.sleep_until(t) => {}
-                            Some(o) = in_flight.next(), if !in_flight.is_empty() => collect(o, &mut done, &mut halted),
-                            _ = self.stop.cancelled() => { stopped = true; break; }
-                        }
-                    }
-                }
-            }
-            if stopped {
-                break;
+            if let Err(h) = self
+                .wait_for_slot(lease, end, &mut in_flight, &mut run)
+                .await
+            {
+                break Some(h);
             }
             while in_flight.len() >= self.cfg.concurrency.max(1) {
                 if let Some(o) = in_flight.next().await {
-                    collect(o, &mut done, &mut halted);
+                    run.collect(o);
                 }
             }
-            if let Some(limiter) = &self.per_second {
-                let n = NonZeroU32::new((end - k) as u32).unwrap_or(NonZeroU32::MIN);
-                if limiter.until_n_ready(n).await.is_err() {
-                    // More than the provider allows in a second: one by one, then.
-                    for _ in 0..n.get() {
-                        limiter.until_ready().await;
+            self.per_second_room(end - k).await;
+            let now = match self.still_on_time(lease, &mut run).await {
+                Ok(now) => now,
+                Err(h) => break Some(h),
+            };
+            in_flight.push(self.request(batch, &lease.recipients[k..end], now));
+            k = end;
+            self.report_if_due(lease, &mut run).await;
+        };
+        if let Some(halt) = halt {
+            tracing::debug!(lease = %lease.lease_id, ?halt, started = k, "lease stopped before its last token");
+        }
+        while let Some(o) = in_flight.next().await {
+            run.done.extend(o);
+        }
+        let _ = self.flush(lease, &mut run.done, true).await;
+        Ok(Step::Worked {
+            attempted: k,
+            released: lease.tokens() - k,
+        })
+    }
+
+    /// Whether the lease must stop before its next request: the account was refused, or the sender
+    /// is stopping.
+    fn halt(&self, run: &Run) -> Option<Halt> {
+        if run.account_stopped {
+            Some(Halt::AccountStop)
+        } else if self.stop.is_cancelled() {
+            Some(Halt::Stopping)
+        } else {
+            None
+        }
+    }
+
+    /// Waits for the slot of token `end - 1`, taking in answers meanwhile.
+    async fn wait_for_slot<F>(
+        &self,
+        lease: &SendLease,
+        end: usize,
+        in_flight: &mut FuturesUnordered<F>,
+        run: &mut Run,
+    ) -> Result<(), Halt>
+    where
+        F: std::future::Future<Output = Vec<RecipientOutcome>>,
+    {
+        loop {
+            match pacing::next(lease, end - 1, self.clock.now_ms()) {
+                Next::Go => return Ok(()),
+                Next::Expired => return Err(Halt::Expired),
+                Next::WaitUntil(t) => {
+                    tokio::select! {
+                        _ = self.clock.sleep_until(t) => {}
+                        Some(o) = in_flight.next(), if !in_flight.is_empty() => run.collect(o),
+                        _ = self.stop.cancelled() => return Err(Halt::Stopping),
                     }
                 }
             }
-            // Waiting for room may have carried us past the minute: a token is never spent late.
-            let mut now = self.clock.now_ms();
-            if now >= lease.deadline || halted {
-                break;
-            }
-            // No send starts unless the conductor heard from us within the heartbeat; if it cannot
-            // hear us, we stop rather than send what it would have to count as in doubt.
-            if now - heard >= HEARTBEAT_MS {
-                if !self.flush(lease, &mut done, false).await {
-                    break;
-                }
-                now = self.clock.now_ms();
-                heard = now;
-                if now >= lease.deadline {
-                    break;
+        }
+    }
+
+    /// Waits for room under the provider's own per-second limit, if it has one.
+    async fn per_second_room(&self, tokens: usize) {
+        if let Some(limiter) = &self.per_second {
+            let n = NonZeroU32::new(tokens as u32).unwrap_or(NonZeroU32::MIN);
+            if limiter.until_n_ready(n).await.is_err() {
+                // More than the provider allows in a second: one by one, then.
+                for _ in 0..n.get() {
+                    limiter.until_ready().await;
                 }
             }
-            attempted += end - k;
-            let rids = &lease.recipients[k..end];
-            let provider = &self.provider;
-            in_flight.push(async move {
-                let msgs: Vec<_> = rids
-                    .iter()
-                    .filter_map(|&r| batch.message(r))
-                    .map(|message| OutgoingMessage { batch, message })
-                    .collect();
-                let started = std::time::Instant::now();
-                let mut sent = if msgs.is_empty() {
-                    Vec::new()
-                } else {
-                    provider.send_batch(&msgs).await
-                }
-                .into_iter();
-                let latency_ms = (!msgs.is_empty())
-                    .then(|| started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32);
-                rids.iter()
-                    .map(|&rid| RecipientOutcome {
-                        recipient_id: rid,
-                        outcome: match batch.message(rid) {
-                            Some(_) => sent.next().unwrap_or(Outcome::Unknown {
-                                reason: "the provider gave fewer answers than messages".into(),
-                            }),
-                            None => Outcome::Failed {
-                                reason: format!(
-                                    "recipient {rid} is missing from its rendered batch"
-                                ),
-                            },
+        }
+    }
+
+    /// The time the next request starts at, if it may: waiting for room may have carried us past the
+    /// minute (a token is never spent late), and no send starts unless the conductor heard from us
+    /// within the heartbeat — if it cannot hear us, we stop rather than send what it would have to
+    /// count as in doubt.
+    async fn still_on_time(&self, lease: &SendLease, run: &mut Run) -> Result<Millis, Halt> {
+        let now = self.clock.now_ms();
+        if now >= lease.deadline {
+            return Err(Halt::Expired);
+        }
+        if run.account_stopped {
+            return Err(Halt::AccountStop);
+        }
+        if now - run.heard < HEARTBEAT_MS {
+            return Ok(now);
+        }
+        if !self.flush(lease, &mut run.done, false).await {
+            return Err(Halt::Unheard);
+        }
+        let now = self.clock.now_ms();
+        run.heard = now;
+        if now >= lease.deadline {
+            return Err(Halt::Expired);
+        }
+        Ok(now)
+    }
+
+    /// One request for `rids` (one message each; a batching provider takes them together), read
+    /// into one outcome per recipient.
+    fn request<'a>(
+        &'a self,
+        batch: &'a RenderedBatch,
+        rids: &'a [i64],
+        now: Millis,
+    ) -> impl std::future::Future<Output = Vec<RecipientOutcome>> + 'a {
+        let provider = &self.provider;
+        async move {
+            let msgs: Vec<_> = rids
+                .iter()
+                .filter_map(|&r| batch.message(r))
+                .map(|message| OutgoingMessage { batch, message })
+                .collect();
+            let started = std::time::Instant::now();
+            let mut sent = if msgs.is_empty() {
+                Vec::new()
+            } else {
+                provider.send_batch(&msgs).await
+            }
+            .into_iter();
+            let latency_ms = (!msgs.is_empty())
+                .then(|| started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32);
+            rids.iter()
+                .map(|&rid| RecipientOutcome {
+                    recipient_id: rid,
+                    outcome: match batch.message(rid) {
+                        Some(_) => sent.next().unwrap_or(Outcome::Unknown {
+                            reason: "the provider gave fewer answers than messages".into(),
+                        }),
+                        None => Outcome::Failed {
+                            reason: format!("recipient {rid} is missing from its rendered batch"),
                         },
-                        at: now,
-                        latency_ms: batch.message(rid).and(latency_ms),
-                    })
-                    .collect::<Vec<_>>()
-            });
-            k = end;
-            if done.len() >= self.cfg.report_every
-                && self.clock.now_ms() - heard >= self.cfg.report_interval_ms
-                && self.flush(lease, &mut done, false).await
-            {
-                heard = self.clock.now_ms();
-            }
+                    },
+                    at: now,
+                    latency_ms: batch.message(rid).and(latency_ms),
+                })
+                .collect::<Vec<_>>()
         }
-        while let Some(o) = in_flight.next().await {
-            done.extend(o);
+    }
+
+    /// An interim report once enough outcomes wait and the last contact is long enough ago.
+    async fn report_if_due(&self, lease: &SendLease, run: &mut Run) {
+        if run.done.len() >= self.cfg.report_every
+            && self.clock.now_ms() - run.heard >= self.cfg.report_interval_ms
+            && self.flush(lease, &mut run.done, false).await
+        {
+            run.heard = self.clock.now_ms();
         }
-        let released = lease.tokens() - attempted;
-        let _ = self.flush(lease, &mut done, true).await;
-        Ok(Step::Worked {
-            attempted,
-            released,
-        })
     }
 
     /// Reports what is done; whether the conductor got it. A failed interim report keeps its outcomes
