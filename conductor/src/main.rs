@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use conductor::config::Config;
 use conductor::startup::Application;
-use renderer::process::LogConfig;
+use renderer::deploy::process::LogConfig;
 use sender::SystemClock;
 
 /// Campaign email delivery orchestrator.
@@ -114,7 +114,7 @@ const QUIET: &str = "warn";
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let ending = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    let code = renderer::process::run(run(cli, ending.clone()));
+    let code = renderer::deploy::process::run(run(cli, ending.clone()));
     match ending.load(std::sync::atomic::Ordering::SeqCst) {
         0 => code,
         n => std::process::ExitCode::from(n),
@@ -152,7 +152,7 @@ async fn run(cli: Cli, ending: Arc<std::sync::atomic::AtomicU8>) -> anyhow::Resu
         Command::Serve { config } => {
             let cfg = Config::load(config.as_deref(), std::env::vars())?;
             cfg.log.install("info")?;
-            let stop = renderer::process::shutdown_signal();
+            let stop = renderer::deploy::process::shutdown_signal();
             let app = Application::build(cfg, config, Arc::new(SystemClock)).await?;
             tracing::info!(address = %app.local_addr(), "conductor serving");
             app.run_until(async {

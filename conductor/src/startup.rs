@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use renderer::aws::DispatchMode;
+use renderer::deploy::aws::DispatchMode;
 use renderer::Renderer;
 use sender::{Clock, Sender};
 use tokio::sync::{mpsc, watch, Notify};

@@ -3,15 +3,12 @@
 //! This crate owns the render contract: [`RenderJob`], the [`RenderSource`] a worker pulls its input from,
 //! the rendered-batch format ([`RenderedBatch`]) that senders read, and the [`BodyStore`] both sides share.
 
-pub mod aws;
 pub mod batch;
 pub mod body_store;
 mod bounds;
-pub mod config;
 mod css;
+pub mod deploy;
 pub mod job;
-pub mod process;
-pub mod remote;
 pub mod service;
 pub mod sns;
 pub mod template;

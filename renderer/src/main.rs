@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use renderer::aws::DispatchConfig;
 use renderer::body_store::BodiesConfig;
-use renderer::config::WorkerSecret;
-use renderer::remote::HttpRenderSource;
+use renderer::deploy::aws::DispatchConfig;
+use renderer::deploy::config::WorkerSecret;
+use renderer::deploy::remote::HttpRenderSource;
 use renderer::service::{RendererApp, RendererSettings};
 use renderer::sns::HttpsCertFetcher;
 use renderer::Renderer;
@@ -34,7 +34,13 @@ struct FileConfig {
     dispatch: DispatchConfig,
     bodies: BodiesConfig,
     workers: WorkerSecret,
-    log: renderer::process::LogConfig,
+    log: renderer::deploy::process::LogConfig,
+}
+
+impl renderer::deploy::config::Secrets for FileConfig {
+    fn secrets() -> Vec<renderer::deploy::config::SecretPath> {
+        vec![renderer::deploy::config::WORKERS_SECRET]
+    }
 }
 
 /// Render workers allocate and free message-sized strings on many threads; mimalloc returns that
@@ -43,17 +49,17 @@ struct FileConfig {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    renderer::process::run(run(Args::parse()))
+    renderer::deploy::process::run(run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg: FileConfig = renderer::config::load(args.config.as_deref(), std::env::vars())?;
+    let cfg: FileConfig = renderer::deploy::config::load(args.config.as_deref(), std::env::vars())?;
     cfg.log.install("info")?;
     let secret = cfg.workers.require()?;
     let source = Arc::new(HttpRenderSource::new(&args.conductor, secret)?);
     let bodies = cfg.bodies.open().await?;
     let renderer = Arc::new(Renderer::new(source, bodies));
-    let stop = renderer::process::shutdown_signal();
+    let stop = renderer::deploy::process::shutdown_signal();
     let app = RendererApp::build(
         &cfg.renderer,
         &cfg.dispatch,

@@ -13,7 +13,7 @@ use axum::Router;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::aws::{DispatchConfig, DispatchMode};
+use crate::deploy::aws::{DispatchConfig, DispatchMode};
 use crate::job::RenderJob;
 use crate::sns::{confirm_subscription, MessageType, SeenIds, SnsError, Verifier};
 
@@ -50,8 +50,8 @@ impl RendererSettings {
     pub fn check(
         &self,
         dispatch: &DispatchConfig,
-    ) -> Result<SocketAddr, crate::config::ConfigError> {
-        use crate::config::invalid;
+    ) -> Result<SocketAddr, crate::deploy::config::ConfigError> {
+        use crate::deploy::config::invalid;
         if dispatch.mode != DispatchMode::Sns {
             return Err(invalid(
                 "dispatch.mode",
@@ -60,7 +60,7 @@ impl RendererSettings {
         }
         dispatch.check()?;
         if let Some(url) = &self.public_url {
-            crate::config::check_http_url("renderer.public_url", url)?;
+            crate::deploy::config::check_http_url("renderer.public_url", url)?;
         }
         self.listen.parse().map_err(|e| {
             invalid(
@@ -186,7 +186,7 @@ async fn deliver(
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::deploy::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -290,7 +290,7 @@ impl RendererApp {
             match client.unsubscribe().subscription_arn(&arn).send().await {
                 Ok(_) => tracing::info!(subscription = %arn, "left the render topic"),
                 Err(e) => {
-                    tracing::warn!(subscription = %arn, error = %crate::aws::describe(&e), "could not unsubscribe")
+                    tracing::warn!(subscription = %arn, error = %crate::deploy::aws::describe(&e), "could not unsubscribe")
                 }
             }
         }
@@ -335,7 +335,7 @@ async fn subscribe(
         .return_subscription_arn(true)
         .send()
         .await
-        .map_err(|e| failed(crate::aws::describe(&e)))?;
+        .map_err(|e| failed(crate::deploy::aws::describe(&e)))?;
     let arn = out
         .subscription_arn()
         .ok_or_else(|| failed("SNS returned no subscription ARN".into()))?

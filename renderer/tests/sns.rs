@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use renderer::aws::{DispatchConfig, DispatchMode};
+use renderer::deploy::aws::{DispatchConfig, DispatchMode};
 use renderer::service::{RendererApp, RendererSettings};
 use renderer::sns::{SnsError, Verifier};
 use renderer::{

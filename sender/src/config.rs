@@ -1,5 +1,5 @@
 //! Settings a sender needs wherever it runs — provider, pacing lanes. The file loader itself is
-//! `renderer::config`, shared by every binary; it is re-exported here.
+//! `renderer::deploy::config`, shared by every binary; it is re-exported here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,9 +7,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use renderer::config::{
-    check_http_url, from_toml, invalid, load, ConfigError, Secret, ENV_PREFIX,
-};
+use renderer::deploy::config::{check_http_url, invalid, ConfigError, Secret, SecretPath};
+
+/// The provider keys `[provider]` holds, for the configs that embed it.
+pub const PROVIDER_SECRETS: &[SecretPath] = &[
+    &["provider", "mailgun", "api_key"],
+    &["provider", "sendgrid", "api_key"],
+    &["provider", "postmark", "server_token"],
+    &["provider", "resend", "api_key"],
+];
 
 use crate::clock::Clock;
 use crate::provider::{Mailgun, Outbox, Postmark, Provider, Resend, SendGrid, Ses};
@@ -294,7 +300,7 @@ impl ProviderConfig {
                     ));
                 }
             }
-            ProviderKind::Ses => renderer::aws::check_endpoint(
+            ProviderKind::Ses => renderer::deploy::aws::check_endpoint(
                 "provider.ses.endpoint",
                 self.ses.endpoint.as_deref(),
             )?,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use renderer::body_store::BodiesConfig;
-use renderer::config::WorkerSecret;
+use renderer::deploy::config::WorkerSecret;
 use sender::config::{ProviderConfig, SenderSettings};
 use sender::remote::HttpWorkSource;
 use sender::{Sender, SystemClock};
@@ -38,7 +38,15 @@ struct FileConfig {
     bodies: BodiesConfig,
     workers: WorkerSecret,
     safety: sender::safety::Safety,
-    log: renderer::process::LogConfig,
+    log: renderer::deploy::process::LogConfig,
+}
+
+impl renderer::deploy::config::Secrets for FileConfig {
+    fn secrets() -> Vec<renderer::deploy::config::SecretPath> {
+        let mut s = sender::config::PROVIDER_SECRETS.to_vec();
+        s.push(renderer::deploy::config::WORKERS_SECRET);
+        s
+    }
 }
 
 /// Many threads allocate and free message-sized buffers; the system allocator keeps an arena per
@@ -47,11 +55,11 @@ struct FileConfig {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    renderer::process::run(run(Args::parse()))
+    renderer::deploy::process::run(run(Args::parse()))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg: FileConfig = sender::config::load(args.config.as_deref(), std::env::vars())?;
+    let cfg: FileConfig = renderer::deploy::config::load(args.config.as_deref(), std::env::vars())?;
     cfg.log.install("info")?;
     cfg.provider.validate()?;
     cfg.sender.validate()?;
@@ -80,7 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cfg.sender.sender_config(&cfg.provider),
         stop.clone(),
     ));
-    let signal = renderer::process::shutdown_signal();
+    let signal = renderer::deploy::process::shutdown_signal();
     tracing::info!(conductor = %args.conductor, provider = %cfg.provider.describe(), "sender started");
     let worker = tokio::spawn(sender.run());
     signal.await;
@@ -104,7 +112,7 @@ async fn watch_safety(
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = stop.cancelled() => return,
         }
-        let loaded = sender::config::load::<FileConfig>(Some(&path), std::env::vars())
+        let loaded = renderer::deploy::config::load::<FileConfig>(Some(&path), std::env::vars())
             .map_err(|e| e.to_string())
             .and_then(|c| {
                 c.safety

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use renderer::remote::{refusal, ConductorClient};
+use renderer::deploy::remote::{refusal, ConductorClient};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, Millis};

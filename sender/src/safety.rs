@@ -7,9 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::config::{invalid, ConfigError};
 use crate::lease::Outcome;
 use crate::provider::{OutgoingMessage, Provider};
+use renderer::deploy::config::{invalid, ConfigError};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

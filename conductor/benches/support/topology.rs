@@ -134,7 +134,7 @@ async fn on_moto(config: &mut Config) -> String {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
     let region = "us-east-1";
-    let shared = renderer::aws::sdk_config(Some(region), Some(&moto)).await;
+    let shared = renderer::deploy::aws::sdk_config(Some(region), Some(&moto)).await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(true)
@@ -162,7 +162,7 @@ async fn on_moto(config: &mut Config) -> String {
          [renderer]\nlisten = \"127.0.0.1:0\"\nverify_signatures = false\n\
          public_url = \"http://127.0.0.1:{{port}}/sns\"\n"
     );
-    let parsed: Config = sender::config::from_toml(&sections, []).expect("bench config");
+    let parsed: Config = renderer::deploy::config::from_toml(&sections, []).expect("bench config");
     config.bodies = parsed.bodies;
     config.dispatch = parsed.dispatch;
     sections

@@ -7,15 +7,16 @@
 
 pub mod watch;
 
-use renderer::config::Secret;
+use renderer::deploy::config::Secret;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use sender::config::invalid;
+use renderer::deploy::config::invalid;
+pub use renderer::deploy::config::ConfigError;
 pub use sender::config::{
-    ConfigError, MailgunConfig, OutboxConfig, ProviderConfig, ProviderKind, SenderSettings,
+    MailgunConfig, OutboxConfig, ProviderConfig, ProviderKind, SenderSettings,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -29,14 +30,14 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub sender: SenderSettings,
     pub workers: Workers,
-    pub dispatch: renderer::aws::DispatchConfig,
+    pub dispatch: renderer::deploy::aws::DispatchConfig,
     pub events: Events,
     pub safety: sender::safety::Safety,
     pub feedback: crate::domain::feedback::FeedbackConfig,
     pub unsubscribe: crate::domain::unsubscribe::UnsubscribeConfig,
     /// Read by `renderer` processes; the conductor only checks that it parses.
     pub renderer: renderer::service::RendererSettings,
-    pub log: renderer::process::LogConfig,
+    pub log: renderer::deploy::process::LogConfig,
 }
 
 /// `[events]`: where campaign lifecycle events go (see `events.rs` for their schema).
@@ -44,7 +45,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct Events {
     /// An SNS topic; without one, events are only logged.
-    pub sns: Option<renderer::aws::SnsTopic>,
+    pub sns: Option<renderer::deploy::aws::SnsTopic>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -265,13 +266,26 @@ impl Default for Workers {
     }
 }
 
+impl renderer::deploy::config::Secrets for Config {
+    fn secrets() -> Vec<renderer::deploy::config::SecretPath> {
+        let mut s = sender::config::PROVIDER_SECRETS.to_vec();
+        s.extend([
+            renderer::deploy::config::WORKERS_SECRET,
+            &["feedback", "mailgun", "signing_key"],
+            &["feedback", "postmark", "password"],
+            &["unsubscribe", "secret"],
+        ]);
+        s
+    }
+}
+
 impl Config {
     /// Reads `path` (if given), applies environment overrides from `env`, and validates.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let config: Config = sender::config::load(path, env)?;
+        let config: Config = renderer::deploy::config::load(path, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -280,7 +294,7 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let config: Config = sender::config::from_toml(text, env)?;
+        let config: Config = renderer::deploy::config::from_toml(text, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -320,7 +334,9 @@ impl Config {
         if let Some(topic) = &self.events.sns {
             topic.check("events.sns")?;
         }
-        if self.dispatch.mode == renderer::aws::DispatchMode::Sns && self.workers.secret.is_none() {
+        if self.dispatch.mode == renderer::deploy::aws::DispatchMode::Sns
+            && self.workers.secret.is_none()
+        {
             return Err(invalid(
                 "workers.secret",
                 "renderer processes report through the worker API: set CONDUCTOR__WORKERS__SECRET",
@@ -455,7 +471,10 @@ mod tests {
             env(&[("CONDUCTOR__WORKERS__SECRET", "0123456789abcdef0123")]),
         )
         .unwrap();
-        assert_eq!(distributed.dispatch.mode, renderer::aws::DispatchMode::Sns);
+        assert_eq!(
+            distributed.dispatch.mode,
+            renderer::deploy::aws::DispatchMode::Sns
+        );
         assert!(distributed.events.sns.is_some());
         assert_eq!(
             distributed.provider.mailgun.api_key, None,
@@ -549,6 +568,18 @@ mod tests {
             (
                 "[provider.postmark]\nserver_token = \"in-the-file\"",
                 "provider.postmark.server_token",
+            ),
+            (
+                "[feedback.postmark]\nusername = \"pm\"\npassword = \"in-the-file\"",
+                "CONDUCTOR__FEEDBACK__POSTMARK__PASSWORD",
+            ),
+            (
+                "[unsubscribe]\nsecret = \"in-the-file\"",
+                "CONDUCTOR__UNSUBSCRIBE__SECRET",
+            ),
+            (
+                "[workers]\nsecret = \"in-the-file\"",
+                "CONDUCTOR__WORKERS__SECRET",
             ),
             (
                 "[provider]\nkind = \"postmark\"\n[provider.postmark]\nmessage_stream = \" \"",

@@ -3,7 +3,7 @@
 
 use hmac::{Hmac, Mac};
 use p256::ecdsa::VerifyingKey;
-use renderer::config::Secret;
+use renderer::deploy::config::Secret;
 use serde::Deserialize;
 use sha2::Sha256;
 
@@ -68,8 +68,8 @@ pub struct FeedbackConfig {
 
 impl FeedbackConfig {
     /// An empty key would "verify" anything signed with an empty key: refuse it.
-    pub fn check(&self) -> Result<(), sender::config::ConfigError> {
-        use sender::config::invalid;
+    pub fn check(&self) -> Result<(), renderer::deploy::config::ConfigError> {
+        use renderer::deploy::config::invalid;
         if self
             .mailgun
             .signing_key

@@ -15,8 +15,8 @@ const ALPHA: f64 = 0.02;
 
 use serde::Deserialize;
 
+use renderer::deploy::config::{invalid, ConfigError};
 use sender::clock::Millis;
-use sender::config::{invalid, ConfigError};
 
 /// `[governor.throttle]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]

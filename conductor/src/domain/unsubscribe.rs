@@ -8,12 +8,12 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use renderer::config::Secret;
+use renderer::deploy::config::Secret;
 use renderer::UnsubscribeLink;
 use serde::Deserialize;
 use sha2::Sha256;
 
-use sender::config::{invalid, ConfigError};
+use renderer::deploy::config::{invalid, ConfigError};
 
 /// Bytes of the MAC kept in a token: forging one means guessing 128 bits.
 const MAC_BYTES: usize = 16;

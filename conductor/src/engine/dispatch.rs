@@ -47,7 +47,7 @@ pub struct SnsDispatch {
 }
 
 impl SnsDispatch {
-    pub async fn connect(topic: &renderer::aws::SnsTopic) -> Self {
+    pub async fn connect(topic: &renderer::deploy::aws::SnsTopic) -> Self {
         Self {
             client: topic.client().await,
             topic_arn: topic.topic_arn.clone(),
@@ -73,7 +73,7 @@ impl SnsDispatch {
             .set_publish_batch_request_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| renderer::aws::describe(&e))?;
+            .map_err(|e| renderer::deploy::aws::describe(&e))?;
         match out.failed().first() {
             None => Ok(()),
             Some(f) => Err(format!(

@@ -78,7 +78,7 @@ pub struct SnsEvents {
 }
 
 impl SnsEvents {
-    pub async fn connect(topic: &renderer::aws::SnsTopic) -> Self {
+    pub async fn connect(topic: &renderer::deploy::aws::SnsTopic) -> Self {
         Self {
             client: topic.client().await,
             topic_arn: topic.topic_arn.clone(),
@@ -101,7 +101,7 @@ impl EventSink for SnsEvents {
             .message_attributes("event", kind)
             .send()
             .await
-            .map_err(|e| renderer::aws::describe(&e))?;
+            .map_err(|e| renderer::deploy::aws::describe(&e))?;
         Ok(())
     }
 }

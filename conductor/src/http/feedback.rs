@@ -13,7 +13,7 @@ use axum::Router;
 use crate::domain::feedback::{self, FeedbackError};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
-use renderer::config::Secret;
+use renderer::deploy::config::Secret;
 
 pub fn router() -> Router<Arc<Service>> {
     Router::new()

@@ -1,6 +1,6 @@
 //! The worker API: remote `sender` processes lease work and report outcomes here, and remote
 //! `renderer` processes claim batches and report them rendered (the contracts' shapes live in
-//! `sender::remote` and `renderer::remote`). Closed unless `[workers] secret` is set.
+//! `sender::remote` and `renderer::deploy::remote`). Closed unless `[workers] secret` is set.
 
 use std::sync::Arc;
 
@@ -10,14 +10,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use renderer::remote::{RenderedReport, CLAIM_PATH, RENDERED_PATH};
+use renderer::deploy::remote::{RenderedReport, CLAIM_PATH, RENDERED_PATH};
 use renderer::{RenderJob, RenderSource, RenderedBatch, SourceError};
 use sender::remote::{LeaseRequest, LeaseResponse, ReportRequest, LEASES_PATH};
 use sender::{WorkError, WorkSource};
 
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::Service;
-use renderer::config::Secret;
+use renderer::deploy::config::Secret;
 
 pub fn router() -> Router<Arc<Service>> {
     Router::new()

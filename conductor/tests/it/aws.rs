@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use renderer::aws::DispatchMode;
 use renderer::body_store::{BodyError, BodyStore, Location, S3BodyStore};
-use renderer::remote::HttpRenderSource;
+use renderer::deploy::aws::DispatchMode;
+use renderer::deploy::remote::HttpRenderSource;
 use renderer::service::{RendererApp, RendererSettings};
 use renderer::sns::HttpsCertFetcher;
 use renderer::Renderer;

@@ -68,7 +68,7 @@ async fn fleet(per_minute: u32, senders: usize) -> Fleet {
     config.store.url = schema.url.clone();
     config.bodies = bodies_config(&bucket);
     config.bodies.url = format!("s3://{bucket}/bodies");
-    config.dispatch.mode = renderer::aws::DispatchMode::Sns;
+    config.dispatch.mode = renderer::deploy::aws::DispatchMode::Sns;
     config.dispatch.sns = sns_topic(&render_topic);
     config.dispatch.redispatch_after_ms = 10_000;
     config.governor.per_minute = per_minute;
@@ -208,9 +208,8 @@ async fn three_sender_processes_deliver_every_recipient_exactly_once() {
         (0..400).collect::<Vec<_>>(),
         "every recipient once, none twice"
     );
-    for (minute, n) in f.sink.per_minute() {
-        assert!(n <= 6_000, "minute {minute}: {n}");
-    }
+    // A cap that binds is tested on the manual clock (governor.rs): 400 recipients never reach
+    // 6,000 a minute, so a check of it here could not fail.
     f.stop().await;
 }
 

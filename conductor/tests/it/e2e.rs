@@ -89,7 +89,7 @@ async fn a_csv_campaign_reaches_every_recipient_exactly_once() {
         let eml = &mails[&format!("r{i}@example.com")];
         assert!(eml.contains("Content-Type: multipart/alternative"));
     }
-    // The audit histogram accounts for every request, within the cap.
+    // The ledger accounts for every request. (Its cap binds in governor.rs's manual-clock test.)
     let minutes = app.get_json("/v1/minutes?since=2000-01-01T00:00:00Z").await;
     let used: i64 = minutes["minutes"]
         .as_array()
@@ -98,10 +98,6 @@ async fn a_csv_campaign_reaches_every_recipient_exactly_once() {
         .map(|m| m["used"].as_i64().unwrap())
         .sum();
     assert_eq!(used, 250);
-    for m in minutes["minutes"].as_array().unwrap() {
-        assert!(m["used"].as_i64() <= m["cap"].as_i64(), "{m}");
-        assert!(m["granted"].as_i64() <= m["cap"].as_i64(), "{m}");
-    }
     app.stop().await;
 }
 

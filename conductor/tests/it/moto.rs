@@ -86,7 +86,7 @@ fn unique(prefix: &str) -> String {
 
 pub async fn s3() -> aws_sdk_s3::Client {
     let url = moto_url();
-    let shared = renderer::aws::sdk_config(Some(REGION), Some(url)).await;
+    let shared = renderer::deploy::aws::sdk_config(Some(REGION), Some(url)).await;
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(true)
@@ -154,8 +154,8 @@ pub fn bodies_config(bucket: &str) -> renderer::body_store::BodiesConfig {
 }
 
 /// `[dispatch.sns]`-style topic settings on moto.
-pub fn sns_topic(arn: &str) -> renderer::aws::SnsTopic {
-    renderer::aws::SnsTopic {
+pub fn sns_topic(arn: &str) -> renderer::deploy::aws::SnsTopic {
+    renderer::deploy::aws::SnsTopic {
         topic_arn: arn.to_string(),
         region: Some(REGION.into()),
         endpoint: Some(moto_url().to_string()),

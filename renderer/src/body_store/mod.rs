@@ -73,16 +73,16 @@ impl Default for BodiesConfig {
 
 impl BodiesConfig {
     /// Checks the settings without touching the store; the message names the key at fault.
-    pub fn location(&self) -> Result<Location, crate::config::ConfigError> {
-        let location =
-            Location::parse(&self.url).map_err(|r| crate::config::invalid("bodies.url", r))?;
+    pub fn location(&self) -> Result<Location, crate::deploy::config::ConfigError> {
+        let location = Location::parse(&self.url)
+            .map_err(|r| crate::deploy::config::invalid("bodies.url", r))?;
         if matches!(location, Location::S3 { .. }) {
             self.s3.check()?;
         }
         Ok(location)
     }
 
-    pub async fn open(&self) -> Result<Arc<dyn BodyStore>, crate::config::ConfigError> {
+    pub async fn open(&self) -> Result<Arc<dyn BodyStore>, crate::deploy::config::ConfigError> {
         Ok(match self.location()? {
             Location::Local(path) => Arc::new(LocalBodyStore::new(path)),
             Location::S3 { bucket, prefix } => {

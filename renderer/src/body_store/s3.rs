@@ -5,7 +5,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use super::{check_key, BodyError, BodyStore};
-use crate::aws::{check_endpoint, describe, sdk_config};
+use crate::deploy::aws::{check_endpoint, describe, sdk_config};
 
 /// `[bodies.s3]`: for S3-compatible stores and local emulators. Credentials come from the SDK's
 /// normal chain, never from here.
@@ -19,7 +19,7 @@ pub struct S3Settings {
 }
 
 impl S3Settings {
-    pub fn check(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn check(&self) -> Result<(), crate::deploy::config::ConfigError> {
         check_endpoint("bodies.s3.endpoint", self.endpoint.as_deref())
     }
 }

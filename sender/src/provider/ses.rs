@@ -53,9 +53,11 @@ impl Ses {
     async fn client(&self) -> &aws_sdk_sesv2::Client {
         self.client
             .get_or_init(|| async {
-                let shared =
-                    renderer::aws::sdk_config(self.region.as_deref(), self.endpoint.as_deref())
-                        .await;
+                let shared = renderer::deploy::aws::sdk_config(
+                    self.region.as_deref(),
+                    self.endpoint.as_deref(),
+                )
+                .await;
                 let config = aws_sdk_sesv2::config::Builder::from(&shared)
                     .retry_config(aws_sdk_sesv2::config::retry::RetryConfig::disabled())
                     .timeout_config(
@@ -152,11 +154,14 @@ fn outcome(e: SdkError<SendEmailError>) -> Outcome {
             classify(err.code(), err.message(), Some(s.raw().status().as_u16()))
         }
         SdkError::ConstructionFailure(_) => Outcome::Failed {
-            reason: format!("SES request not built: {}", renderer::aws::describe(&e)),
+            reason: format!(
+                "SES request not built: {}",
+                renderer::deploy::aws::describe(&e)
+            ),
         },
         // Only a failure to connect proves the request never left.
         SdkError::DispatchFailure(d) if d.is_io() && !d.is_timeout() => {
-            let detail = renderer::aws::describe(&e);
+            let detail = renderer::deploy::aws::describe(&e);
             crate::provider::classify::transport_error(
                 detail.to_ascii_lowercase().contains("connect"),
                 &detail,
@@ -165,7 +170,7 @@ fn outcome(e: SdkError<SendEmailError>) -> Outcome {
         _ => Outcome::Unknown {
             reason: format!(
                 "no answer from SES after the request was sent: {}",
-                renderer::aws::describe(&e)
+                renderer::deploy::aws::describe(&e)
             ),
         },
     }

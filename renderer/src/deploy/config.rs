@@ -9,17 +9,18 @@ use serde::de::DeserializeOwned;
 
 pub const ENV_PREFIX: &str = "CONDUCTOR__";
 
-/// Keys that hold secrets: accepted from the environment only.
-const SECRETS: &[&[&str]] = &[
-    &["provider", "mailgun", "api_key"],
-    &["provider", "sendgrid", "api_key"],
-    &["provider", "postmark", "server_token"],
-    &["provider", "resend", "api_key"],
-    &["workers", "secret"],
-    &["feedback", "mailgun", "signing_key"],
-    &["unsubscribe", "secret"],
-    &["feedback", "postmark", "password"],
-];
+/// Where a secret sits in the config: `["workers", "secret"]` is `[workers] secret`.
+pub type SecretPath = &'static [&'static str];
+
+/// A config file's shape, naming the keys under which it holds secrets. Each binary's config
+/// declares its own (a worker knows nothing of the conductor's webhook keys): they are taken from
+/// the environment only — a file that names one is refused — and read as written, never as TOML.
+pub trait Secrets {
+    fn secrets() -> Vec<SecretPath>;
+}
+
+/// The shared secret every worker presents to the conductor.
+pub const WORKERS_SECRET: SecretPath = &["workers", "secret"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,7 +42,7 @@ pub fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 /// Reads `path` (none: every key takes its default), applies the environment overrides among `env`,
 /// and deserialises the result. Keys a program does not know are refused inside the sections it
 /// reads; sections it does not read are its neighbours' business.
-pub fn load<T: DeserializeOwned>(
+pub fn load<T: DeserializeOwned + Secrets>(
     path: Option<&std::path::Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
@@ -55,13 +56,14 @@ pub fn load<T: DeserializeOwned>(
     from_toml(&text, env)
 }
 
-pub fn from_toml<T: DeserializeOwned>(
+pub fn from_toml<T: DeserializeOwned + Secrets>(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
     let mut table: toml::Table =
         toml::from_str(text).map_err(|e| ConfigError::Parse(quoteless(&e, Some(text))))?;
-    for secret in SECRETS {
+    let secrets = T::secrets();
+    for secret in &secrets {
         let mut node = Some(&table);
         let mut value = None;
         for (i, part) in secret.iter().enumerate() {
@@ -93,7 +95,7 @@ pub fn from_toml<T: DeserializeOwned>(
             .map(str::to_ascii_lowercase)
             .collect();
         // A secret is whatever the variable holds, never a TOML value (`0x…` is not a number).
-        let secret = SECRETS
+        let secret = secrets
             .iter()
             .any(|s| s.len() == path.len() && s.iter().zip(&path).all(|(a, b)| a == b));
         set_path(&mut table, &path, &value, secret)
@@ -269,6 +271,12 @@ mod tests {
     struct Probe {
         workers: WorkerSecret,
         store: StoreProbe,
+    }
+
+    impl Secrets for Probe {
+        fn secrets() -> Vec<SecretPath> {
+            vec![WORKERS_SECRET]
+        }
     }
 
     #[derive(Debug, Default, serde::Deserialize)]

@@ -16,8 +16,11 @@ pub async fn sdk_config(region: Option<&str>, endpoint: Option<&str>) -> SdkConf
 }
 
 /// An endpoint override must be an absolute http(s) URL; `key` names the setting in messages.
-pub fn check_endpoint(key: &str, endpoint: Option<&str>) -> Result<(), crate::config::ConfigError> {
-    endpoint.map_or(Ok(()), |e| crate::config::check_http_url(key, e))
+pub fn check_endpoint(
+    key: &str,
+    endpoint: Option<&str>,
+) -> Result<(), crate::deploy::config::ConfigError> {
+    endpoint.map_or(Ok(()), |e| crate::deploy::config::check_http_url(key, e))
 }
 
 /// The message of an SDK error with its causes, which `Display` alone leaves out.
@@ -75,10 +78,10 @@ pub struct SnsTopic {
 
 impl SnsTopic {
     /// `key` is the section, e.g. `dispatch.sns`.
-    pub fn check(&self, key: &str) -> Result<(), crate::config::ConfigError> {
+    pub fn check(&self, key: &str) -> Result<(), crate::deploy::config::ConfigError> {
         let arn = self.topic_arn.trim();
         if !(arn.starts_with("arn:") && arn.split(':').count() == 6) {
-            return Err(crate::config::invalid(
+            return Err(crate::deploy::config::invalid(
                 &format!("{key}.topic_arn"),
                 format!("{arn:?} is not a topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"),
             ));
@@ -99,9 +102,9 @@ impl SnsTopic {
 }
 
 impl DispatchConfig {
-    pub fn check(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn check(&self) -> Result<(), crate::deploy::config::ConfigError> {
         if self.redispatch_after_ms < 5_000 {
-            return Err(crate::config::invalid(
+            return Err(crate::deploy::config::invalid(
                 "dispatch.redispatch_after_ms",
                 "must be at least 5000",
             ));

@@ -27,10 +27,10 @@ pub enum LogFormat {
 }
 
 impl LogConfig {
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn validate(&self) -> Result<(), crate::deploy::config::ConfigError> {
         if let Some(level) = &self.level {
             EnvFilter::try_new(level)
-                .map_err(|e| crate::config::invalid("log.level", e.to_string()))?;
+                .map_err(|e| crate::deploy::config::invalid("log.level", e.to_string()))?;
         }
         Ok(())
     }
@@ -70,7 +70,7 @@ impl LogConfig {
 
     /// Checks the settings, then installs the subscriber for the process, on stderr, with `log`
     /// records bridged into it. The first call wins: a process logs in one format.
-    pub fn install(&self, default_filter: &str) -> Result<(), crate::config::ConfigError> {
+    pub fn install(&self, default_filter: &str) -> Result<(), crate::deploy::config::ConfigError> {
         use tracing_subscriber::util::SubscriberInitExt;
         self.validate()?;
         let filter = self.filter(default_filter, std::env::var("RUST_LOG").ok());
@@ -176,10 +176,12 @@ mod tests {
 
     #[test]
     fn json_format_writes_one_object_per_event_with_fields_at_the_top() {
-        let cfg =
-            crate::config::from_toml::<Wrapper>("[log]\nformat = \"json\"\nlevel = \"debug\"", [])
-                .unwrap()
-                .log;
+        let cfg = crate::deploy::config::from_toml::<Wrapper>(
+            "[log]\nformat = \"json\"\nlevel = \"debug\"",
+            [],
+        )
+        .unwrap()
+        .log;
         assert_eq!(cfg.format, LogFormat::Json);
         let text = logged(&cfg, || {
             let span = tracing::info_span!("lease", lease = "l-7");
@@ -242,23 +244,25 @@ mod tests {
 
     #[test]
     fn bad_log_settings_name_their_key() {
-        let e = crate::config::from_toml::<Wrapper>("[log]\nformat = \"xml\"", []).unwrap_err();
+        let e =
+            crate::deploy::config::from_toml::<Wrapper>("[log]\nformat = \"xml\"", []).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("xml") && msg.contains("text") && msg.contains("json"),
             "{msg}"
         );
         assert!(msg.contains("format"), "{msg}");
-        let e = crate::config::from_toml::<Wrapper>("[log]\nlevel = \"info,=[\"", [])
+        let e = crate::deploy::config::from_toml::<Wrapper>("[log]\nlevel = \"info,=[\"", [])
             .unwrap()
             .log
             .validate()
             .unwrap_err();
         assert!(e.to_string().starts_with("config key `log.level`"), "{e}");
-        let e = crate::config::from_toml::<Wrapper>("[log]\nformt = \"json\"", []).unwrap_err();
+        let e =
+            crate::deploy::config::from_toml::<Wrapper>("[log]\nformt = \"json\"", []).unwrap_err();
         assert!(e.to_string().contains("formt"), "{e}");
         let env = [("CONDUCTOR__LOG__FORMAT".to_string(), "json".to_string())];
-        let w = crate::config::from_toml::<Wrapper>("", env).unwrap();
+        let w = crate::deploy::config::from_toml::<Wrapper>("", env).unwrap();
         assert_eq!(w.log.format, LogFormat::Json);
     }
 
@@ -266,5 +270,11 @@ mod tests {
     struct Wrapper {
         #[serde(default)]
         log: LogConfig,
+    }
+
+    impl crate::deploy::config::Secrets for Wrapper {
+        fn secrets() -> Vec<crate::deploy::config::SecretPath> {
+            Vec::new()
+        }
     }
 }
