@@ -297,7 +297,7 @@ async fn watch_bars(
             sent.set_message(format!(
                 "{}/min · this minute {}/{} · ETA {}",
                 f["rate_per_minute"].as_f64().unwrap_or(0.0),
-                minute["sent_requests"].as_u64().unwrap_or(0),
+                minute["used"].as_u64().unwrap_or(0),
                 minute["cap"].as_u64().unwrap_or(0),
                 f["eta"].as_str().unwrap_or("—"),
             ));

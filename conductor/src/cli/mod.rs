@@ -338,7 +338,7 @@ pub fn progress_line(f: &Value) -> String {
     let this_minute = if minute.is_object() {
         format!(
             "  this minute {}/{}",
-            minute["sent_requests"].as_u64().unwrap_or(0),
+            minute["used"].as_u64().unwrap_or(0),
             minute["cap"].as_u64().unwrap_or(0)
         )
     } else {
@@ -471,7 +471,7 @@ mod tests {
         let f = json!({
             "at": "2026-12-01T10:00:05.000Z", "status": "running",
             "counts": {"total": 300, "rendered": 300, "sent": 120, "failed": 2, "unknown": 1},
-            "minute": {"sent_requests": 123, "cap": 600}, "rate_per_minute": 590.0,
+            "minute": {"used": 123, "cap": 600}, "rate_per_minute": 590.0,
             "eta": "2026-12-01T10:00:25.000Z",
         });
         assert_eq!(

@@ -623,18 +623,7 @@ async fn minutes(
             Problem::bad_query("`scope` must be `global`, `domain:NAME` or `campaign:ID`")
         })?,
     };
-    let minutes: Vec<_> = svc
-        .store
-        .minutes(&scope, since)
-        .await?
-        .into_iter()
-        .map(|m| {
-            serde_json::json!({
-                "minute": crate::store::rfc3339(m.minute_ms),
-                "cap": m.cap, "granted": m.granted, "used": m.used, "sent": m.sent,
-            })
-        })
-        .collect();
+    let minutes = svc.store.minutes(&scope, since).await?;
     Ok(Json(serde_json::json!({ "minutes": minutes })).into_response())
 }
 

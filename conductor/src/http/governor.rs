@@ -212,11 +212,7 @@ pub async fn governor(State(svc): State<Arc<Service>>) -> Result<Response, Probl
         .expect("throttle poisoned")
         .cap(g.per_minute);
     let rows = svc.store.minute_rows(minute).await?;
-    let this_minute = |scope: &Scope| {
-        rows.iter().find(|(s, _)| s == scope).map(
-            |(_, m)| json!({"cap": m.cap, "granted": m.granted, "used": m.used, "sent": m.sent}),
-        )
-    };
+    let this_minute = |scope: &Scope| rows.iter().find(|(s, _)| s == scope).map(|(_, m)| *m);
     let mut scopes = vec![json!({
         "scope": Scope::Global,
         "configured": g.per_minute,

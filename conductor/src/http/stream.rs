@@ -34,10 +34,7 @@ async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Value {
         "counts": c.counts,
         "batches": c.batches,
         "batches_rendered": c.batches_rendered,
-        "minute": minute.map(|m| json!({
-            "minute": crate::store::rfc3339(m.minute_ms),
-            "cap": m.cap, "granted": m.granted, "sent_requests": m.used, "accepted": m.sent,
-        })),
+        "minute": minute,
         "rate_per_minute": rate,
         "eta": eta,
         "at": crate::store::rfc3339(now),

@@ -231,7 +231,10 @@ pub struct AuditEntry {
     pub source: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One scope's row of the ledger for one calendar minute. Every API that shows a minute (the
+/// ledger, the governor, the event stream) shows it in this one shape: `minute` as RFC 3339, then
+/// `cap`, `granted`, `used` and `sent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MinuteStats {
     pub minute_ms: Millis,
     pub cap: u32,
@@ -240,6 +243,19 @@ pub struct MinuteStats {
     pub used: u32,
     /// Of those, accepted by the provider.
     pub sent: u32,
+}
+
+impl Serialize for MinuteStats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut m = s.serialize_struct("Minute", 5)?;
+        m.serialize_field("minute", &rfc3339(self.minute_ms))?;
+        m.serialize_field("cap", &self.cap)?;
+        m.serialize_field("granted", &self.granted)?;
+        m.serialize_field("used", &self.used)?;
+        m.serialize_field("sent", &self.sent)?;
+        m.end()
+    }
 }
 
 /// What a lease request may take: the caps for a minute that has no row yet, and the timing rules.
