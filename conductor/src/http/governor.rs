@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::Config;
@@ -115,17 +115,39 @@ async fn forecast(svc: &Service, c: &Campaign, o: &Outlook, now: Millis) -> Opti
     Some(eta)
 }
 
+/// A running campaign's forecast: when it ends as things stand (`None` when it cannot be told, as in
+/// quiet hours that never end) and the per-minute rate it gets now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forecast {
+    pub eta: Option<String>,
+    pub rate_per_minute: u32,
+}
+
 /// The campaign as the API shows it: its state plus, while it is running, the forecast.
-pub async fn with_eta(svc: &Service, c: Campaign) -> Result<serde_json::Value, Problem> {
-    let mut v = serde_json::to_value(&c).map_err(|_| Problem::internal())?;
-    if c.status == Status::Running {
+#[derive(Debug, Serialize)]
+pub struct CampaignView {
+    #[serde(flatten)]
+    pub campaign: Campaign,
+    #[serde(flatten)]
+    pub forecast: Option<Forecast>,
+}
+
+/// The campaign with its forecast, when it is running.
+pub async fn with_eta(svc: &Service, c: Campaign) -> Result<CampaignView, Problem> {
+    let forecast = if c.status == Status::Running {
         let now = svc.work.clock.now_ms();
         let o = Outlook::of(svc, &c).await?;
-        let eta = forecast(svc, &c, &o, now).await;
-        v["eta"] = eta.map(rfc3339).into();
-        v["rate_per_minute"] = o.rate(&c, sender::clock::minute_start(now)).into();
-    }
-    Ok(v)
+        Some(Forecast {
+            eta: forecast(svc, &c, &o, now).await.map(rfc3339),
+            rate_per_minute: o.rate(&c, sender::clock::minute_start(now)),
+        })
+    } else {
+        None
+    };
+    Ok(CampaignView {
+        campaign: c,
+        forecast,
+    })
 }
 
 #[derive(Deserialize)]

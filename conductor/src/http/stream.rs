@@ -23,10 +23,11 @@ async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Value {
         .ok()
         .and_then(|m| m.last().copied())
         .filter(|m| m.minute_ms == sender::clock::minute_start(now));
-    let eta = match crate::http::governor::with_eta(svc, c.clone()).await {
-        Ok(v) => v.get("eta").cloned().unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    };
+    let eta = crate::http::governor::with_eta(svc, c.clone())
+        .await
+        .ok()
+        .and_then(|v| v.forecast)
+        .and_then(|f| f.eta);
     json!({
         "campaign": c.id,
         "status": c.status,
