@@ -14,11 +14,46 @@ use crate::support::*;
 
 const M: i64 = 1_700_000_040_000; // a minute boundary
 
-/// Moves the manual clock to `until` in half-second steps, letting the app's tasks run in between.
-async fn step_to(clock: &ManualClock, until: i64) {
+/// Moves the manual clock to `until` a quarter second at a time, never ahead of the app: at each
+/// step it waits (in real time, bounded) until every slot half a second past has its message in the
+/// outbox. A minute of cap `c` has its slots at `c` even steps over the minute less its 2 s margin;
+/// `cap(minute)` says the cap in force in each minute from `M`, and `total` what the campaign holds.
+/// (The first lease may come a quarter second late, when an idle sender asks again.)
+async fn drive(
+    app: &TestApp,
+    clock: &ManualClock,
+    id: &str,
+    until: i64,
+    cap: impl Fn(i64) -> usize,
+    total: usize,
+) {
+    let owed = |t: i64| -> usize {
+        let minute = sender::clock::minute_start(t);
+        let before: usize = (M..minute).step_by(60_000).map(&cap).sum();
+        let spacing = 58_000 / cap(minute).max(1) as i64;
+        let into = t - minute - 500;
+        let due = if into < 0 {
+            0
+        } else {
+            ((into / spacing) as usize + 1).min(cap(minute))
+        };
+        (before + due).min(total)
+    };
+    let waited = std::time::Instant::now();
     while clock.now_ms() < until {
-        clock.advance(500);
-        tokio::time::sleep(Duration::from_millis(4)).await;
+        let now = clock.now_ms();
+        while sent_per_minute(app, id).values().sum::<usize>() < owed(now) {
+            assert!(
+                waited.elapsed() < Duration::from_secs(60),
+                "at {} ms, {:?} sent, {} owed",
+                now - M,
+                sent_per_minute(app, id),
+                owed(now)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        clock.advance(250);
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -85,7 +120,8 @@ async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one
     })
     .await;
 
-    step_to(&clock, M + 30_000).await;
+    let caps = |m: i64| if m < M + 60_000 { 5 } else { 8 };
+    drive(&app, &clock, &id, M + 30_000, caps, 40).await;
     // Editors often save by writing a new file and renaming it over the old one.
     let tmp = file.with_extension("swp");
     std::fs::write(&tmp, toml("8")).unwrap();
@@ -100,7 +136,7 @@ async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one
     assert_eq!(g["scopes"][0]["configured"], 8);
     assert_eq!(g["scopes"][0]["this_minute"]["cap"], 5, "{g}");
 
-    step_to(&clock, M + 90_000).await;
+    drive(&app, &clock, &id, M + 90_000, caps, 40).await;
     // Invalid edits, a wrong type and a bad value: refused, the old cap kept, each reason logged.
     for (bad, says) in [("\"lots\"", "per_minute"), ("0", "governor.per_minute")] {
         std::fs::write(&file, toml(bad)).unwrap();
@@ -112,7 +148,7 @@ async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one
         assert_eq!(app.config.borrow().governor.per_minute, 8);
     }
 
-    step_to(&clock, M + 180_000).await;
+    drive(&app, &clock, &id, M + 180_000, caps, 40).await;
     let m0 = minute(&app, "global", M).await;
     let m1 = minute(&app, "global", M + 60_000).await;
     let m2 = minute(&app, "global", M + 120_000).await;
@@ -165,7 +201,8 @@ async fn a_running_campaigns_own_cap_is_changed_by_put_from_the_next_minute() {
     );
     assert_eq!(c["rate_per_minute"], 4, "its own cap binds: {c}");
 
-    step_to(&clock, M + 20_000).await;
+    let caps = |m: i64| if m < M + 60_000 { 4 } else { 7 };
+    drive(&app, &clock, &id, M + 20_000, caps, 40).await;
     let put = |v: Value| {
         app.client
             .put(app.url(&format!("/v1/campaigns/{id}")))
@@ -194,7 +231,7 @@ async fn a_running_campaigns_own_cap_is_changed_by_put_from_the_next_minute() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    step_to(&clock, M + 120_000).await;
+    drive(&app, &clock, &id, M + 120_000, caps, 40).await;
     let scope = format!("campaign:{id}");
     let m0 = minute(&app, &scope, M).await;
     let m1 = minute(&app, &scope, M + 60_000).await;
@@ -247,7 +284,6 @@ fn sent_per_minute(app: &TestApp, id: &str) -> std::collections::BTreeMap<i64, u
 async fn a_campaign_larger_than_the_cap_gets_exactly_the_cap_in_each_calendar_minute() {
     // 3 a minute, spread over the minute less its 2 s margin: slots at +0, +19.3 and +38.7 s.
     const CAP: usize = 3;
-    const SPACING_MS: i64 = 58_000 / CAP as i64;
     let clock = Arc::new(ManualClock::new(M));
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
@@ -259,31 +295,7 @@ async fn a_campaign_larger_than_the_cap_gets_exactly_the_cap_in_each_calendar_mi
     })
     .await;
 
-    // The clock moves a quarter second at a time and waits, in real time and bounded, until each
-    // slot that is half a second past has its message out: the test goes as fast as the app and
-    // never ahead of it. (The first lease may come at +0.25 s, when an idle sender asks again.)
-    let waited = std::time::Instant::now();
-    let owed = |t: i64| -> usize {
-        let minute = sender::clock::minute_start(t);
-        let before = ((minute - M) / 60_000) as usize * CAP;
-        let due = ((t - minute - 500).max(-1) / SPACING_MS + 1).clamp(0, CAP as i64) as usize;
-        (before + if t - minute >= 500 { due } else { 0 }).min(8)
-    };
-    while clock.now_ms() < M + 180_000 {
-        let now = clock.now_ms();
-        while sent_per_minute(&app, &id).values().sum::<usize>() < owed(now) {
-            assert!(
-                waited.elapsed() < Duration::from_secs(60),
-                "at {} ms, {:?} sent, {} owed",
-                now - M,
-                sent_per_minute(&app, &id),
-                owed(now)
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        clock.advance(250);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    drive(&app, &clock, &id, M + 180_000, |_| CAP, 8).await;
     let per = sent_per_minute(&app, &id);
     assert_eq!(
         per.into_iter().collect::<Vec<_>>(),
