@@ -39,6 +39,8 @@ pub struct Sink {
     pub received: Mutex<Vec<Received>>,
     /// How long each answer takes after the message is recorded (a slow provider).
     pub answer_after_ms: std::sync::atomic::AtomicU64,
+    /// When not 0, only this many first requests wait `answer_after_ms`; the rest answer at once.
+    pub delay_first: std::sync::atomic::AtomicUsize,
     pub faults: Mutex<Option<Faults>>,
 }
 
@@ -140,10 +142,15 @@ async fn receive(
         });
         format!("<{}.{}@{domain}>", at_ms, received.len())
     };
-    let delay = sink
-        .answer_after_ms
-        .load(std::sync::atomic::Ordering::Relaxed)
-        + slow_ms;
+    let nth = sink.received.lock().unwrap().len();
+    let first = sink.delay_first.load(std::sync::atomic::Ordering::Relaxed);
+    let slow_answer = if first == 0 || nth <= first {
+        sink.answer_after_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+    } else {
+        0
+    };
+    let delay = slow_answer + slow_ms;
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
