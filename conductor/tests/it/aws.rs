@@ -205,12 +205,36 @@ async fn a_doorbell_nobody_heard_is_rung_again() {
         c.workers.secret = Some(SECRET.into());
     })
     .await;
-    // No renderer is subscribed yet: the first notifications reach no one.
+    // No renderer is subscribed yet: the first notifications reach no one. Both batches' jobs are
+    // published (the store says when) before a renderer exists to hear them.
     let id = app.create(&inline_campaign(recipients(120))).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let c = app.get_json(&format!("/v1/campaigns/{id}")).await;
-    assert_eq!(c["batches_rendered"], 0, "{c}");
-    // A renderer arrives; the store still says "not rendered", so the jobs are published again.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        app.dir.path().join("conductor.db").display()
+    ))
+    .await
+    .unwrap();
+    let waited = std::time::Instant::now();
+    loop {
+        let dispatched: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM batches WHERE campaign_id = ?1 AND dispatched_ms IS NOT NULL",
+        )
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if dispatched == 2 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "jobs never published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    db.close().await;
+    // A renderer arrives; the store still says "not rendered", so the jobs are published again:
+    // without that second ring nothing would ever be rendered.
     let renderer = RendererTask::start(&app, &bucket).await;
     let c = app
         .wait_for(&id, Duration::from_secs(60), |c| c["status"] == "completed")
