@@ -15,4 +15,4 @@ pub mod worker;
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use lease::{LeaseReply, Outcome, RecipientOutcome, SendLease, WorkError, WorkSource};
 pub use provider::{OutgoingMessage, Provider};
-pub use worker::{Sender, SenderConfig, Step};
+pub use worker::{Sender, SenderConfig, SenderError, Step};

@@ -7,7 +7,7 @@ use renderer::{BodyStore, LocalBodyStore, Mailbox, RenderedBatch, RenderedMessag
 use sender::clock::ManualClock;
 use sender::{
     Clock, LeaseReply, Outcome, OutgoingMessage, Provider, RecipientOutcome, SendLease, Sender,
-    SenderConfig, Step, WorkError, WorkSource,
+    SenderConfig, SenderError, Step, WorkError, WorkSource,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -422,7 +422,11 @@ async fn a_missing_batch_hands_the_lease_back_saying_it_is_unreadable() {
     let mut l = lease(vec![0, 1], T0, 0, T0 + 58_000);
     l.body_key = "nope".into();
     source.replies.lock().unwrap().push(LeaseReply::Lease(l));
-    assert!(sender.try_one_lease().await.is_err());
+    let err = sender.try_one_lease().await.unwrap_err();
+    assert!(
+        matches!(&err, SenderError::Batch { key, .. } if key == "nope"),
+        "{err}"
+    );
     let reports = source.reports.lock().unwrap().clone();
     assert_eq!(reports.len(), 1);
     let (outcomes, last) = &reports[0];

@@ -506,7 +506,10 @@ mod tests {
             let err = Config::from_toml(toml, env(&[])).unwrap_err().to_string();
             assert!(err.contains(key), "{toml}: {err}");
         }
-        assert!(Config::from_toml("[dispatch]\nmode = \"carrier-pigeon\"", env(&[])).is_err());
+        let err = Config::from_toml("[dispatch]\nmode = \"carrier-pigeon\"", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dispatch.mode"), "{err}");
     }
 
     #[test]
