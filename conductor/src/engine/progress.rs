@@ -34,6 +34,8 @@ pub struct Frame {
 pub struct Hub {
     tx: broadcast::Sender<Arc<Frame>>,
     recent: Mutex<VecDeque<Arc<Frame>>>,
+    /// Poked when the campaign was changed here: the watcher looks at once and publishes.
+    stale: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -51,6 +53,11 @@ impl Hub {
     /// Clients listening now.
     pub fn listeners(&self) -> usize {
         self.tx.receiver_count()
+    }
+
+    /// Resolves when the campaign was changed here since the watcher last looked.
+    pub async fn made_stale(&self) {
+        self.stale.notified().await
     }
 }
 
@@ -83,6 +90,7 @@ impl Progress {
                     let hub = Arc::new(Hub {
                         tx: broadcast::channel(64).0,
                         recent: Mutex::new(VecDeque::new()),
+                        stale: tokio::sync::Notify::new(),
                     });
                     start(hub.clone());
                     hub
@@ -100,6 +108,17 @@ impl Progress {
             _ => recent.back().cloned().into_iter().collect(),
         };
         Subscription { backlog, live }
+    }
+
+    /// The campaign was changed here (paused, cancelled, …): the frames kept no longer say what it
+    /// is, so a client that connects now waits for the watcher's next frame, which comes at once,
+    /// instead of getting the old state as its first word.
+    pub fn changed(&self, campaign: &str) {
+        let hubs = self.hubs.lock().expect("hubs poisoned");
+        if let Some(hub) = hubs.get(campaign) {
+            hub.recent.lock().expect("recent frames poisoned").clear();
+            hub.stale.notify_one();
+        }
     }
 
     /// Lets a watcher's hub go (it stops): a later client starts a new one.

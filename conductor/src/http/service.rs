@@ -262,10 +262,12 @@ impl Service {
         Ok(c)
     }
 
-    /// What every action that changes a campaign ends with: its cached view is dropped, so the
-    /// next read shows the change, and the work loop is woken to act on it.
+    /// What every action that changes a campaign ends with: its cached view and the event stream's
+    /// kept frames are dropped, so the next read and the next client see the change, and the work
+    /// loop is woken to act on it.
     fn changed(&self, id: &str) {
         self.work.views.forget(id);
+        self.progress.changed(id);
         self.work.wake.notify_one();
     }
 }

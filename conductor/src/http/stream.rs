@@ -71,6 +71,8 @@ async fn watch(
     // (when, sent) samples for the rate over the last minute.
     let mut samples: VecDeque<(i64, i64)> = VecDeque::new();
     let mut idle_since = None;
+    // Set when the campaign was changed here: publish what it is now, changed counts or not.
+    let mut stale = false;
     loop {
         match svc.store.campaign(&campaign).await {
             Ok(c) => {
@@ -78,7 +80,7 @@ async fn watch(
                 let rate = sent_last_minute(&mut samples, now, c.counts.sent);
                 let seen = (c.status, c.counts.clone(), c.batches_rendered);
                 let status_changed = last.as_ref().is_some_and(|(s, _, _)| *s != c.status);
-                if last.as_ref() != Some(&seen) {
+                if last.as_ref() != Some(&seen) || stale {
                     let data = snapshot(&svc, &c, rate).await;
                     if status_changed {
                         hub.publish(Frame {
@@ -95,6 +97,7 @@ async fn watch(
                         data,
                     });
                     last = Some(seen);
+                    stale = false;
                 }
             }
             Err(e) => tracing::warn!(campaign = %campaign, error = %e, "progress not read"),
@@ -110,6 +113,7 @@ async fn watch(
         }
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
+            _ = hub.made_stale() => stale = true,
             _ = stop.cancelled() => return,
         }
     }

@@ -260,3 +260,72 @@ fn an_unknown_log_format_is_refused_before_anything_starts() {
         "{err}"
     );
 }
+
+/// `conductor campaign watch ID` as a person or a CI job runs it: the binary's exit status says how
+/// the send ended — 0 all sent, 3 completed with failures, 4 paused, 5 cancelled.
+#[tokio::test]
+async fn the_watch_command_exits_with_how_the_send_ended() {
+    let app = spawn_app_with(|c| c.governor.per_minute = 120).await;
+    let watch = |id: String| {
+        let base = app.base.clone();
+        async move {
+            let out = tokio::time::timeout(
+                Duration::from_secs(60),
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_conductor"))
+                    .args(["campaign", "watch", &id])
+                    .env("CONDUCTOR_URL", base)
+                    .env_remove("CONDUCTOR_TOKEN")
+                    .stdin(std::process::Stdio::null())
+                    .output(),
+            )
+            .await
+            .expect("watch ends by itself")
+            .unwrap();
+            out.status.code()
+        }
+    };
+
+    let sent = app.create(&inline_campaign(recipients(3))).await;
+    assert_eq!(watch(sent).await, Some(0), "every recipient sent");
+
+    let paused = app.create(&inline_campaign(recipients(200))).await;
+    assert_eq!(app.act(&paused, "pause").await.status(), 200);
+    assert_eq!(watch(paused.clone()).await, Some(4), "paused");
+    assert_eq!(app.act(&paused, "cancel").await.status(), 200);
+    assert_eq!(watch(paused).await, Some(5), "cancelled");
+
+    // Every recipient failed at the lease (a sandbox that lists none of them): completed, not sent.
+    let mut strict = (**app.config.borrow()).clone();
+    strict.safety.sandbox = true;
+    strict.safety.allow_domains = vec!["example.org".into()];
+    let mut draft = inline_campaign(Vec::new());
+    draft.as_object_mut().unwrap().remove("recipients");
+    draft["draft"] = serde_json::json!(true);
+    let r = app.post_json("/v1/campaigns", &draft).await;
+    assert_eq!(r.status(), 201);
+    let failing = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .client
+        .put(app.url(&format!("/v1/campaigns/{failing}/recipients")))
+        .header("content-type", "application/x-ndjson")
+        .body(
+            (0..3)
+                .map(|i| {
+                    format!(
+                        "{{\"email\": \"f{i}@example.com\", \"data\": {{\"city\": \"Ulm\"}}}}\n"
+                    )
+                })
+                .collect::<String>(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    app.config.send_replace(std::sync::Arc::new(strict));
+    assert_eq!(app.act(&failing, "start").await.status(), 200);
+    assert_eq!(watch(failing).await, Some(3), "completed with failures");
+    app.stop().await;
+}
