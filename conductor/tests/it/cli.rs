@@ -171,6 +171,49 @@ async fn with_api_tokens_every_v1_route_needs_one() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn api_token_edits_apply_to_the_next_request() {
+    let app = spawn_app().await;
+    let token = "cnd_live_token_0123456789abcdef";
+    let get = || app.client.get(app.url("/v1/campaigns")).send();
+    assert_eq!(get().await.unwrap().status(), 200, "no tokens: open");
+    let edit = |tokens: Vec<String>| {
+        let mut c = (**app.config.borrow()).clone();
+        c.server.api_tokens = tokens;
+        app.config.send_replace(std::sync::Arc::new(c));
+    };
+    edit(vec![conductor::http::auth::digest(token)]);
+    assert_eq!(
+        get().await.unwrap().status(),
+        401,
+        "a token listed: needed at once"
+    );
+    let with = app
+        .client
+        .get(app.url("/v1/campaigns"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    edit(vec![conductor::http::auth::digest(
+        "cnd_another_token_0123456789",
+    )]);
+    let revoked = app
+        .client
+        .get(app.url("/v1/campaigns"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        revoked.status(),
+        401,
+        "a token taken off the list: refused at once"
+    );
+    app.stop().await;
+}
+
 /// The binary itself, `serve`ing with `[log] format = "json"`: every line on stderr is a JSON object,
 /// from the start to the graceful stop.
 #[test]
