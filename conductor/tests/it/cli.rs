@@ -372,3 +372,49 @@ async fn the_watch_command_exits_with_how_the_send_ended() {
     assert_eq!(watch(failing).await, Some(3), "completed with failures");
     app.stop().await;
 }
+
+/// The README's main job, `conductor demo`, as the binary runs it: a campaign is created, sent
+/// through the outbox and summarised; every recipient's message is a file a mail client opens.
+#[test]
+fn the_demo_command_sends_its_campaign_through_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("conductor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{0}/c.db\"\n[bodies]\nurl = \"file://{0}/bodies\"\n\
+             [provider.outbox]\ndir = \"{0}/outbox\"\n[campaigns]\ntemplates_dir = \"{1}\"\n",
+            dir.path().display(),
+            crate::support::templates_dir().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conductor"))
+        .args(["demo", "--recipients", "40", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" completed in "), "{stdout}");
+    assert!(
+        stdout.contains("sent 40 · failed 0 · unknown 0"),
+        "{stdout}"
+    );
+    let campaigns: Vec<_> = std::fs::read_dir(dir.path().join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(campaigns.len(), 1, "{campaigns:?}");
+    let mails = crate::e2e::outbox_in(&campaigns[0]);
+    assert_eq!(mails.len(), 40);
+    assert!(mails
+        .values()
+        .all(|m| m.contains("Content-Type: multipart/alternative")));
+}
