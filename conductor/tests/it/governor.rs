@@ -308,3 +308,75 @@ async fn a_campaign_larger_than_the_cap_gets_exactly_the_cap_in_each_calendar_mi
     assert_eq!(c["counts"]["sent"], 8, "{c}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn warm_up_domain_caps_and_quiet_hours_are_taken_from_config_edits() {
+    // The manual clock starts at 22:14 UTC on 2023-11-14.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("conductor.toml");
+    let root = dir.path().to_path_buf();
+    let toml = move |governor: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{0}/c.db\"\n[bodies]\nurl = \"file://{0}/bodies\"\n\
+             [campaigns]\ntemplates_dir = \"{1}\"\n\
+             [provider.outbox]\ndir = \"{0}/outbox\"\n[governor]\nper_minute = 5\n{governor}",
+            root.display(),
+            templates_dir().display()
+        )
+    };
+    std::fs::write(&file, toml("")).unwrap();
+    let config = conductor::config::Config::load(Some(&file), Vec::new()).unwrap();
+    let clock = Arc::new(ManualClock::new(M));
+    let app = spawn_full(
+        dir,
+        config,
+        Some(file.clone()),
+        Hooks::default(),
+        clock.clone(),
+    )
+    .await;
+    let id = app.create(&inline_campaign(recipients(40))).await;
+    app.wait_for(&id, Duration::from_secs(30), |c| {
+        c["batches_rendered"] == c["batches"]
+    })
+    .await;
+    // 22:14 at 5; 22:15 on warm-up day 1 (3); 22:16 with example.com capped at 2; 22:17 quiet;
+    // 22:18 at the domain's 2 again.
+    let caps = |m: i64| match (m - M) / 60_000 {
+        0 => 5,
+        1 => 3,
+        2 | 4 => 2,
+        _ => 0,
+    };
+    drive(&app, &clock, &id, M + 30_000, caps, 40).await;
+    std::fs::write(
+        &file,
+        toml("[governor.schedule]\nwarmup_start = \"2023-11-14\"\nwarmup = [3]\n"),
+    )
+    .unwrap();
+    audited(&app, |e| e["kind"] == "schedule").await;
+    drive(&app, &clock, &id, M + 90_000, caps, 40).await;
+    std::fs::write(
+        &file,
+        toml(
+            "[governor.domains]\n\"example.com\" = 2\n[governor.schedule]\nwarmup_start = \"2023-11-14\"\n\
+             warmup = [3]\nquiet_hours = [\"22:17-22:18\"]\n",
+        ),
+    )
+    .unwrap();
+    audited(&app, |e| e["scope"] == "domain:example.com").await;
+    drive(&app, &clock, &id, M + 299_500, caps, 40).await;
+    let per = sent_per_minute(&app, &id);
+    assert_eq!(
+        per.into_iter().collect::<Vec<_>>(),
+        vec![(M, 5), (M + 60_000, 3), (M + 120_000, 2), (M + 240_000, 2)],
+        "warm-up from the minute after its edit, the domain cap likewise, nothing in quiet hours"
+    );
+    let d = minute(&app, "domain:example.com", M + 120_000).await;
+    assert_eq!(
+        (d["cap"].as_u64(), d["granted"].as_u64()),
+        (Some(2), Some(2)),
+        "{d}"
+    );
+    app.stop().await;
+}
