@@ -219,27 +219,19 @@ fn csv_campaign() -> Value {
 async fn csv_without_email_column_or_with_a_ragged_row() {
     let app = spawn_app().await;
     let r = app
-        .client
-        .post(app.url("/v1/campaigns"))
-        .multipart(multipart(&csv_campaign(), "name,city\nA,Köln\n"))
-        .send()
-        .await
-        .unwrap();
+        .post_multipart(multipart(&csv_campaign(), "name,city\nA,Köln\n"))
+        .await;
     let p = expect_problem(r, 422, "/problems/invalid-csv").await;
     assert!(
         p["detail"].as_str().unwrap().contains("no `email` column"),
         "{p}"
     );
     let r = app
-        .client
-        .post(app.url("/v1/campaigns"))
-        .multipart(multipart(
+        .post_multipart(multipart(
             &csv_campaign(),
             "email,name,city\na@example.com,A,Köln\n\nb@example.com,B\n",
         ))
-        .send()
-        .await
-        .unwrap();
+        .await;
     let p = expect_problem(r, 422, "/problems/invalid-csv").await;
     assert_eq!(
         p["detail"],
@@ -247,12 +239,8 @@ async fn csv_without_email_column_or_with_a_ragged_row() {
     );
     // A bad address in a CSV names its line.
     let r = app
-        .client
-        .post(app.url("/v1/campaigns"))
-        .multipart(multipart(&csv_campaign(), "email,city\nnope,Köln\n"))
-        .send()
-        .await
-        .unwrap();
+        .post_multipart(multipart(&csv_campaign(), "email,city\nnope,Köln\n"))
+        .await;
     let p = expect_problem(r, 422, "/problems/validation").await;
     assert_eq!(p["errors"][0]["field"], "line 2.email");
     assert_nothing_stored(&app).await;
@@ -273,13 +261,7 @@ async fn bodies_over_the_limit_are_413() {
     let csv: String = std::iter::once("email,city\n".to_string())
         .chain((0..20_000).map(|i| format!("r{i}@example.com,Köln\n")))
         .collect();
-    let r = app
-        .client
-        .post(app.url("/v1/campaigns"))
-        .multipart(multipart(&csv_campaign(), &csv))
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_multipart(multipart(&csv_campaign(), &csv)).await;
     expect_problem(r, 413, "/problems/payload-too-large").await;
     assert_nothing_stored(&app).await;
     // The small JSON routes answer their limit, and bytes that are not JSON, as problems too.
@@ -330,13 +312,7 @@ async fn a_part_out_of_place_after_the_campaign_leaves_nothing() {
         (list_as_image, "CSV (text/csv) or NDJSON"),
         (no_list, "`recipients` part is required"),
     ] {
-        let r = app
-            .client
-            .post(app.url("/v1/campaigns"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let r = app.post_multipart(form).await;
         let p = expect_problem(r, 422, "/problems/validation").await;
         assert!(p.to_string().contains(detail), "{detail:?} not in {p}");
         assert_nothing_stored(&app).await;

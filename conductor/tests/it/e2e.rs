@@ -50,13 +50,7 @@ async fn a_csv_campaign_reaches_every_recipient_exactly_once() {
     let form = reqwest::multipart::Form::new()
         .part("campaign", reqwest::multipart::Part::text(json!({"name": "CSV", "from": "News <news@example.com>", "subject": "Für {{name}}", "html": "<p>Hallo {{name}} in {{city}}</p>"}).to_string()))
         .part("recipients", reqwest::multipart::Part::text(csv).file_name("list.csv"));
-    let r = app
-        .client
-        .post(app.url("/v1/campaigns"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_multipart(form).await;
     assert_eq!(r.status(), 201);
     let c: Value = r.json().await.unwrap();
     let id = c["id"].as_str().unwrap().to_string();

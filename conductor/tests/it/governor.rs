@@ -89,27 +89,42 @@ async fn audited(app: &TestApp, matches: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
-#[tokio::test]
-async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("conductor.toml");
-    let root = dir.path().to_path_buf();
-    let toml = move |cap: &str| {
+/// A `serve` on the manual clock whose config is a watched file, with a 40-recipient campaign
+/// rendered and ready; `text(governor)` is the whole file with `governor` as its `[governor]` section.
+struct Watched {
+    file: std::path::PathBuf,
+    root: std::path::PathBuf,
+}
+
+impl Watched {
+    fn text(&self, governor: &str) -> String {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{0}/c.db\"\n[bodies]\nurl = \"file://{0}/bodies\"\n\
              [campaigns]\ntemplates_dir = \"{1}\"\n\
-             [provider.outbox]\ndir = \"{0}/outbox\"\n[governor]\nper_minute = {cap}\n",
-            root.display(),
+             [provider.outbox]\ndir = \"{0}/outbox\"\n[governor]\n{governor}",
+            self.root.display(),
             templates_dir().display()
         )
+    }
+
+    fn write(&self, governor: &str) {
+        std::fs::write(&self.file, self.text(governor)).unwrap();
+    }
+}
+
+async fn spawn_watched(governor: &str) -> (TestApp, Arc<ManualClock>, Watched, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Watched {
+        file: dir.path().join("conductor.toml"),
+        root: dir.path().to_path_buf(),
     };
-    std::fs::write(&file, toml("5")).unwrap();
-    let config = conductor::config::Config::load(Some(&file), Vec::new()).unwrap();
+    w.write(governor);
+    let config = conductor::config::Config::load(Some(&w.file), Vec::new()).unwrap();
     let clock = Arc::new(ManualClock::new(M));
     let app = spawn_full(
         dir,
         config,
-        Some(file.clone()),
+        Some(w.file.clone()),
         Hooks::default(),
         clock.clone(),
     )
@@ -119,13 +134,19 @@ async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one
         c["batches_rendered"] == c["batches"]
     })
     .await;
+    (app, clock, w, id)
+}
 
+#[tokio::test]
+async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one_is_refused() {
+    let (app, clock, w, id) = spawn_watched("per_minute = 5\n").await;
+    let toml = |cap: &str| w.text(&format!("per_minute = {cap}\n"));
     let caps = |m: i64| if m < M + 60_000 { 5 } else { 8 };
     drive(&app, &clock, &id, M + 30_000, caps, 40).await;
     // Editors often save by writing a new file and renaming it over the old one.
-    let tmp = file.with_extension("swp");
+    let tmp = w.file.with_extension("swp");
     std::fs::write(&tmp, toml("8")).unwrap();
-    std::fs::rename(&tmp, &file).unwrap();
+    std::fs::rename(&tmp, &w.file).unwrap();
     let change = audited(&app, |e| e["scope"] == "global" && e["kind"] == "cap").await;
     assert_eq!(
         (change["old"].as_str(), change["new"].as_str()),
@@ -139,7 +160,7 @@ async fn a_config_edit_changes_granted_tokens_from_the_next_minute_and_a_bad_one
     drive(&app, &clock, &id, M + 90_000, caps, 40).await;
     // Invalid edits, a wrong type and a bad value: refused, the old cap kept, each reason logged.
     for (bad, says) in [("\"lots\"", "per_minute"), ("0", "governor.per_minute")] {
-        std::fs::write(&file, toml(bad)).unwrap();
+        std::fs::write(&w.file, toml(bad)).unwrap();
         let refused = audited(&app, |e| {
             e["kind"] == "rejected" && e["new"].as_str().is_some_and(|n| n.contains(says))
         })
@@ -312,34 +333,7 @@ async fn a_campaign_larger_than_the_cap_gets_exactly_the_cap_in_each_calendar_mi
 #[tokio::test]
 async fn warm_up_domain_caps_and_quiet_hours_are_taken_from_config_edits() {
     // The manual clock starts at 22:14 UTC on 2023-11-14.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("conductor.toml");
-    let root = dir.path().to_path_buf();
-    let toml = move |governor: &str| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{0}/c.db\"\n[bodies]\nurl = \"file://{0}/bodies\"\n\
-             [campaigns]\ntemplates_dir = \"{1}\"\n\
-             [provider.outbox]\ndir = \"{0}/outbox\"\n[governor]\nper_minute = 5\n{governor}",
-            root.display(),
-            templates_dir().display()
-        )
-    };
-    std::fs::write(&file, toml("")).unwrap();
-    let config = conductor::config::Config::load(Some(&file), Vec::new()).unwrap();
-    let clock = Arc::new(ManualClock::new(M));
-    let app = spawn_full(
-        dir,
-        config,
-        Some(file.clone()),
-        Hooks::default(),
-        clock.clone(),
-    )
-    .await;
-    let id = app.create(&inline_campaign(recipients(40))).await;
-    app.wait_for(&id, Duration::from_secs(30), |c| {
-        c["batches_rendered"] == c["batches"]
-    })
-    .await;
+    let (app, clock, w, id) = spawn_watched("per_minute = 5\n").await;
     // 22:14 at 5; 22:15 on warm-up day 1 (3); 22:16 with example.com capped at 2; 22:17 quiet;
     // 22:18 at the domain's 2 again.
     let caps = |m: i64| match (m - M) / 60_000 {
@@ -349,21 +343,13 @@ async fn warm_up_domain_caps_and_quiet_hours_are_taken_from_config_edits() {
         _ => 0,
     };
     drive(&app, &clock, &id, M + 30_000, caps, 40).await;
-    std::fs::write(
-        &file,
-        toml("[governor.schedule]\nwarmup_start = \"2023-11-14\"\nwarmup = [3]\n"),
-    )
-    .unwrap();
+    w.write("per_minute = 5\n[governor.schedule]\nwarmup_start = \"2023-11-14\"\nwarmup = [3]\n");
     audited(&app, |e| e["kind"] == "schedule").await;
     drive(&app, &clock, &id, M + 90_000, caps, 40).await;
-    std::fs::write(
-        &file,
-        toml(
-            "[governor.domains]\n\"example.com\" = 2\n[governor.schedule]\nwarmup_start = \"2023-11-14\"\n\
-             warmup = [3]\nquiet_hours = [\"22:17-22:18\"]\n",
-        ),
-    )
-    .unwrap();
+    w.write(
+        "per_minute = 5\n[governor.domains]\n\"example.com\" = 2\n[governor.schedule]\n\
+         warmup_start = \"2023-11-14\"\nwarmup = [3]\nquiet_hours = [\"22:17-22:18\"]\n",
+    );
     audited(&app, |e| e["scope"] == "domain:example.com").await;
     drive(&app, &clock, &id, M + 299_500, caps, 40).await;
     let per = sent_per_minute(&app, &id);

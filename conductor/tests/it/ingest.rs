@@ -63,12 +63,8 @@ async fn a_bad_row_late_in_a_streamed_list_names_its_line_and_leaves_nothing() {
     list.push_str("not-an-address,Late,Köln\n");
     list.push_str(&csv(10).replace("email,name,city\n", ""));
     let r = app
-        .client
-        .post(app.url("/v1/campaigns"))
-        .multipart(list_form(&campaign(), list, "text/csv"))
-        .send()
-        .await
-        .unwrap();
+        .post_multipart(list_form(&campaign(), list, "text/csv"))
+        .await;
     let p = expect_problem(r, 422, "/problems/validation").await;
     assert_eq!(p["errors"][0]["field"], "line 25002.email", "{p}");
     assert_eq!(app.campaign_count().await, 0, "no campaign is visible");
@@ -80,12 +76,8 @@ async fn a_bad_row_late_in_a_streamed_list_names_its_line_and_leaves_nothing() {
         .collect();
     list.push_str("{\"email\": \"x@example.com\", \"nmae\": \"typo\"}\n");
     let r = app
-        .client
-        .post(app.url("/v1/campaigns"))
-        .multipart(list_form(&campaign(), list, "application/x-ndjson"))
-        .send()
-        .await
-        .unwrap();
+        .post_multipart(list_form(&campaign(), list, "application/x-ndjson"))
+        .await;
     let p = expect_problem(r, 422, "/problems/invalid-csv").await;
     assert!(
         p["detail"]

@@ -117,6 +117,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A campaign created from a multipart body (the `campaign` part, then the list).
+    pub async fn post_multipart(&self, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/campaigns"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Creates a campaign that must be accepted; returns its id.
     pub async fn create(&self, body: &Value) -> String {
         let r = self.post_json("/v1/campaigns", body).await;
