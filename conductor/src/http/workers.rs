@@ -63,15 +63,32 @@ fn unavailable(e: WorkError) -> Problem {
     )
 }
 
+/// A worker's request: its secret checked first, then its body read within `limit` and parsed.
+async fn worker_request<T: serde::de::DeserializeOwned>(
+    svc: &Service,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<T, Problem> {
+    authorise(svc, headers)?;
+    let body = crate::http::body::read(body, limit, what).await?;
+    crate::http::extract::json(&body)
+}
+
 async fn lease(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    authorise(&svc, &headers)?;
-    let body =
-        crate::http::body::read(body, crate::http::body::WORKER_SMALL, "a lease request").await?;
-    let req: LeaseRequest = crate::http::extract::json(&body)?;
+    let req: LeaseRequest = worker_request(
+        &svc,
+        &headers,
+        body,
+        crate::http::body::WORKER_SMALL,
+        "a lease request",
+    )
+    .await?;
     if !(1..=10_000).contains(&req.want) {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -94,10 +111,14 @@ async fn report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    authorise(&svc, &headers)?;
-    let body =
-        crate::http::body::read(body, crate::http::body::WORKER_REPORT, "a lease report").await?;
-    let req: ReportRequest = crate::http::extract::json(&body)?;
+    let req: ReportRequest = worker_request(
+        &svc,
+        &headers,
+        body,
+        crate::http::body::WORKER_REPORT,
+        "a lease report",
+    )
+    .await?;
     match svc.work.report(&id, req.outcomes, req.last).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(WorkError::LeaseLost(id)) => Err(Problem::new(
@@ -135,10 +156,14 @@ async fn claim(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    authorise(&svc, &headers)?;
-    let body =
-        crate::http::body::read(body, crate::http::body::WORKER_SMALL, "a render claim").await?;
-    let job: RenderJob = crate::http::extract::json(&body)?;
+    let job: RenderJob = worker_request(
+        &svc,
+        &headers,
+        body,
+        crate::http::body::WORKER_SMALL,
+        "a render claim",
+    )
+    .await?;
     let input = svc.work.load(&job).await.map_err(source_problem)?;
     Ok(Json(input).into_response())
 }
@@ -148,10 +173,14 @@ async fn rendered(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    authorise(&svc, &headers)?;
-    let body =
-        crate::http::body::read(body, crate::http::body::WORKER_REPORT, "a render report").await?;
-    let report: RenderedReport = crate::http::extract::json(&body)?;
+    let report: RenderedReport = worker_request(
+        &svc,
+        &headers,
+        body,
+        crate::http::body::WORKER_REPORT,
+        "a render report",
+    )
+    .await?;
     // Senders fetch what the store names: only the batch's own key may be recorded.
     let expected = RenderedBatch::key(&report.job.campaign_id, report.job.batch);
     let older = RenderedBatch::format_one_key(&report.job.campaign_id, report.job.batch);
