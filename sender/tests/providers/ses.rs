@@ -13,9 +13,13 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::batch;
 
 fn ses(endpoint: &str, timeout: Duration) -> Arc<dyn Provider> {
-    // The SDK's credential chain reads these; nothing leaves loopback.
-    std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDTESTING");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing-secret");
+    // The SDK's credential chain reads these; nothing leaves loopback. Set once, by the first test
+    // that needs them, not by every test on every thread.
+    static CREDENTIALS: std::sync::Once = std::sync::Once::new();
+    CREDENTIALS.call_once(|| {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDTESTING");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing-secret");
+    });
     let mut c = ProviderConfig {
         kind: ProviderKind::Ses,
         timeout_ms: timeout.as_millis() as u64,
