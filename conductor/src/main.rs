@@ -249,10 +249,10 @@ async fn watch_lines(
     client: &conductor::cli::Client,
     id: &str,
 ) -> anyhow::Result<conductor::cli::Ending> {
-    let mut printed: Option<(std::time::Instant, String)> = None;
+    let mut printed: Option<(std::time::Instant, conductor::store::Status)> = None;
     let end = client
         .watch(id, |f| {
-            let status = f["status"].as_str().unwrap_or("").to_string();
+            let status = f.status;
             let due = printed.as_ref().is_none_or(|(at, s)| {
                 *s != status || at.elapsed() >= std::time::Duration::from_secs(5)
             });
@@ -282,34 +282,32 @@ async fn watch_bars(
         b
     };
     let (rendered, sent, trouble) = (bar("rendered"), bar("sent"), bar("failed"));
-    let mut last_status = String::new();
+    let mut last_status = None;
     let end = client
         .watch(id, |f| {
-            let n = |k: &str| f["counts"][k].as_u64().unwrap_or(0);
-            let total = n("total");
+            let k = &f.counts;
+            let n = |v: i64| v.max(0) as u64;
             for b in [&rendered, &sent, &trouble] {
-                b.set_length(total);
+                b.set_length(n(k.total));
             }
-            rendered.set_position(n("rendered"));
-            sent.set_position(n("sent"));
-            trouble.set_position(n("failed") + n("unknown"));
-            let minute = &f["minute"];
+            rendered.set_position(n(k.rendered));
+            sent.set_position(n(k.sent));
+            trouble.set_position(n(k.failed + k.unknown));
+            let (used, cap) = f.minute.map_or((0, 0), |m| (m.used, m.cap));
             sent.set_message(format!(
-                "{}/min · this minute {}/{} · ETA {}",
-                f["rate_per_minute"].as_f64().unwrap_or(0.0),
-                minute["used"].as_u64().unwrap_or(0),
-                minute["cap"].as_u64().unwrap_or(0),
-                f["eta"].as_str().unwrap_or("—"),
+                "{}/min · this minute {used}/{cap} · ETA {}",
+                f.rate_per_minute,
+                f.eta.as_deref().unwrap_or("—"),
             ));
-            trouble.set_message(format!("{} unknown", n("unknown")));
-            let status = f["status"].as_str().unwrap_or("").to_string();
-            if status != last_status {
-                let reason = f["status_reason"]
-                    .as_str()
+            trouble.set_message(format!("{} unknown", k.unknown));
+            if last_status != Some(f.status) {
+                let reason = f
+                    .status_reason
+                    .as_deref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default();
-                let _ = bars.println(format!("{status}{reason}"));
-                last_status = status;
+                let _ = bars.println(format!("{}{reason}", f.status.as_str()));
+                last_status = Some(f.status);
             }
         })
         .await?;

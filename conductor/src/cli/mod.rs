@@ -7,6 +7,8 @@ pub mod demo;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::http::stream::Snapshot;
+use crate::store::Status;
 use serde_json::{json, Value};
 
 /// How a watched campaign ended, as the process exit status.
@@ -22,14 +24,14 @@ pub enum Ending {
 }
 
 impl Ending {
-    /// From a campaign or progress frame's `status` and `counts`.
-    pub fn of(frame: &Value) -> Option<Self> {
-        let n = |k: &str| frame["counts"][k].as_i64().unwrap_or(0);
-        match frame["status"].as_str()? {
-            "completed" if n("failed") + n("unknown") == 0 => Some(Ending::Sent),
-            "completed" => Some(Ending::Incomplete),
-            "paused" => Some(Ending::Paused),
-            "cancelled" => Some(Ending::Cancelled),
+    /// From a progress frame's status and counts; `None` while the campaign goes on.
+    pub fn of(frame: &Snapshot) -> Option<Self> {
+        let k = &frame.counts;
+        match frame.status {
+            Status::Completed if k.failed + k.unknown == 0 => Some(Ending::Sent),
+            Status::Completed => Some(Ending::Incomplete),
+            Status::Paused => Some(Ending::Paused),
+            Status::Cancelled => Some(Ending::Cancelled),
             _ => None,
         }
     }
@@ -211,7 +213,11 @@ impl Client {
 
     /// Follows the campaign's event stream until it ends (completed, cancelled, paused), calling
     /// `frame` with each progress frame; reconnects with `Last-Event-ID` if the stream drops.
-    pub async fn watch(&self, id: &str, mut frame: impl FnMut(&Value)) -> Result<Ending, CliError> {
+    pub async fn watch(
+        &self,
+        id: &str,
+        mut frame: impl FnMut(&Snapshot),
+    ) -> Result<Ending, CliError> {
         let path = format!("/v1/campaigns/{id}/events");
         let mut last: Option<String> = None;
         let mut drops = 0;
@@ -247,7 +253,7 @@ impl Client {
                     if e.event != "progress" {
                         continue;
                     }
-                    let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
+                    let Ok(v) = serde_json::from_str::<Snapshot>(&e.data) else {
                         continue;
                     };
                     frame(&v);
@@ -332,32 +338,27 @@ pub fn line(c: &Value) -> String {
 
 /// One line about a progress frame, for `watch` when its output is not a terminal (a log, a CI job):
 /// what the bars would show, in words.
-pub fn progress_line(f: &Value) -> String {
-    let n = |k: &str| f["counts"][k].as_u64().unwrap_or(0);
-    let minute = &f["minute"];
-    let this_minute = if minute.is_object() {
-        format!(
-            "  this minute {}/{}",
-            minute["used"].as_u64().unwrap_or(0),
-            minute["cap"].as_u64().unwrap_or(0)
-        )
-    } else {
-        String::new()
-    };
-    let eta = f["eta"]
-        .as_str()
+pub fn progress_line(f: &Snapshot) -> String {
+    let k = &f.counts;
+    let this_minute = f
+        .minute
+        .map(|m| format!("  this minute {}/{}", m.used, m.cap))
+        .unwrap_or_default();
+    let eta = f
+        .eta
+        .as_deref()
         .map(|e| format!("  ETA {e}"))
         .unwrap_or_default();
     format!(
         "{} {}  rendered {}/{}  sent {}  failed {}  unknown {}  {}/min{this_minute}{eta}",
-        f["at"].as_str().unwrap_or(""),
-        f["status"].as_str().unwrap_or("?"),
-        n("rendered"),
-        n("total"),
-        n("sent"),
-        n("failed"),
-        n("unknown"),
-        f["rate_per_minute"].as_f64().unwrap_or(0.0),
+        f.at,
+        f.status.as_str(),
+        k.rendered,
+        k.total,
+        k.sent,
+        k.failed,
+        k.unknown,
+        f.rate_per_minute,
     )
 }
 
@@ -468,18 +469,22 @@ mod tests {
 
     #[test]
     fn a_progress_frame_reads_as_one_line() {
-        let f = json!({
+        let f: Snapshot = serde_json::from_value(json!({
             "at": "2026-12-01T10:00:05.000Z", "status": "running",
             "counts": {"total": 300, "rendered": 300, "sent": 120, "failed": 2, "unknown": 1},
-            "minute": {"used": 123, "cap": 600}, "rate_per_minute": 590.0,
+            "minute": {"used": 123, "cap": 600}, "rate_per_minute": 590,
             "eta": "2026-12-01T10:00:25.000Z",
-        });
+        }))
+        .unwrap();
         assert_eq!(
             progress_line(&f),
             "2026-12-01T10:00:05.000Z running  rendered 300/300  sent 120  failed 2  unknown 1  \
              590/min  this minute 123/600  ETA 2026-12-01T10:00:25.000Z"
         );
-        let quiet = json!({"at": "t", "status": "paused", "counts": {"total": 3}, "minute": null, "eta": null});
+        let quiet: Snapshot = serde_json::from_value(
+            json!({"at": "t", "status": "paused", "counts": {"total": 3}, "minute": null, "eta": null}),
+        )
+        .unwrap();
         assert_eq!(
             progress_line(&quiet),
             "t paused  rendered 0/3  sent 0  failed 0  unknown 0  0/min"
@@ -510,7 +515,9 @@ mod tests {
 
     #[test]
     fn endings_map_to_exit_statuses() {
-        let f = |status: &str, failed: i64| json!({"status": status, "counts": {"failed": failed}});
+        let f = |status: &str, failed: i64| -> Snapshot {
+            serde_json::from_value(json!({"status": status, "counts": {"failed": failed}})).unwrap()
+        };
         assert_eq!(Ending::of(&f("completed", 0)), Some(Ending::Sent));
         assert_eq!(Ending::of(&f("completed", 2)), Some(Ending::Incomplete));
         assert_eq!(Ending::of(&f("paused", 0)), Some(Ending::Paused));

@@ -9,7 +9,7 @@ mod governor;
 mod problem;
 pub mod service;
 mod site;
-mod stream;
+pub mod stream;
 mod unsubscribe;
 mod view;
 mod workers;

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -12,9 +13,33 @@ use crate::engine::progress::{Frame, Hub, IDLE_STOP, TICK};
 use crate::http::service::Service;
 use crate::store::{Campaign, Status};
 
-/// What the dashboard and `campaign watch` show: counts per state, this minute's global ledger
-/// against its cap, the send rate over the last minute, the ETA.
-async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Value {
+/// A progress frame: what the dashboard and `campaign watch` show — counts per state, this minute's
+/// global ledger row against its cap, the send rate over the last minute, the ETA. The CLI reads it
+/// as this same type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    #[serde(default)]
+    pub campaign: String,
+    pub status: Status,
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub counts: crate::store::Counts,
+    #[serde(default)]
+    pub batches: u32,
+    #[serde(default)]
+    pub batches_rendered: u32,
+    #[serde(default)]
+    pub minute: Option<crate::store::MinuteStats>,
+    #[serde(default)]
+    pub rate_per_minute: i64,
+    #[serde(default)]
+    pub eta: Option<String>,
+    #[serde(default)]
+    pub at: String,
+}
+
+async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Snapshot {
     let now = svc.work.clock.now_ms();
     let minute = svc
         .store
@@ -28,18 +53,18 @@ async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Value {
         .ok()
         .and_then(|v| v.forecast)
         .and_then(|f| f.eta);
-    json!({
-        "campaign": c.id,
-        "status": c.status,
-        "status_reason": c.status_reason,
-        "counts": c.counts,
-        "batches": c.batches,
-        "batches_rendered": c.batches_rendered,
-        "minute": minute,
-        "rate_per_minute": rate,
-        "eta": eta,
-        "at": crate::store::rfc3339(now),
-    })
+    Snapshot {
+        campaign: c.id.clone(),
+        status: c.status,
+        status_reason: c.status_reason.clone(),
+        counts: c.counts.clone(),
+        batches: c.batches,
+        batches_rendered: c.batches_rendered,
+        minute,
+        rate_per_minute: rate,
+        eta,
+        at: crate::store::rfc3339(now),
+    }
 }
 
 /// Messages sent in the last 60 s, from (when, sent so far) samples: the number a cap per minute is
@@ -81,7 +106,8 @@ async fn watch(
                 let seen = (c.status, c.counts.clone(), c.batches_rendered);
                 let status_changed = last.as_ref().is_some_and(|(s, _, _)| *s != c.status);
                 if last.as_ref() != Some(&seen) || stale {
-                    let data = snapshot(&svc, &c, rate).await;
+                    let data =
+                        serde_json::to_value(snapshot(&svc, &c, rate).await).unwrap_or(Value::Null);
                     if status_changed {
                         hub.publish(Frame {
                             id: id(),

@@ -8,7 +8,7 @@ mod tally;
 use async_trait::async_trait;
 use renderer::{RenderInput, RenderJob};
 use sender::{LeaseReply, Millis, RecipientOutcome};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use sql::SqlStore;
 
@@ -32,7 +32,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Its list is arriving; it sends nothing until the whole list validated.
@@ -137,7 +137,8 @@ pub enum Action {
 
 /// Recipients per state. `rendered` counts messages rendered so far whatever happened to them since;
 /// `pending` counts those not yet in a final state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counts {
     pub total: i64,
     pub rendered: i64,
@@ -255,6 +256,34 @@ impl Serialize for MinuteStats {
         m.serialize_field("used", &self.used)?;
         m.serialize_field("sent", &self.sent)?;
         m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for MinuteStats {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Default, Deserialize)]
+        #[serde(default)]
+        struct Wire {
+            minute: Option<String>,
+            cap: u32,
+            granted: u32,
+            used: u32,
+            sent: u32,
+        }
+        let w = Wire::deserialize(d)?;
+        let minute_ms = match w.minute {
+            Some(m) => chrono::DateTime::parse_from_rfc3339(&m)
+                .map_err(serde::de::Error::custom)?
+                .timestamp_millis(),
+            None => 0,
+        };
+        Ok(Self {
+            minute_ms,
+            cap: w.cap,
+            granted: w.granted,
+            used: w.used,
+            sent: w.sent,
+        })
     }
 }
 
