@@ -208,19 +208,14 @@ async fn campaign(
             let c = client
                 .create(&template, &recipients, &from, name.as_deref(), per_minute)
                 .await?;
-            let id = c["id"].as_str().unwrap_or_default().to_string();
-            println!("created {id}: {} recipients", c["counts"]["total"]);
+            println!("created {}: {} recipients", c.id, c.counts.total);
             if watch {
-                return Ok(Some(follow(&client, &id).await?));
+                return Ok(Some(follow(&client, &c.id).await?));
             }
         }
         CampaignCommand::List => {
-            for c in client.list().await?["campaigns"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                println!("{}", conductor::cli::line(c));
+            for c in client.list().await? {
+                println!("{}", conductor::cli::line(&c));
             }
         }
         CampaignCommand::Show { id } => show(&client.show(&id).await?),

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::http::stream::Snapshot;
-use crate::store::Status;
+use crate::store::{Campaign, Status};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 /// How a watched campaign ended, as the process exit status.
@@ -54,6 +55,8 @@ pub enum CliError {
         title: String,
         detail: String,
     },
+    #[error("an answer the client cannot read: {0}")]
+    Unreadable(String),
     #[error("stream from {0} ended before the campaign did")]
     StreamEnded(String),
 }
@@ -81,32 +84,20 @@ impl Client {
         }
     }
 
-    async fn send(&self, r: reqwest::RequestBuilder) -> Result<Value, CliError> {
+    /// The answer as `T`, or the server's problem document as a [`CliError::Refused`].
+    async fn send<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> Result<T, CliError> {
         let url = self.base.clone();
         let response = r
             .send()
             .await
             .map_err(|source| CliError::Unreachable { url, source })?;
         let status = response.status().as_u16();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let body = response.bytes().await.unwrap_or_default();
         if (200..300).contains(&status) {
-            return Ok(body);
+            return serde_json::from_slice(&body)
+                .map_err(|e| CliError::Unreadable(format!("{status} answer: {e}")));
         }
-        let mut detail = body["detail"].as_str().unwrap_or_default().to_string();
-        if let Some(errors) = body["errors"].as_array() {
-            for e in errors {
-                detail.push_str(&format!(
-                    "\n  {}: {}",
-                    e["field"].as_str().unwrap_or("?"),
-                    e["message"].as_str().unwrap_or("?")
-                ));
-            }
-        }
-        Err(CliError::Refused {
-            status,
-            title: body["title"].as_str().unwrap_or("refused").to_string(),
-            detail,
-        })
+        Err(refusal(status, &body))
     }
 
     /// Creates a campaign from a template folder (`subject.hbs`, `html.hbs`, optional `text.hbs`,
@@ -121,7 +112,7 @@ impl Client {
         from: &str,
         name: Option<&str>,
         per_minute: Option<u32>,
-    ) -> Result<Value, CliError> {
+    ) -> Result<Campaign, CliError> {
         let read = |f: &str| std::fs::read_to_string(template.join(f));
         let usage = |what: String| CliError::Usage(what);
         let subject = read("subject.hbs")
@@ -145,21 +136,21 @@ impl Client {
         if let Some(cap) = per_minute {
             campaign["per_minute"] = cap.into();
         }
-        let draft = self
+        let draft: Campaign = self
             .send(
                 self.request(reqwest::Method::POST, "/v1/campaigns")
                     .header("idempotency-key", uuid::Uuid::new_v4().to_string())
                     .json(&campaign),
             )
             .await?;
-        let id = draft["id"].as_str().unwrap_or_default().to_string();
+        let id = draft.id;
         let media = match recipients.extension().and_then(|e| e.to_str()) {
             Some("ndjson" | "jsonl") => "application/x-ndjson",
             _ => "text/csv",
         };
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let body = reqwest::Body::wrap_stream(file_chunks(file, sent.clone()));
-        let upload = self.send(
+        let upload = self.send::<Campaign>(
             self.request(
                 reqwest::Method::PUT,
                 &format!("/v1/campaigns/{id}/recipients"),
@@ -175,35 +166,46 @@ impl Client {
                     Ok(listed) => break listed,
                     Err(e) => {
                         // The draft keeps no part of a refused list; cancelled, it can never send.
-                        let _ = self.act(&id, "cancel").await;
+                        let _ = self.act::<Value>(&id, "cancel").await;
                         return Err(e);
                     }
                 },
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
-                    let rows = self.show(&id).await.ok().and_then(|c| c["counts"]["total"].as_u64());
+                    let rows = self
+                        .send::<Campaign>(self.request(reqwest::Method::GET, &format!("/v1/campaigns/{id}")))
+                        .await
+                        .ok()
+                        .map(|c| c.counts.total.max(0) as u64);
                     shown.update(sent.load(std::sync::atomic::Ordering::Relaxed), rows);
                 }
             }
         };
         shown.done(
             sent.load(std::sync::atomic::Ordering::Relaxed),
-            listed["counts"]["total"].as_u64(),
+            Some(listed.counts.total.max(0) as u64),
         );
         self.act(&id, "start").await
     }
 
-    pub async fn list(&self) -> Result<Value, CliError> {
-        self.send(self.request(reqwest::Method::GET, "/v1/campaigns"))
-            .await
+    pub async fn list(&self) -> Result<Vec<Campaign>, CliError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            campaigns: Vec<Campaign>,
+        }
+        let list: List = self
+            .send(self.request(reqwest::Method::GET, "/v1/campaigns"))
+            .await?;
+        Ok(list.campaigns)
     }
 
+    /// The campaign as the server shows it (with its forecast while running), to print as it is.
     pub async fn show(&self, id: &str) -> Result<Value, CliError> {
         self.send(self.request(reqwest::Method::GET, &format!("/v1/campaigns/{id}")))
             .await
     }
 
-    /// `pause`, `resume` or `cancel`.
-    pub async fn act(&self, id: &str, action: &str) -> Result<Value, CliError> {
+    /// `pause`, `resume`, `cancel` or `start`: the campaign after it, as `T`.
+    pub async fn act<T: DeserializeOwned>(&self, id: &str, action: &str) -> Result<T, CliError> {
         self.send(self.request(
             reqwest::Method::POST,
             &format!("/v1/campaigns/{id}/{action}"),
@@ -233,12 +235,8 @@ impl Client {
                 .map_err(|source| CliError::Unreachable { url, source })?;
             if !response.status().is_success() {
                 let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                return Err(CliError::Refused {
-                    status,
-                    title: body["title"].as_str().unwrap_or("refused").into(),
-                    detail: body["detail"].as_str().unwrap_or_default().into(),
-                });
+                let body = response.bytes().await.unwrap_or_default();
+                return Err(refusal(status, &body));
             }
             let mut parser = SseParser::default();
             loop {
@@ -321,18 +319,39 @@ impl SseParser {
     }
 }
 
+/// The server's problem document (RFC 9457) as a refusal, its field errors one per line.
+fn refusal(status: u16, body: &[u8]) -> CliError {
+    #[derive(Default, serde::Deserialize)]
+    #[serde(default)]
+    struct ProblemBody {
+        title: Option<String>,
+        detail: String,
+        errors: Vec<crate::domain::validate::FieldError>,
+    }
+    let p: ProblemBody = serde_json::from_slice(body).unwrap_or_default();
+    let mut detail = p.detail;
+    for e in &p.errors {
+        detail.push_str(&format!("\n  {}: {}", e.field, e.message));
+    }
+    CliError::Refused {
+        status,
+        title: p.title.unwrap_or_else(|| "refused".into()),
+        detail,
+    }
+}
+
 /// One line about a campaign, for `list`.
-pub fn line(c: &Value) -> String {
-    let n = |k: &str| c["counts"][k].as_i64().unwrap_or(0);
+pub fn line(c: &Campaign) -> String {
+    let k = &c.counts;
     format!(
         "{}  {:<10} {:>8} sent {:>6} failed {:>6} unknown {:>8} total  {}",
-        c["id"].as_str().unwrap_or("?"),
-        c["status"].as_str().unwrap_or("?"),
-        n("sent"),
-        n("failed"),
-        n("unknown"),
-        n("total"),
-        c["name"].as_str().unwrap_or("")
+        c.id,
+        c.status.as_str(),
+        k.sent,
+        k.failed,
+        k.unknown,
+        k.total,
+        c.name
     )
 }
 

@@ -140,7 +140,7 @@ pub struct ValidCampaign {
 }
 
 /// One thing wrong, and where.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
     /// `from`, `recipients[3].email`, `line 5: email`, `html line 2, column 4`, …
     pub field: String,

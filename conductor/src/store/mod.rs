@@ -154,7 +154,7 @@ pub struct Counts {
     pub requests: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Campaign {
     pub id: String,
     pub name: String,
