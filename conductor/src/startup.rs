@@ -126,6 +126,7 @@ impl Runtime {
             throttle: Default::default(),
             metrics: Default::default(),
             views: Default::default(),
+            progress: Default::default(),
         });
 
         if config.dispatch.mode == DispatchMode::Local {
@@ -167,7 +168,6 @@ impl Runtime {
             max_upload_bytes: config.server.max_upload_bytes,
             ses: Default::default(),
             sns_certs: hooks.sns_certs,
-            progress: Default::default(),
             streams: CancellationToken::new(),
         });
         Ok(Self {

@@ -20,11 +20,10 @@
 //! on the store, which happens in real time whatever time the campaign believes it is.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use std::future::Future;
 
 use axum::body::Bytes;
 

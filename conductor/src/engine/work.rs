@@ -39,11 +39,20 @@ pub struct Work {
     /// `GET /v1/campaigns/{id}` as computed about once a second, shared by every poller; dropped
     /// here whenever this conductor changes a campaign's status.
     pub views: crate::engine::views::Views,
+    /// The event stream's hubs, one per campaign someone follows live.
+    pub progress: crate::engine::progress::Progress,
 }
 
 impl Work {
     fn config(&self) -> Arc<Config> {
         self.config.borrow().clone()
+    }
+
+    /// This conductor changed the campaign's status: what pollers and the event stream keep of it
+    /// is dropped, so the next read and the next client see the change.
+    pub fn changed(&self, id: &str) {
+        self.views.forget(id);
+        self.progress.changed(id);
     }
 
     /// One reconcile pass: hand out render jobs, expire silent leases, note campaigns that started or
@@ -80,7 +89,7 @@ impl Work {
             .await?
         {
             tracing::warn!(campaign = %id, "upload of the recipient list fell silent: import abandoned");
-            self.views.forget(&id);
+            self.changed(&id);
         }
         let purged = self.store.purge(50_000, now - IDEMPOTENCY_KEPT_MS).await?;
         // A 50M campaign leaves 250,000 leases; history is pruned as it ages, a bounded amount a pass.
@@ -99,11 +108,11 @@ impl Work {
             );
         }
         for id in self.store.mark_started(now).await? {
-            self.views.forget(&id);
+            self.changed(&id);
             self.events.emit(Kind::Started, &id, None).await;
         }
         for id in self.store.complete_finished(now).await? {
-            self.views.forget(&id);
+            self.changed(&id);
             self.events.emit(Kind::Completed, &id, None).await;
         }
         let keep_ms = i64::from(cfg.bodies.retention_days) * 86_400_000;
@@ -240,7 +249,7 @@ impl WorkSource for Work {
                     self.metrics.sent(provider, o.outcome.kind(), o.latency_ms);
                 }
                 if let (Some(campaign), Some(reason)) = (stopped, stop_reason) {
-                    self.views.forget(&campaign);
+                    self.changed(&campaign);
                     self.events
                         .emit(Kind::Failed, &campaign, Some(reason))
                         .await;

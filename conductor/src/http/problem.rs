@@ -8,98 +8,55 @@ use crate::domain::validate::{FieldError, Invalid};
 use crate::engine::ingest::{Cut, ImportError};
 use crate::store::StoreError;
 
-/// Every problem `type` the API answers: one spelling each, listed in the OpenAPI document.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProblemType {
-    Validation,
-    UploadCutOff,
-    InvalidJson,
-    TemplateSyntax,
-    UnknownTemplate,
-    InvalidCsv,
-    InvalidQuery,
-    InvalidMultipart,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    NotFound,
-    MethodNotAllowed,
-    Conflict,
-    Unauthorised,
-    HostNotAllowed,
-    CrossSite,
-    BadSignature,
-    StaleWebhook,
-    ReplayedWebhook,
-    FeedbackDisabled,
-    WorkersDisabled,
-    NoRecipients,
-    LeaseLost,
-    RenderGone,
-    Unavailable,
-    Internal,
+/// Declares the problem types once: the enum, its list and each one's URI.
+macro_rules! problem_types {
+    ($($variant:ident => $uri:literal),* $(,)?) => {
+        /// Every problem `type` the API answers: one spelling each, listed in the OpenAPI document.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProblemType {
+            $($variant,)*
+        }
+
+        impl ProblemType {
+            pub const ALL: &'static [ProblemType] = &[$(Self::$variant,)*];
+
+            /// The `type` URI, relative to the API's base.
+            pub fn uri(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $uri,)*
+                }
+            }
+        }
+    };
 }
 
-impl ProblemType {
-    pub const ALL: [ProblemType; 26] = [
-        Self::Validation,
-        Self::UploadCutOff,
-        Self::InvalidJson,
-        Self::TemplateSyntax,
-        Self::UnknownTemplate,
-        Self::InvalidCsv,
-        Self::InvalidQuery,
-        Self::InvalidMultipart,
-        Self::PayloadTooLarge,
-        Self::UnsupportedMediaType,
-        Self::NotFound,
-        Self::MethodNotAllowed,
-        Self::Conflict,
-        Self::Unauthorised,
-        Self::HostNotAllowed,
-        Self::CrossSite,
-        Self::BadSignature,
-        Self::StaleWebhook,
-        Self::ReplayedWebhook,
-        Self::FeedbackDisabled,
-        Self::WorkersDisabled,
-        Self::NoRecipients,
-        Self::LeaseLost,
-        Self::RenderGone,
-        Self::Unavailable,
-        Self::Internal,
-    ];
-
-    /// The `type` URI, relative to the API's base.
-    pub fn uri(self) -> &'static str {
-        match self {
-            Self::Validation => "/problems/validation",
-            Self::UploadCutOff => "/problems/upload-cut-off",
-            Self::InvalidJson => "/problems/invalid-json",
-            Self::TemplateSyntax => "/problems/template-syntax",
-            Self::UnknownTemplate => "/problems/unknown-template",
-            Self::InvalidCsv => "/problems/invalid-csv",
-            Self::InvalidQuery => "/problems/invalid-query",
-            Self::InvalidMultipart => "/problems/invalid-multipart",
-            Self::PayloadTooLarge => "/problems/payload-too-large",
-            Self::UnsupportedMediaType => "/problems/unsupported-media-type",
-            Self::NotFound => "/problems/not-found",
-            Self::MethodNotAllowed => "/problems/method-not-allowed",
-            Self::Conflict => "/problems/conflict",
-            Self::Unauthorised => "/problems/unauthorised",
-            Self::HostNotAllowed => "/problems/host-not-allowed",
-            Self::CrossSite => "/problems/cross-site",
-            Self::BadSignature => "/problems/bad-signature",
-            Self::StaleWebhook => "/problems/stale-webhook",
-            Self::ReplayedWebhook => "/problems/replayed-webhook",
-            Self::FeedbackDisabled => "/problems/feedback-disabled",
-            Self::WorkersDisabled => "/problems/workers-disabled",
-            Self::NoRecipients => "/problems/no-recipients",
-            Self::LeaseLost => "/problems/lease-lost",
-            Self::RenderGone => "/problems/render-gone",
-            Self::Unavailable => "/problems/unavailable",
-            Self::Internal => "/problems/internal",
-        }
-    }
+problem_types! {
+    Validation => "/problems/validation",
+    UploadCutOff => "/problems/upload-cut-off",
+    InvalidJson => "/problems/invalid-json",
+    TemplateSyntax => "/problems/template-syntax",
+    UnknownTemplate => "/problems/unknown-template",
+    InvalidCsv => "/problems/invalid-csv",
+    InvalidQuery => "/problems/invalid-query",
+    InvalidMultipart => "/problems/invalid-multipart",
+    PayloadTooLarge => "/problems/payload-too-large",
+    UnsupportedMediaType => "/problems/unsupported-media-type",
+    NotFound => "/problems/not-found",
+    MethodNotAllowed => "/problems/method-not-allowed",
+    Conflict => "/problems/conflict",
+    Unauthorised => "/problems/unauthorised",
+    HostNotAllowed => "/problems/host-not-allowed",
+    CrossSite => "/problems/cross-site",
+    BadSignature => "/problems/bad-signature",
+    StaleWebhook => "/problems/stale-webhook",
+    ReplayedWebhook => "/problems/replayed-webhook",
+    FeedbackDisabled => "/problems/feedback-disabled",
+    WorkersDisabled => "/problems/workers-disabled",
+    NoRecipients => "/problems/no-recipients",
+    LeaseLost => "/problems/lease-lost",
+    RenderGone => "/problems/render-gone",
+    Unavailable => "/problems/unavailable",
+    Internal => "/problems/internal",
 }
 
 impl Serialize for ProblemType {
@@ -310,7 +267,7 @@ mod tests {
     fn every_problem_type_is_spelled_once_and_listed_in_the_api_description() {
         let doc = include_str!("openapi.json");
         let mut seen = std::collections::HashSet::new();
-        for t in ProblemType::ALL {
+        for &t in ProblemType::ALL {
             assert!(seen.insert(t.uri()), "{} twice", t.uri());
             assert!(doc.contains(t.uri()), "{} is not in openapi.json", t.uri());
         }

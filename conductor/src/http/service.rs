@@ -30,8 +30,6 @@ pub struct Service {
     /// SES feedback through SNS, built from the live `[feedback.ses]` and built again when it changes.
     pub ses: std::sync::Mutex<Option<Arc<crate::engine::ses_intake::SesIntake>>>,
     pub sns_certs: Arc<dyn renderer::sns::CertFetcher>,
-    /// Watchers of campaigns that someone follows live.
-    pub progress: crate::engine::progress::Progress,
     /// Cancelled when the server begins to shut down: ends the event streams.
     pub streams: tokio_util::sync::CancellationToken,
 }
@@ -167,7 +165,7 @@ impl Service {
         for w in &imported.warnings {
             tracing::warn!(campaign = %id, warning = %w, "campaign list imported with a warning");
         }
-        self.work.views.forget(id);
+        self.work.changed(id);
         if start {
             self.work.wake.notify_one();
             self.work.events.emit(Kind::Created, id, None).await;
@@ -184,7 +182,7 @@ impl Service {
         {
             tracing::warn!(campaign = %id, error = %e, "import not abandoned yet; the reconcile loop will");
         }
-        self.work.views.forget(id);
+        self.work.changed(id);
     }
 
     /// A whole campaign at once, its list in memory (inline JSON, the demo): [`Self::open`] then
@@ -209,7 +207,7 @@ impl Service {
     pub async fn start(&self, id: &str) -> Result<Campaign, Problem> {
         let before = self.store.campaign(id).await?.status;
         let c = self.store.start(id, self.work.clock.now_ms()).await?;
-        self.work.views.forget(id);
+        self.work.changed(id);
         if before == Status::Draft {
             self.work.wake.notify_one();
             self.work.events.emit(Kind::Created, id, None).await;
@@ -266,8 +264,7 @@ impl Service {
     /// kept frames are dropped, so the next read and the next client see the change, and the work
     /// loop is woken to act on it.
     fn changed(&self, id: &str) {
-        self.work.views.forget(id);
-        self.progress.changed(id);
+        self.work.changed(id);
         self.work.wake.notify_one();
     }
 }

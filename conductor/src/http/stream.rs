@@ -131,7 +131,7 @@ async fn watch(
         if hub.listeners() == 0 {
             let since = *idle_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= IDLE_STOP {
-                svc.progress.forget(&campaign, &hub);
+                svc.work.progress.forget(&campaign, &hub);
                 return;
             }
         } else {
@@ -159,7 +159,7 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let sub = svc.progress.subscribe(&id, last, |hub| {
+    let sub = svc.work.progress.subscribe(&id, last, |hub| {
         tokio::spawn(watch(svc.clone(), id.clone(), hub, svc.streams.clone()));
     });
     let state = (
