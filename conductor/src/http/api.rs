@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use crate::domain::recipient::RecipientState;
 use crate::domain::scope::Scope;
 use crate::domain::validate::{self, CampaignRequest};
 use crate::engine::ingest::{self, ListFormat, Source};
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::{Open, Service};
 use crate::store::{Action, IdempotencyKey, Status};
@@ -474,10 +474,8 @@ struct RecipientsQuery {
 async fn list_recipients(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
-    query: Result<Query<RecipientsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<RecipientsQuery>,
 ) -> Result<Response, Problem> {
-    // Numbers that are not numbers get a problem document, not axum's plain-text rejection.
-    let Query(q) = query.map_err(|e| Problem::bad_query(e.body_text()))?;
     let state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(RecipientState::parse(s).ok_or_else(|| {
@@ -605,7 +603,7 @@ struct MinutesQuery {
 
 async fn minutes(
     State(svc): State<Arc<Service>>,
-    Query(q): Query<MinutesQuery>,
+    ApiQuery(q): ApiQuery<MinutesQuery>,
 ) -> Result<Response, Problem> {
     let since = match q.since {
         Some(s) => chrono::DateTime::parse_from_rfc3339(&s)

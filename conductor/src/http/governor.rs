@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::domain::forecast;
 use crate::domain::scope::Scope;
+use crate::http::extract::ApiQuery;
 use crate::http::problem::Problem;
 use crate::http::service::Service;
 use crate::store::{rfc3339, Campaign, Status};
@@ -162,7 +163,7 @@ const PLAN_HORIZON_MS: i64 = 31 * 86_400_000;
 pub async fn plan(
     State(svc): State<Arc<Service>>,
     Path(id): Path<String>,
-    Query(q): Query<PlanQuery>,
+    ApiQuery(q): ApiQuery<PlanQuery>,
 ) -> Result<Response, Problem> {
     let raw = q.finish_by.ok_or_else(|| {
         Problem::bad_query("`finish_by` is required: an RFC 3339 time such as 2026-12-24T18:00:00Z")

@@ -526,6 +526,30 @@ async fn recipients_are_listed_by_state_in_pages_and_retry_requests_are_checked(
         "/problems/invalid-query",
     )
     .await;
+    // A parameter given twice is refused as a problem document by every route that takes a query,
+    // naming the parameter (schemathesis found axum's plain text here).
+    for path in [
+        format!("/v1/campaigns/{id}/recipients?limit=5&limit=6"),
+        "/v1/minutes?since=2026-01-01T00:00:00Z&since=2026-01-02T00:00:00Z".to_string(),
+        format!("/v1/campaigns/{id}/plan?finish_by=x&finish_by=y"),
+    ] {
+        let name = path
+            .rsplit('&')
+            .next()
+            .unwrap()
+            .split('=')
+            .next()
+            .unwrap()
+            .to_string();
+        let p = expect_problem(get(path).await, 400, "/problems/invalid-query").await;
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("duplicate field `{name}`")),
+            "{p}"
+        );
+    }
     expect_problem(
         get("/v1/campaigns/nope/recipients".to_string()).await,
         404,
