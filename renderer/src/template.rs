@@ -64,6 +64,37 @@ fn location(line: Option<usize>, column: Option<usize>) -> String {
     }
 }
 
+/// The templates this project ships (`templates/` at the repository's root), compiled in: when the
+/// templates folder does not exist (the binary started from another folder than the repository's,
+/// or installed alone), named templates come from here, so the demo works from anywhere. A folder
+/// that exists is read as it is, and only it.
+const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "newsletter/subject.hbs",
+        include_str!("../../templates/newsletter/subject.hbs"),
+    ),
+    (
+        "newsletter/html.hbs",
+        include_str!("../../templates/newsletter/html.hbs"),
+    ),
+    (
+        "newsletter/text.hbs",
+        include_str!("../../templates/newsletter/text.hbs"),
+    ),
+    (
+        "partials/article.hbs",
+        include_str!("../../templates/partials/article.hbs"),
+    ),
+    (
+        "partials/footer.hbs",
+        include_str!("../../templates/partials/footer.hbs"),
+    ),
+    (
+        "layouts/email.hbs",
+        include_str!("../../templates/layouts/email.hbs"),
+    ),
+];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedParts {
     pub subject: String,
@@ -83,6 +114,9 @@ impl TemplateSource {
         if !valid || name == "partials" || name == "layouts" {
             return Err(TemplateError::BadName(name.to_string()));
         }
+        if !root.is_dir() {
+            return Self::built_in(name).ok_or_else(|| TemplateError::NotFound(name.to_string()));
+        }
         let dir = root.join(name);
         if !dir.join("html.hbs").is_file() {
             return Err(TemplateError::NotFound(name.to_string()));
@@ -100,6 +134,38 @@ impl TemplateSource {
             html,
             text,
             partials: Self::load_partials(root)?,
+        })
+    }
+
+    /// A template this project ships, as `load_dir` would read it from `templates/`.
+    fn built_in(name: &str) -> Option<Self> {
+        let file = |part: &str| {
+            BUILT_IN
+                .iter()
+                .find(|(path, _)| *path == format!("{name}/{part}"))
+                .map(|(_, body)| (*body).to_string())
+        };
+        let html = file("html.hbs")?;
+        let partials = BUILT_IN
+            .iter()
+            .filter_map(|(path, body)| {
+                let (sub, file) = path.split_once('/')?;
+                let stem = file.strip_suffix(".hbs")?;
+                match sub {
+                    "partials" => Some((stem.to_string(), (*body).to_string())),
+                    "layouts" => Some((format!("layouts/{stem}"), (*body).to_string())),
+                    _ => None,
+                }
+            })
+            .collect();
+        Some(Self {
+            subject: file("subject.hbs")
+                .unwrap_or_default()
+                .trim_end()
+                .to_string(),
+            html,
+            text: file("text.hbs"),
+            partials,
         })
     }
 
@@ -451,6 +517,43 @@ mod tests {
             CompiledTemplate::compile(&src("  ", "<p>x</p>", None)),
             Err(TemplateError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn the_shipped_templates_are_built_in_as_the_folder_holds_them() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+        let on_disk = TemplateSource::load_dir(&shipped, "newsletter").unwrap();
+        assert!(
+            on_disk.partials.contains_key("layouts/email"),
+            "{:?}",
+            on_disk.partials.keys()
+        );
+        let nowhere = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-folder");
+        assert_eq!(
+            TemplateSource::load_dir(&nowhere, "newsletter").unwrap(),
+            on_disk
+        );
+        assert_eq!(
+            TemplateSource::load_dir(&nowhere, "nope"),
+            Err(TemplateError::NotFound("nope".into()))
+        );
+        assert!(matches!(
+            TemplateSource::load_dir(&nowhere, "../etc"),
+            Err(TemplateError::BadName(_))
+        ));
+        // Every shipped file is built in: a template added to the folder must be added here too.
+        let mut files = Vec::new();
+        for sub in std::fs::read_dir(&shipped).unwrap() {
+            let sub = sub.unwrap().path();
+            for f in std::fs::read_dir(&sub).unwrap() {
+                let f = f.unwrap().path();
+                files.push(f.strip_prefix(&shipped).unwrap().display().to_string());
+            }
+        }
+        files.sort();
+        let mut built: Vec<String> = BUILT_IN.iter().map(|(p, _)| p.to_string()).collect();
+        built.sort();
+        assert_eq!(files, built);
     }
 
     #[test]
