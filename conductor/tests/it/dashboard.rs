@@ -25,13 +25,25 @@ fn playwright() {
     assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
+/// The browser to drive: Debian's Chromium, or `CHROMIUM`. On a machine without one (the README's
+/// test command on a fresh machine) the test says it did not run; where `REQUIRE_BROWSER` is set, as
+/// `.ci/run` sets it after installing Chromium, a missing browser fails it.
+fn chromium() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if std::path::Path::new(&chromium).exists() {
+        return Some(chromium);
+    }
+    let hint = format!("Debian's Chromium is needed at {chromium} (apt-get install chromium; .ci/run does) or set CHROMIUM");
+    assert!(std::env::var_os("REQUIRE_BROWSER").is_none(), "{hint}");
+    eprintln!("NOT RUN: the dashboard browser test. {hint}");
+    None
+}
+
 #[tokio::test]
 async fn the_dashboard_shows_a_send_advancing_and_its_pause_button_pauses_it() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "Debian's Chromium is needed at {chromium} (apt-get install chromium; .ci/run does) or set CHROMIUM"
-    );
+    let Some(chromium) = chromium() else {
+        return;
+    };
     playwright();
     // 120 a minute at most: the send outlasts the test.
     let app = spawn_app_with(|c| c.governor.per_minute = 120).await;
