@@ -39,7 +39,11 @@ struct FileConfig {
 
 impl renderer::deploy::config::Secrets for FileConfig {
     fn secrets() -> Vec<renderer::deploy::config::SecretPath> {
-        vec![renderer::deploy::config::WORKERS_SECRET]
+        vec![
+            renderer::deploy::config::WORKERS_SECRET,
+            renderer::deploy::aws::BODIES_S3_SECRET,
+            renderer::deploy::aws::DISPATCH_SNS_SECRET,
+        ]
     }
 }
 

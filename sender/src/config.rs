@@ -15,6 +15,7 @@ pub const PROVIDER_SECRETS: &[SecretPath] = &[
     &["provider", "sendgrid", "api_key"],
     &["provider", "postmark", "server_token"],
     &["provider", "resend", "api_key"],
+    &["provider", "ses", "secret_access_key"],
 ];
 
 use crate::clock::Clock;
@@ -63,7 +64,9 @@ pub struct ProviderConfig {
     pub ses: SesConfig,
 }
 
-/// `[provider.ses]`: Amazon SES v2. Credentials come from the AWS SDK's normal chain, never from here.
+/// `[provider.ses]`: Amazon SES v2. Credentials come from the AWS SDK's normal chain, unless an
+/// SES-compatible service has keys of its own: `access_key_id` here and
+/// `CONDUCTOR__PROVIDER__SES__SECRET_ACCESS_KEY` in the environment (never the file).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SesConfig {
@@ -73,6 +76,8 @@ pub struct SesConfig {
     pub endpoint: Option<String>,
     /// Needed for SES event publishing (bounces and complaints to SNS) and dedicated IP pools.
     pub configuration_set: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
 }
 
 impl Default for ProviderConfig {
@@ -300,10 +305,17 @@ impl ProviderConfig {
                     ));
                 }
             }
-            ProviderKind::Ses => renderer::deploy::aws::check_endpoint(
-                "provider.ses.endpoint",
-                self.ses.endpoint.as_deref(),
-            )?,
+            ProviderKind::Ses => {
+                renderer::deploy::aws::check_endpoint(
+                    "provider.ses.endpoint",
+                    self.ses.endpoint.as_deref(),
+                )?;
+                renderer::deploy::aws::check_keys(
+                    "provider.ses",
+                    &self.ses.access_key_id,
+                    &self.ses.secret_access_key,
+                )?;
+            }
             _ => {}
         }
         Ok(())
@@ -375,12 +387,7 @@ impl ProviderConfig {
                 Resend::new(&self.resend.base(RESEND_API), self.key()?, timeout, clock)
                     .map_err(|e| invalid("provider.resend", e.to_string()))?,
             ),
-            ProviderKind::Ses => Arc::new(Ses::new(
-                self.ses.region.clone(),
-                self.ses.endpoint.clone(),
-                self.ses.configuration_set.clone(),
-                timeout,
-            )),
+            ProviderKind::Ses => Arc::new(Ses::new(self.ses.clone(), timeout)),
         })
     }
 }

@@ -45,6 +45,7 @@ impl renderer::deploy::config::Secrets for FileConfig {
     fn secrets() -> Vec<renderer::deploy::config::SecretPath> {
         let mut s = sender::config::PROVIDER_SECRETS.to_vec();
         s.push(renderer::deploy::config::WORKERS_SECRET);
+        s.push(renderer::deploy::aws::BODIES_S3_SECRET);
         s
     }
 }

@@ -76,6 +76,7 @@ pub async fn distributed(
             .args(["--conductor", &url, "--config", file.to_str().unwrap()])
             .env("CONDUCTOR__WORKERS__SECRET", SECRET)
             .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", sink.key)
+            .envs(moto_key_env())
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()
@@ -128,13 +129,30 @@ pub async fn distributed(
         .unwrap();
 }
 
+/// Moto takes any keys; they are given through the config sections, never the process environment.
+const MOTO_KEY_ID: &str = "testing";
+const MOTO_SECRET: &str = "testing";
+
+/// The keys' secret halves, as the workers' environment holds them.
+fn moto_key_env() -> [(String, String); 2] {
+    [
+        "CONDUCTOR__BODIES__S3__SECRET_ACCESS_KEY",
+        "CONDUCTOR__DISPATCH__SNS__SECRET_ACCESS_KEY",
+    ]
+    .map(|k| (k.to_string(), MOTO_SECRET.to_string()))
+}
+
 /// Points `config` at a fresh bucket and render topic on moto; returns the workers' config sections.
 async fn on_moto(config: &mut Config) -> String {
     let moto = std::env::var("MOTO_URL").unwrap_or_else(|_| "http://127.0.0.1:5055".into());
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
     let region = "us-east-1";
-    let shared = renderer::deploy::aws::sdk_config(Some(region), Some(&moto)).await;
+    let secret = MOTO_SECRET.into();
+    let shared = renderer::deploy::aws::sdk_config(renderer::deploy::aws::Access {
+        region: Some(region),
+        endpoint: Some(&moto),
+        keys: Some((MOTO_KEY_ID, &secret)),
+    })
+    .await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(true)
@@ -158,11 +176,14 @@ async fn on_moto(config: &mut Config) -> String {
     let sections = format!(
         "[bodies]\nurl = \"s3://{name}/bodies\"\n\
          [bodies.s3]\nendpoint = \"{moto}\"\nregion = \"{region}\"\nforce_path_style = true\n\
+         access_key_id = \"{MOTO_KEY_ID}\"\n\
          [dispatch]\nmode = \"sns\"\n[dispatch.sns]\ntopic_arn = \"{topic}\"\nendpoint = \"{moto}\"\n\
+         access_key_id = \"{MOTO_KEY_ID}\"\n\
          [renderer]\nlisten = \"127.0.0.1:0\"\nverify_signatures = false\n\
          public_url = \"http://127.0.0.1:{{port}}/sns\"\n"
     );
-    let parsed: Config = renderer::deploy::config::from_toml(&sections, []).expect("bench config");
+    let parsed: Config =
+        renderer::deploy::config::from_toml(&sections, moto_key_env()).expect("bench config");
     config.bodies = parsed.bodies;
     config.dispatch = parsed.dispatch;
     sections

@@ -188,11 +188,7 @@ impl Client {
     }
 
     pub async fn list(&self) -> Result<Vec<Campaign>, CliError> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            campaigns: Vec<Campaign>,
-        }
-        let list: List = self
+        let list: crate::http::payloads::CampaignList = self
             .send(self.request(reqwest::Method::GET, "/v1/campaigns"))
             .await?;
         Ok(list.campaigns)

@@ -271,6 +271,9 @@ impl renderer::deploy::config::Secrets for Config {
         let mut s = sender::config::PROVIDER_SECRETS.to_vec();
         s.extend([
             renderer::deploy::config::WORKERS_SECRET,
+            renderer::deploy::aws::BODIES_S3_SECRET,
+            renderer::deploy::aws::DISPATCH_SNS_SECRET,
+            &["events", "sns", "secret_access_key"],
             &["feedback", "mailgun", "signing_key"],
             &["feedback", "postmark", "password"],
             &["unsubscribe", "secret"],

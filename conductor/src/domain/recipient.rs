@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::domain::retry::retry_delay_ms;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RecipientState {
     /// Stored, its batch not rendered yet.

@@ -188,16 +188,18 @@ impl Schedule {
 
 /// A campaign's own sending window: only between `start` and `end` wall-clock time in `timezone`,
 /// optionally only on some weekdays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendWindow {
     /// `"HH:MM-HH:MM"`, across midnight if the end is earlier.
+    #[schemars(example = "09:00-17:00")]
     pub hours: String,
     #[serde(default = "utc")]
     pub timezone: String,
     /// `["mon", "tue", …]`; empty means every day. A span across midnight belongs to the day it
     /// starts on.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = "^(mon|tue|wed|thu|fri|sat|sun)$")))]
     pub days: Vec<String>,
 }
 

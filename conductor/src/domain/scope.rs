@@ -47,6 +47,20 @@ impl serde::Serialize for Scope {
     }
 }
 
+impl schemars::JsonSchema for Scope {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Scope".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "What a ledger row caps: `global`, `campaign:{id}` or `domain:{name}`.",
+            "type": "string",
+            "pattern": "^(global|campaign:.+|domain:.+)$",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

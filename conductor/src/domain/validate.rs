@@ -19,7 +19,7 @@ pub const MAX_FIELD_BYTES: usize = 8 * 1024;
 /// One recipient's data: a CSV row, or the JSON of a recipient's `data`.
 pub const MAX_ROW_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignRequest {
     pub name: String,
@@ -44,12 +44,15 @@ pub struct CampaignRequest {
     pub draft: bool,
     /// This campaign's own cap, under the global one.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub per_minute: Option<u32>,
     /// Weight in the fair share of the global cap between running campaigns (1–100, default 1).
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_PRIORITY))]
     pub priority: Option<u32>,
     /// RFC 3339: not before then.
     #[serde(default)]
+    #[schemars(extend("format" = "date-time"))]
     pub send_at: Option<String>,
     /// Only within this daily window.
     #[serde(default)]
@@ -112,7 +115,7 @@ fn limits(req: &CampaignRequest, errors: &mut Vec<FieldError>) -> Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientIn {
     pub email: String,
@@ -140,7 +143,7 @@ pub struct ValidCampaign {
 }
 
 /// One thing wrong, and where.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct FieldError {
     /// `from`, `recipients[3].email`, `line 5: email`, `html line 2, column 4`, …
     pub field: String,

@@ -17,9 +17,12 @@ use crate::domain::scope::Scope;
 use crate::domain::validate::{self, CampaignRequest};
 use crate::engine::ingest::{self, ListFormat, Source};
 use crate::http::extract::{ApiJson, ApiQuery};
+use crate::http::payloads::{
+    CampaignList, Created, MinuteList, RecipientPage, Requeued, RetryRequest,
+};
 use crate::http::problem::{Problem, ProblemType};
 use crate::http::service::{Open, Service};
-use crate::store::{Action, IdempotencyKey, Status};
+use crate::store::{Action, Campaign, IdempotencyKey, Status};
 
 pub fn router(service: Arc<Service>) -> Router {
     // The routes that take a recipient list stream it, counting against `max_upload_bytes`
@@ -35,7 +38,7 @@ pub fn router(service: Arc<Service>) -> Router {
             get(|| async {
                 (
                     [(header::CONTENT_TYPE, "application/json")],
-                    include_str!("openapi.json"),
+                    crate::http::openapi::document(),
                 )
             }),
         )
@@ -160,14 +163,6 @@ async fn create_campaign(
     Ok(response)
 }
 
-#[derive(serde::Serialize)]
-struct Created {
-    #[serde(flatten)]
-    campaign: crate::store::Campaign,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
-}
-
 fn missing(field: &str, detail: &str) -> Problem {
     validate::Invalid::Fields(vec![validate::FieldError {
         field: field.into(),
@@ -227,7 +222,7 @@ async fn create_multipart(
     svc: &Arc<Service>,
     req: Request<Body>,
     key: Option<String>,
-) -> Result<(crate::store::Campaign, Vec<String>, bool), Problem> {
+) -> Result<(Campaign, Vec<String>, bool), Problem> {
     // Whatever ends the request early — a limit, a broken stream, a part out of place — the
     // campaign it opened is given up, so no half-made campaign is left listed.
     let mut opened_id = None;
@@ -245,7 +240,7 @@ async fn read_multipart(
     req: Request<Body>,
     key: Option<String>,
     opened_id: &mut Option<String>,
-) -> Result<(crate::store::Campaign, Vec<String>, bool), Problem> {
+) -> Result<(Campaign, Vec<String>, bool), Problem> {
     let limit = svc.max_upload_bytes;
     let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| {
         Problem::new(
@@ -421,7 +416,7 @@ async fn start_campaign(
 
 async fn list_campaigns(State(svc): State<Arc<Service>>) -> Result<Response, Problem> {
     let campaigns = svc.store.campaigns().await?;
-    Ok(Json(serde_json::json!({ "campaigns": campaigns })).into_response())
+    Ok(Json(CampaignList { campaigns }).into_response())
 }
 
 async fn get_campaign(
@@ -496,13 +491,11 @@ async fn list_recipients(
     let next = (page.len() == limit as usize)
         .then(|| page.last().map(|r| r.id))
         .flatten();
-    Ok(Json(serde_json::json!({ "recipients": page, "next_after": next })).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetryRequest {
-    states: Vec<String>,
+    Ok(Json(RecipientPage {
+        recipients: page,
+        next_after: next,
+    })
+    .into_response())
 }
 
 /// `POST /v1/campaigns/{id}/retry` with `{"states": ["unknown"]}`: sends those recipients again.
@@ -547,7 +540,11 @@ async fn retry(
         return Err(some_of());
     }
     let (moved, campaign) = svc.retry(&id, &states).await?;
-    Ok(Json(serde_json::json!({ "requeued": moved, "campaign": campaign })).into_response())
+    Ok(Json(Requeued {
+        requeued: moved,
+        campaign,
+    })
+    .into_response())
 }
 
 /// `PUT /v1/campaigns/{id}`: `{"per_minute": 1000 | null, "priority": 3}`; either may be left out.
@@ -622,7 +619,7 @@ async fn minutes(
         })?,
     };
     let minutes = svc.store.minutes(&scope, since).await?;
-    Ok(Json(serde_json::json!({ "minutes": minutes })).into_response())
+    Ok(Json(MinuteList { minutes }).into_response())
 }
 
 /// Prometheus text format.

@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::config::Config;
 use crate::domain::forecast;
@@ -118,14 +117,14 @@ async fn forecast(svc: &Service, c: &Campaign, o: &Outlook, now: Millis) -> Opti
 
 /// A running campaign's forecast: when it ends as things stand (`None` when it cannot be told, as in
 /// quiet hours that never end) and the per-minute rate it gets now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Forecast {
     pub eta: Option<String>,
     pub rate_per_minute: u32,
 }
 
 /// The campaign as the API shows it: its state plus, while it is running, the forecast.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct CampaignView {
     #[serde(flatten)]
     pub campaign: Campaign,
@@ -206,19 +205,85 @@ pub async fn plan(
             "needs {n}/min but its share of the global cap is {share}/min: raise [governor] per_minute or its priority"
         ),
     };
-    Ok(Json(json!({
-        "campaign": c.id,
-        "finish_by": rfc3339(deadline),
-        "remaining": remaining,
-        "deferral_rate": d,
-        "eta": eta.map(rfc3339),
-        "finishes": finishes,
-        "rate_needed_per_minute": needed,
-        "rate_per_minute": rate,
-        "share_of_global_per_minute": share,
-        "advice": advice,
-    }))
+    Ok(Json(Plan {
+        campaign: c.id,
+        finish_by: rfc3339(deadline),
+        remaining,
+        deferral_rate: d,
+        eta: eta.map(rfc3339),
+        finishes,
+        rate_needed_per_minute: needed,
+        rate_per_minute: rate,
+        share_of_global_per_minute: share,
+        advice,
+    })
     .into_response())
+}
+
+/// `GET /v1/campaigns/{id}/plan`: whether the campaign finishes by `finish_by`, and if not, what
+/// per-minute rate it would need and what to change.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Plan {
+    pub campaign: String,
+    pub finish_by: String,
+    /// Recipients not yet in a final state.
+    pub remaining: u64,
+    /// Share of provider requests that did not settle a recipient, from this campaign so far.
+    pub deferral_rate: f64,
+    /// When it ends as things stand; `null` when it cannot be told.
+    pub eta: Option<String>,
+    pub finishes: bool,
+    /// The least steady rate that finishes in time; `null` when none does.
+    pub rate_needed_per_minute: Option<u32>,
+    pub rate_per_minute: u32,
+    pub share_of_global_per_minute: u32,
+    pub advice: String,
+}
+
+/// `GET /v1/governor`.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct GovernorView {
+    /// The calendar minute now.
+    pub minute: String,
+    /// The zone of quiet hours and warm-up days.
+    pub timezone: String,
+    /// The global scope first, then each capped domain, then each running campaign.
+    pub scopes: Vec<ScopeView>,
+    /// The latest cap changes and refused edits, newest first.
+    pub changes: Vec<crate::store::AuditEntry>,
+}
+
+/// One scope's cap as configured and as it applies now, with this minute's ledger row.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ScopeView {
+    pub scope: Scope,
+    /// The cap as set (`null`: a campaign with no cap of its own).
+    pub configured: Option<u32>,
+    /// The cap that applies this minute.
+    pub effective: Option<u32>,
+    /// This minute's ledger row, once anything was granted in it.
+    pub this_minute: Option<crate::store::MinuteStats>,
+    #[serde(flatten)]
+    pub of: ScopeKind,
+}
+
+/// What only one kind of scope shows.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum ScopeKind {
+    Global {
+        /// Today's warm-up cap, if a warm-up is configured.
+        warmup: Option<u32>,
+        quiet_hours_now: bool,
+        /// The cap after the provider pushed back, while lower than configured.
+        throttled_to: Option<u32>,
+    },
+    Campaign {
+        priority: u32,
+        /// Past its `send_at` and inside its window.
+        sending_now: bool,
+    },
+    Domain {},
 }
 
 /// Current caps per scope, this minute's ledger per scope, and the history of changes.
@@ -236,33 +301,45 @@ pub async fn governor(State(svc): State<Arc<Service>>) -> Result<Response, Probl
         .cap(g.per_minute);
     let rows = svc.store.minute_rows(minute).await?;
     let this_minute = |scope: &Scope| rows.iter().find(|(s, _)| s == scope).map(|(_, m)| *m);
-    let mut scopes = vec![json!({
-        "scope": Scope::Global,
-        "configured": g.per_minute,
-        "warmup": schedule.warmup_cap(now),
-        "quiet_hours_now": schedule.quiet(now),
-        "throttled_to": (throttled < g.per_minute).then_some(throttled),
-        "effective": schedule.cap(g.per_minute, now).min(throttled),
-        "this_minute": this_minute(&Scope::Global),
-    })];
+    let mut scopes = vec![ScopeView {
+        this_minute: this_minute(&Scope::Global),
+        scope: Scope::Global,
+        configured: Some(g.per_minute),
+        effective: Some(schedule.cap(g.per_minute, now).min(throttled)),
+        of: ScopeKind::Global {
+            warmup: schedule.warmup_cap(now),
+            quiet_hours_now: schedule.quiet(now),
+            throttled_to: (throttled < g.per_minute).then_some(throttled),
+        },
+    }];
     for (d, cap) in &g.domains {
         let scope = Scope::Domain(d.clone());
-        scopes.push(json!({
-            "scope": scope, "configured": cap, "effective": cap, "this_minute": this_minute(&scope),
-        }));
+        scopes.push(ScopeView {
+            this_minute: this_minute(&scope),
+            scope,
+            configured: Some(*cap),
+            effective: Some(*cap),
+            of: ScopeKind::Domain {},
+        });
     }
     for c in svc.store.running().await? {
         let scope = Scope::Campaign(c.id.clone());
-        scopes.push(json!({
-            "scope": scope, "configured": c.per_minute, "effective": c.per_minute,
-            "priority": c.priority, "sending_now": c.may_send(now), "this_minute": this_minute(&scope),
-        }));
+        scopes.push(ScopeView {
+            this_minute: this_minute(&scope),
+            scope,
+            configured: c.per_minute,
+            effective: c.per_minute,
+            of: ScopeKind::Campaign {
+                priority: c.priority,
+                sending_now: c.may_send(now),
+            },
+        });
     }
-    Ok(Json(json!({
-        "minute": rfc3339(minute),
-        "timezone": g.schedule.timezone,
-        "scopes": scopes,
-        "changes": svc.store.audit(200).await?,
-    }))
+    Ok(Json(GovernorView {
+        minute: rfc3339(minute),
+        timezone: g.schedule.timezone.clone(),
+        scopes,
+        changes: svc.store.audit(200).await?,
+    })
     .into_response())
 }

@@ -6,6 +6,8 @@ mod body;
 mod extract;
 mod feedback;
 mod governor;
+mod openapi;
+pub mod payloads;
 mod problem;
 pub mod service;
 mod site;

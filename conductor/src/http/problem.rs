@@ -65,13 +65,30 @@ impl Serialize for ProblemType {
     }
 }
 
-#[derive(Debug, Serialize)]
+impl schemars::JsonSchema for ProblemType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProblemType".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let uris: Vec<&str> = Self::ALL.iter().map(|t| t.uri()).collect();
+        schemars::json_schema!({
+            "description": "The problem's kind: a URI relative to the API's base.",
+            "type": "string",
+            "enum": uris,
+        })
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: ProblemType,
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
+    /// One entry per field or row that is wrong, when there are such.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
 }
@@ -265,7 +282,7 @@ mod tests {
 
     #[test]
     fn every_problem_type_is_spelled_once_and_listed_in_the_api_description() {
-        let doc = include_str!("openapi.json");
+        let doc = crate::http::openapi::document();
         let mut seen = std::collections::HashSet::new();
         for &t in ProblemType::ALL {
             assert!(seen.insert(t.uri()), "{} twice", t.uri());

@@ -16,7 +16,7 @@ use crate::store::{Campaign, Status};
 /// A progress frame: what the dashboard and `campaign watch` show — counts per state, this minute's
 /// global ledger row against its cap, the send rate over the last minute, the ETA. The CLI reads it
 /// as this same type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Snapshot {
     #[serde(default)]
     pub campaign: String,

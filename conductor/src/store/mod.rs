@@ -32,7 +32,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Its list is arriving; it sends nothing until the whole list validated.
@@ -44,6 +44,7 @@ pub enum Status {
     Cancelled,
     Completed,
     /// Its import failed or was cut off: never shown, its rows being removed.
+    #[schemars(skip)]
     Discarded,
 }
 
@@ -137,7 +138,7 @@ pub enum Action {
 
 /// Recipients per state. `rendered` counts messages rendered so far whatever happened to them since;
 /// `pending` counts those not yet in a final state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Counts {
     pub total: i64,
@@ -154,7 +155,7 @@ pub struct Counts {
     pub requests: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Campaign {
     pub id: String,
     pub name: String,
@@ -182,12 +183,12 @@ pub struct Campaign {
 }
 
 /// One recipient as the API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RecipientRow {
     pub id: i64,
     pub email: String,
     pub name: Option<String>,
-    pub state: String,
+    pub state: RecipientState,
     pub reason: Option<String>,
     pub attempts: i64,
     pub provider_id: Option<String>,
@@ -219,7 +220,7 @@ impl Running {
 }
 
 /// One entry of the governor's audit log: a cap that changed, or an edit that was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub at: String,
     /// `global`, `domain:gmail.com`, `campaign:{id}`, `schedule`, or `config` for a refused edit.
@@ -256,6 +257,28 @@ impl Serialize for MinuteStats {
         m.serialize_field("used", &self.used)?;
         m.serialize_field("sent", &self.sent)?;
         m.end()
+    }
+}
+
+impl schemars::JsonSchema for MinuteStats {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Minute".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let count = schemars::json_schema!({"type": "integer", "format": "uint32", "minimum": 0});
+        schemars::json_schema!({
+            "description": "One scope's row of the ledger for one calendar minute.",
+            "type": "object",
+            "required": ["minute", "cap", "granted", "used", "sent"],
+            "properties": {
+                "minute": {"type": "string", "format": "date-time", "description": "the minute's start"},
+                "cap": count,
+                "granted": count,
+                "used": count,
+                "sent": count,
+            },
+        })
     }
 }
 

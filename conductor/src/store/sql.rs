@@ -2268,19 +2268,22 @@ impl Store for SqlStore {
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| RecipientRow {
-                id: r.get("id"),
-                email: r.get("email"),
-                name: r.get("name"),
-                state: r.get("state"),
-                reason: r.get("reason"),
-                attempts: r.get("attempts"),
-                provider_id: r.get("provider_id"),
-                updated_at: rfc3339(r.get("updated_ms")),
+        rows.into_iter()
+            .map(|r| {
+                let state: String = r.get("state");
+                Ok(RecipientRow {
+                    id: r.get("id"),
+                    email: r.get("email"),
+                    name: r.get("name"),
+                    state: RecipientState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("recipient state {state:?}")))?,
+                    reason: r.get("reason"),
+                    attempts: r.get("attempts"),
+                    provider_id: r.get("provider_id"),
+                    updated_at: rfc3339(r.get("updated_ms")),
+                })
             })
-            .collect())
+            .collect()
     }
 
     async fn retry(

@@ -54,8 +54,10 @@ async fn fleet(per_minute: u32, senders: usize) -> Fleet {
         format!(
             "[bodies]\nurl = \"s3://{bucket}/bodies\"\n\
              [bodies.s3]\nendpoint = \"{moto}\"\nregion = \"{REGION}\"\nforce_path_style = true\n\
+             access_key_id = \"{KEY_ID}\"\n\
              [dispatch]\nmode = \"sns\"\n\
              [dispatch.sns]\ntopic_arn = \"{render_topic}\"\nendpoint = \"{moto}\"\n\
+             access_key_id = \"{KEY_ID}\"\n\
              [renderer]\nlisten = \"127.0.0.1:0\"\nworkers = 2\nverify_signatures = false\n\
              public_url = \"http://127.0.0.1:{{port}}/sns\"\n\
              [provider]\nkind = \"mailgun\"\ntimeout_ms = 2000\n\
@@ -82,6 +84,7 @@ async fn fleet(per_minute: u32, senders: usize) -> Fleet {
             .args(["--conductor", &app.base, "--config", file.to_str().unwrap()])
             .env("CONDUCTOR__WORKERS__SECRET", SECRET)
             .env("CONDUCTOR__PROVIDER__MAILGUN__API_KEY", SINK_KEY)
+            .envs(key_env())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)

@@ -41,14 +41,24 @@ fn up(url: &str) -> bool {
     std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(200)).is_ok()
 }
 
-/// The moto endpoint, started on first use. Also points the AWS SDK's credential chain at dummy
-/// credentials (moto accepts any), once, before any client reads them.
+/// Moto takes any keys. Every client here is given them through its config section (as an
+/// S3-compatible store's own keys would be), so nothing reads or writes the process environment.
+pub const KEY_ID: &str = "testing";
+pub const KEY_SECRET: &str = "testing";
+
+/// What a worker process started on moto is given in its environment: the keys' secret halves.
+pub fn key_env() -> [(String, String); 2] {
+    [
+        "CONDUCTOR__BODIES__S3__SECRET_ACCESS_KEY",
+        "CONDUCTOR__DISPATCH__SNS__SECRET_ACCESS_KEY",
+    ]
+    .map(|k| (k.to_string(), KEY_SECRET.to_string()))
+}
+
+/// The moto endpoint, started on first use.
 pub fn moto_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
         if let Ok(url) = std::env::var("TEST_MOTO_URL") {
             return url.trim_end_matches('/').to_string();
         }
@@ -86,7 +96,13 @@ fn unique(prefix: &str) -> String {
 
 pub async fn s3() -> aws_sdk_s3::Client {
     let url = moto_url();
-    let shared = renderer::deploy::aws::sdk_config(Some(REGION), Some(url)).await;
+    let secret = KEY_SECRET.into();
+    let shared = renderer::deploy::aws::sdk_config(renderer::deploy::aws::Access {
+        region: Some(REGION),
+        endpoint: Some(url),
+        keys: Some((KEY_ID, &secret)),
+    })
+    .await;
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(true)
@@ -149,6 +165,8 @@ pub fn bodies_config(bucket: &str) -> renderer::body_store::BodiesConfig {
             endpoint: Some(moto_url().to_string()),
             region: Some(REGION.into()),
             force_path_style: true,
+            access_key_id: Some(KEY_ID.into()),
+            secret_access_key: Some(KEY_SECRET.into()),
         },
     }
 }
@@ -159,5 +177,7 @@ pub fn sns_topic(arn: &str) -> renderer::deploy::aws::SnsTopic {
         topic_arn: arn.to_string(),
         region: Some(REGION.into()),
         endpoint: Some(moto_url().to_string()),
+        access_key_id: Some(KEY_ID.into()),
+        secret_access_key: Some(KEY_SECRET.into()),
     }
 }

@@ -5,10 +5,11 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use super::{check_key, BodyError, BodyStore};
-use crate::deploy::aws::{check_endpoint, describe, sdk_config};
+use crate::deploy::aws::{check_endpoint, check_keys, describe, sdk_config, Access};
 
 /// `[bodies.s3]`: for S3-compatible stores and local emulators. Credentials come from the SDK's
-/// normal chain, never from here.
+/// normal chain, unless the store has keys of its own: `access_key_id` here and
+/// `CONDUCTOR__BODIES__S3__SECRET_ACCESS_KEY` in the environment (never the file).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Settings {
@@ -16,11 +17,14 @@ pub struct S3Settings {
     pub region: Option<String>,
     /// `http://host/bucket/key` instead of `http://bucket.host/key` (MinIO, moto, Ceph).
     pub force_path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<crate::deploy::config::Secret>,
 }
 
 impl S3Settings {
     pub fn check(&self) -> Result<(), crate::deploy::config::ConfigError> {
-        check_endpoint("bodies.s3.endpoint", self.endpoint.as_deref())
+        check_endpoint("bodies.s3.endpoint", self.endpoint.as_deref())?;
+        check_keys("bodies.s3", &self.access_key_id, &self.secret_access_key)
     }
 }
 
@@ -34,7 +38,12 @@ pub struct S3BodyStore {
 
 impl S3BodyStore {
     pub async fn connect(settings: &S3Settings, bucket: String, prefix: String) -> Self {
-        let shared = sdk_config(settings.region.as_deref(), settings.endpoint.as_deref()).await;
+        let shared = sdk_config(Access {
+            region: settings.region.as_deref(),
+            endpoint: settings.endpoint.as_deref(),
+            keys: Access::keys_of(&settings.access_key_id, &settings.secret_access_key),
+        })
+        .await;
         let config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(settings.force_path_style)
             .build();

@@ -1,4 +1,5 @@
-//! Amazon SES v2 `SendEmail` through aws-sdk-sesv2, credentials from the SDK's normal chain.
+//! Amazon SES v2 `SendEmail` through aws-sdk-sesv2, credentials from the SDK's normal chain (or
+//! the section's own keys).
 //!
 //! The SDK's own retries are off: a retried request is a new send as far as the recipient can tell,
 //! and the state machine already retries what is safe to retry, under the minute ledger. The client
@@ -14,37 +15,23 @@ use aws_sdk_sesv2::types::{
 };
 use tokio::sync::OnceCell;
 
+use renderer::deploy::aws::{sdk_config, Access};
+
 use super::{OutgoingMessage, Provider};
+use crate::config::SesConfig;
 use crate::lease::Outcome;
 
+#[derive(Debug)]
 pub struct Ses {
-    region: Option<String>,
-    endpoint: Option<String>,
-    configuration_set: Option<String>,
+    config: SesConfig,
     timeout: Duration,
     client: OnceCell<aws_sdk_sesv2::Client>,
 }
 
-impl std::fmt::Debug for Ses {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ses")
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .finish()
-    }
-}
-
 impl Ses {
-    pub fn new(
-        region: Option<String>,
-        endpoint: Option<String>,
-        configuration_set: Option<String>,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(config: SesConfig, timeout: Duration) -> Self {
         Self {
-            region,
-            endpoint,
-            configuration_set,
+            config,
             timeout,
             client: OnceCell::new(),
         }
@@ -53,10 +40,12 @@ impl Ses {
     async fn client(&self) -> &aws_sdk_sesv2::Client {
         self.client
             .get_or_init(|| async {
-                let shared = renderer::deploy::aws::sdk_config(
-                    self.region.as_deref(),
-                    self.endpoint.as_deref(),
-                )
+                let c = &self.config;
+                let shared = sdk_config(Access {
+                    region: c.region.as_deref(),
+                    endpoint: c.endpoint.as_deref(),
+                    keys: Access::keys_of(&c.access_key_id, &c.secret_access_key),
+                })
                 .await;
                 let config = aws_sdk_sesv2::config::Builder::from(&shared)
                     .retry_config(aws_sdk_sesv2::config::retry::RetryConfig::disabled())
@@ -201,7 +190,7 @@ impl Provider for Ses {
                     .build(),
             )
             .content(content)
-            .set_configuration_set_name(self.configuration_set.clone());
+            .set_configuration_set_name(self.config.configuration_set.clone());
         if let Some(r) = &b.reply_to {
             request = request.reply_to_addresses(r.to_string());
         }

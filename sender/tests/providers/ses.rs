@@ -13,13 +13,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::batch;
 
 fn ses(endpoint: &str, timeout: Duration) -> Arc<dyn Provider> {
-    // The SDK's credential chain reads these; nothing leaves loopback. Set once, by the first test
-    // that needs them, not by every test on every thread.
-    static CREDENTIALS: std::sync::Once = std::sync::Once::new();
-    CREDENTIALS.call_once(|| {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIDTESTING");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing-secret");
-    });
+    // The section's own keys, as an SES-compatible service's would be: the process environment is
+    // neither read nor written.
     let mut c = ProviderConfig {
         kind: ProviderKind::Ses,
         timeout_ms: timeout.as_millis() as u64,
@@ -28,6 +23,8 @@ fn ses(endpoint: &str, timeout: Duration) -> Arc<dyn Provider> {
     c.ses.region = Some("eu-west-1".into());
     c.ses.endpoint = Some(endpoint.into());
     c.ses.configuration_set = Some("marketing".into());
+    c.ses.access_key_id = Some("AKIDTESTING".into());
+    c.ses.secret_access_key = Some("testing-secret".into());
     c.validate().unwrap();
     c.build(Arc::new(SystemClock)).unwrap()
 }
