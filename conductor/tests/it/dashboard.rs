@@ -1,5 +1,5 @@
 //! The dashboard in Debian's headless Chromium, driven by playwright-core (`tests/browser/`): a
-//! running campaign's progress advances on the page and its Pause button pauses it. `.ci/run`
+//! running campaign's progress advances on the page and its Pause button pauses it. `infra/test.sh`
 //! installs Chromium; the test installs playwright-core itself the first time, like moto.
 
 use std::path::PathBuf;
@@ -25,15 +25,15 @@ fn playwright() {
     assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
-/// The browser to drive: Debian's Chromium, or `CHROMIUM`. On a machine without one (the README's
-/// test command on a fresh machine) the test says it did not run; where `REQUIRE_BROWSER` is set, as
-/// `.ci/run` sets it after installing Chromium, a missing browser fails it.
+/// The browser to drive: Debian's Chromium, or `CHROMIUM`. On a machine without one (`infra/test.sh`
+/// installs it where the user may; `cargo test` alone does not) the test says it did not run; where
+/// `REQUIRE_BROWSER` is set, as `.ci/run` sets it, a missing browser fails it.
 fn chromium() -> Option<String> {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if std::path::Path::new(&chromium).exists() {
         return Some(chromium);
     }
-    let hint = format!("Debian's Chromium is needed at {chromium} (apt-get install chromium; .ci/run does) or set CHROMIUM");
+    let hint = format!("Debian's Chromium is needed at {chromium} (apt-get install chromium; infra/test.sh does) or set CHROMIUM");
     assert!(std::env::var_os("REQUIRE_BROWSER").is_none(), "{hint}");
     eprintln!("NOT RUN: the dashboard browser test. {hint}");
     None
