@@ -77,14 +77,16 @@ pub trait RenderSource: Send + Sync + 'static {
     ) -> Result<(), SourceError>;
 }
 
-/// The data a template sees for one recipient: its own fields, plus `email`, `name` and
-/// `unsubscribe_url`. The trial render at creation and the real render use this one function, so
-/// what validated is what renders.
+/// The data a template sees for one recipient: its own fields (numbers as handlebars.js prints
+/// them, see [`js_number`](crate::js_number)), plus `email`, `name` and `unsubscribe_url`. The
+/// trial render at creation and the real render use this one function, so what validated is what
+/// renders.
 pub fn context(r: &RecipientData) -> serde_json::Value {
     let mut ctx = match &r.data {
         serde_json::Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
     };
+    ctx.values_mut().for_each(crate::js_number::normalize);
     ctx.insert("email".into(), r.email.clone().into());
     ctx.entry("name")
         .or_insert_with(|| r.name.clone().map_or(serde_json::Value::Null, Into::into));

@@ -9,6 +9,7 @@ mod bounds;
 mod css;
 pub mod deploy;
 pub mod job;
+mod js_number;
 pub mod service;
 pub mod sns;
 pub mod template;
