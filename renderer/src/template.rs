@@ -82,6 +82,18 @@ const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../templates/newsletter/text.hbs"),
     ),
     (
+        "spring/subject.hbs",
+        include_str!("../../templates/spring/subject.hbs"),
+    ),
+    (
+        "spring/html.hbs",
+        include_str!("../../templates/spring/html.hbs"),
+    ),
+    (
+        "spring/text.hbs",
+        include_str!("../../templates/spring/text.hbs"),
+    ),
+    (
         "partials/article.hbs",
         include_str!("../../templates/partials/article.hbs"),
     ),
@@ -573,6 +585,38 @@ mod tests {
 #[cfg(test)]
 mod shipped {
     use super::*;
+
+    /// The CSV-fillable `spring` template: a table layout with a loop between its rows, inlined.
+    #[test]
+    fn the_spring_template_inlines_its_css_around_its_loop() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+        let src = TemplateSource::load_dir(&root, "spring").unwrap();
+        assert!(src.html.contains("{{#each picks}}"));
+        let t = CompiledTemplate::compile(&src).unwrap();
+        assert!(t.css_inlined, "the shipped template must inline cleanly");
+        let ctx = serde_json::json!({
+            "email": "zoe@example.org", "name": "Zoë", "city": "Köln", "currency": "EUR",
+            "unsubscribe_url": "https://example.com/u/x",
+            "offer": {"code": "SPRING-ZM", "percent": "20", "until": "30 April"},
+            "picks": [{"title": "Chair", "price": "89.00", "url": "https://s.example/1"},
+                      {"title": "Shirt", "price": "45.50", "url": "https://s.example/2"}]
+        });
+        let out = t.render(ctx).unwrap();
+        assert_eq!(out.subject, "Zoë, 20% off this spring, until 30 April");
+        assert_eq!(
+            out.html.matches("<td class=\"pick\" style=\"").count(),
+            2,
+            "{}",
+            out.html
+        );
+        assert!(out.html.find("Chair").unwrap() < out.html.find("Shirt").unwrap());
+        assert!(out.html.contains("@media only screen"));
+        assert!(
+            out.text.contains("- Shirt, 45.50 EUR: https://s.example/2"),
+            "{}",
+            out.text
+        );
+    }
 
     /// The newsletter in `templates/` compiles, gets its CSS inlined, and renders personal data.
     #[test]

@@ -107,6 +107,8 @@ pub struct CsvRows<R: Read> {
     reader: csv::Reader<Tracked<NoBom<R>>>,
     lines: Rc<RefCell<Lines>>,
     headers: Vec<String>,
+    /// Where each data column's cell goes (a dotted header nests).
+    columns: crate::domain::columns::Columns,
     email_col: usize,
     name_col: Option<usize>,
     record: csv::StringRecord,
@@ -166,10 +168,14 @@ impl<R: Read> CsvRows<R> {
                 )));
             }
         }
+        let skip: Vec<usize> = std::iter::once(email_col).chain(name_col).collect();
+        let columns = crate::domain::columns::Columns::new(&headers, &skip)
+            .map_err(|e| Invalid::Csv(format!("recipients CSV header: {e}")))?;
         Ok(Self {
             reader,
             lines,
             headers,
+            columns,
             email_col,
             name_col,
             record: csv::StringRecord::new(),
@@ -222,12 +228,7 @@ impl<R: Read> CsvRows<R> {
                     "recipients CSV line {line}: the row is over {MAX_ROW_BYTES} bytes"
                 )));
             }
-            let mut data = serde_json::Map::new();
-            for (i, value) in record.iter().enumerate() {
-                if i != self.email_col && Some(i) != self.name_col {
-                    data.insert(self.headers[i].clone(), value.into());
-                }
-            }
+            let data = self.columns.data(record);
             return Ok(Some(Row {
                 at: format!("line {line}"),
                 recipient: RecipientIn {

@@ -215,6 +215,46 @@ fn csv_campaign() -> Value {
     json!({"name": "CSV", "from": "news@example.com", "subject": "Hi {{name}}", "html": "<p>{{city}}</p>"})
 }
 
+/// Dotted headers build nested data (a template reads `{{offer.code}}` and loops over `picks`); a
+/// header that cannot be one shape is refused naming its columns, and nothing is stored.
+#[tokio::test]
+async fn csv_headers_with_dots_build_nested_data_or_are_refused_naming_the_column() {
+    let app = spawn_app().await;
+    let campaign = json!({"name": "Nested", "from": "news@example.com",
+        "subject": "{{offer.code}} for {{name}}",
+        "html": "<p>{{#each picks}}[{{@index}}:{{title}}]{{/each}}</p>"});
+    let list = "email,name,offer.code,picks.0.title,picks.1.title\n\
+                a@example.com,A,SPRING,Chair,Shirt\n\
+                b@example.com,B,SUMMER,Hat,\n";
+    let r = app.post_multipart(multipart(&campaign, list)).await;
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    app.wait_for(id, std::time::Duration::from_secs(30), is_completed)
+        .await;
+    let mails = crate::e2e::outbox(&app, id);
+    let (a, b) = (&mails["a@example.com"], &mails["b@example.com"]);
+    assert!(a.contains("Subject: SPRING for A"), "{a}");
+    assert!(a.contains("[0:Chair][1:Shirt]"), "{a}");
+    assert!(
+        b.contains("[0:Hat]</p>"),
+        "the empty second pick is left out: {b}"
+    );
+
+    let before = app.campaign_count().await;
+    let shapeless = "email,offer,offer.code\na@example.com,x,y\n";
+    let r = app.post_multipart(multipart(&campaign, shapeless)).await;
+    let p = expect_problem(r, 422, "/problems/invalid-csv").await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("column `offer.code`"), "{detail}");
+    assert_eq!(
+        app.campaign_count().await,
+        before,
+        "nothing half-made is listed"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn csv_without_email_column_or_with_a_ragged_row() {
     let app = spawn_app().await;
