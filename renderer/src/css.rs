@@ -14,27 +14,52 @@ const MAX_DEPTH: usize = 8;
 /// thread's stack a few thousand levels down; real layouts nest a few dozen.
 const MAX_ELEMENT_DEPTH: usize = 500;
 
-/// The template with its CSS inlined, or `None` when it should be used as written.
-pub(crate) fn inline_template(html: &str, partials: &BTreeMap<String, String>) -> Option<String> {
-    let flat = flatten(html, partials, 0)?;
-    if !flat.contains("<style") || flat.contains("{{>") || flat.contains("{{#>") {
-        return None;
+/// Why a template's CSS was left in its `<style>` block: said in a preview's warnings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotInlined {
+    #[error("the HTML has no <style> block")]
+    NoStyle,
+    #[error("a partial or layout could not be followed into the template (missing, named by an expression, or nested over {MAX_DEPTH} deep)")]
+    Partial,
+    #[error("elements nest over {MAX_ELEMENT_DEPTH} deep")]
+    TooDeep,
+    #[error("a Handlebars expression stands where an HTML parser cannot keep it: inside <style> or <title>, or between a tag's attributes")]
+    Expression,
+    #[error("the CSS inliner refused the HTML: {0}")]
+    Inliner(String),
+    #[error("an HTML parser would move an element across a Handlebars block (an implied <tbody>, text between table rows), so inlining would change what a loop or condition wraps")]
+    Restructured,
+}
+
+/// The template with its CSS inlined, or why it should be used as written.
+pub(crate) fn inline_template(
+    html: &str,
+    partials: &BTreeMap<String, String>,
+) -> Result<String, NotInlined> {
+    let flat = flatten(html, partials, 0).ok_or(NotInlined::Partial)?;
+    if !flat.contains("<style") {
+        return Err(NotInlined::NoStyle);
+    }
+    if flat.contains("{{>") || flat.contains("{{#>") {
+        return Err(NotInlined::Partial);
     }
     if element_depth(&flat) > MAX_ELEMENT_DEPTH {
-        return None;
+        return Err(NotInlined::TooDeep);
     }
-    let (protected, exprs) = protect(&flat)?;
+    let (protected, exprs) = protect(&flat).ok_or(NotInlined::Expression)?;
     let inliner = css_inline::CSSInliner::options()
         .keep_at_rules(true)
         .build();
-    let inlined = inliner.inline(&protected).ok()?;
+    let inlined = inliner
+        .inline(&protected)
+        .map_err(|e| NotInlined::Inliner(e.to_string()))?;
     // A parser repairs HTML: it inserts `<tbody>`, moves stray text out of tables. Any such repair
     // around a block expression changes what the loop or condition wraps, so the inlined template is
     // used only if its elements and expressions stand in the same order as before.
     if skeleton(&inlined) != skeleton(&protected) {
-        return None;
+        return Err(NotInlined::Restructured);
     }
-    restore(&inlined, &exprs)
+    restore(&inlined, &exprs).ok_or(NotInlined::Restructured)
 }
 
 /// An upper bound on how deep elements nest: start tags less end tags, void and self-closed
@@ -282,7 +307,10 @@ mod tests {
     fn a_parser_repair_around_a_block_keeps_the_template_as_written() {
         // Without an explicit <tbody> the parser would open one inside the loop and close it outside.
         let html = "<style>td { color: red }</style><table>{{#each a}}<tr><td>{{x}}</td></tr>{{/each}}</table>";
-        assert_eq!(inline_template(html, &no_partials()), None);
+        assert_eq!(
+            inline_template(html, &no_partials()),
+            Err(NotInlined::Restructured)
+        );
     }
 
     #[test]
@@ -306,13 +334,22 @@ mod tests {
 
     #[test]
     fn unprotectable_expressions_keep_the_template_as_written() {
-        for html in [
-            "<style>p { color: {{color}} }</style><p>x</p>",
-            "<style>p{}</style><p {{attrs}}>x</p>",
-            "<title>{{subject}}</title><style>p{}</style><p>x</p>",
-            "<style>p{}</style>{{> card this}}",
+        for (html, why) in [
+            (
+                "<style>p { color: {{color}} }</style><p>x</p>",
+                NotInlined::Expression,
+            ),
+            (
+                "<style>p{}</style><p {{attrs}}>x</p>",
+                NotInlined::Expression,
+            ),
+            (
+                "<title>{{subject}}</title><style>p{}</style><p>x</p>",
+                NotInlined::Expression,
+            ),
+            ("<style>p{}</style>{{> card this}}", NotInlined::Partial),
         ] {
-            assert_eq!(inline_template(html, &no_partials()), None, "{html}");
+            assert_eq!(inline_template(html, &no_partials()), Err(why), "{html}");
         }
     }
 
@@ -325,6 +362,9 @@ mod tests {
 
     #[test]
     fn templates_without_style_are_left_alone() {
-        assert_eq!(inline_template("<p>{{x}}</p>", &no_partials()), None);
+        assert_eq!(
+            inline_template("<p>{{x}}</p>", &no_partials()),
+            Err(NotInlined::NoStyle)
+        );
     }
 }

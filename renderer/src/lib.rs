@@ -18,6 +18,7 @@ pub mod worker;
 pub use batch::{BatchCodecError, Mailbox, RenderedBatch, RenderedMessage};
 pub use body_store::{BodyError, BodyStore, LocalBodyStore};
 pub use bounds::RenderLimits;
+pub use css::NotInlined;
 pub use job::{
     context, RecipientData, RenderInput, RenderJob, RenderSource, SourceError, UnsubscribeLink,
 };

@@ -219,6 +219,8 @@ pub struct CompiledTemplate {
     limits: RenderLimits,
     /// False when the CSS could not be inlined safely and the `<style>` block was kept as it was.
     pub css_inlined: bool,
+    /// Why not, then.
+    pub css_not_inlined: Option<css::NotInlined>,
 }
 
 impl std::fmt::Debug for CompiledTemplate {
@@ -287,17 +289,22 @@ impl CompiledTemplate {
         bounds::check(&plain, &["subject", "text"], shape, max)?;
         // CSS is inlined once into the template, never per recipient.
         let inlined = css::inline_template(&src.html, &src.partials);
-        let css_inlined = inlined.is_some();
-        if let Some(inlined) = inlined {
-            register(&mut html, "html", &inlined)?;
-            bounds::check(&html, &["html"], shape, max)?;
-        }
+        let css_inlined = inlined.is_ok();
+        let css_not_inlined = match inlined {
+            Ok(inlined) => {
+                register(&mut html, "html", &inlined)?;
+                bounds::check(&html, &["html"], shape, max)?;
+                None
+            }
+            Err(why) => Some(why),
+        };
         Ok(Self {
             html,
             plain,
             has_text: src.text.is_some(),
             limits,
             css_inlined,
+            css_not_inlined,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod forecast;
 pub mod ledger;
 pub mod lists;
 pub mod planner;
+pub mod preview;
 pub mod recipient;
 pub mod retry;
 pub mod schedule;

@@ -149,6 +149,15 @@ impl Links {
         }
     }
 
+    /// What a preview shows where a recipient's link will be: this service's address, and a
+    /// token no signature makes valid (a preview names no recipient to unsubscribe).
+    pub fn preview_link(&self) -> UnsubscribeLink {
+        UnsubscribeLink {
+            url: format!("{}/u/preview", self.base_url),
+            mailto: self.mailto.clone(),
+        }
+    }
+
     /// Who `token` names, if this secret signed it.
     pub fn verify(&self, token: &str) -> Option<Subscriber> {
         let mut parts = token.rsplitn(3, '.');

@@ -164,7 +164,7 @@ pub enum Invalid {
     Csv(String),
 }
 
-fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+pub(crate) fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         message: message.into(),
@@ -222,7 +222,7 @@ pub fn check_email(email: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn has_line_break(s: &str) -> bool {
+pub(crate) fn has_line_break(s: &str) -> bool {
     s.contains(['\r', '\n'])
 }
 
@@ -284,6 +284,11 @@ pub struct RowRules {
 }
 
 impl RowRules {
+    /// The compiled template rows are trial-rendered with.
+    pub fn template(&self) -> &CompiledTemplate {
+        &self.compiled
+    }
+
     /// The rules for a stored campaign's template (a draft taking a new list).
     pub fn new(
         template: &TemplateSource,
@@ -475,7 +480,7 @@ impl<'a> RowCheck<'a> {
 }
 
 /// One row's address, name and data, or what is wrong with the first of them that is.
-fn check_row(row: Row, safety: &Safety) -> Result<(String, RecipientData), FieldError> {
+pub(crate) fn check_row(row: Row, safety: &Safety) -> Result<(String, RecipientData), FieldError> {
     let r = row.recipient;
     let email = r.email.trim().to_string();
     if let Err(why) = check_email(&email) {

@@ -62,6 +62,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/campaigns/{id}/retry", post(retry))
         .route("/v1/campaigns/{id}/{action}", post(act))
         .route("/v1/minutes", get(minutes))
+        .merge(crate::http::preview::router())
         .merge(crate::http::workers::router())
         .merge(crate::http::feedback::router())
         .merge(crate::http::unsubscribe::router())

@@ -8,6 +8,7 @@ mod feedback;
 mod governor;
 mod openapi;
 pub mod payloads;
+mod preview;
 mod problem;
 pub mod service;
 mod site;

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value};
 
+use crate::domain::preview::{Preview, PreviewRequest};
 use crate::domain::validate::CampaignRequest;
 use crate::http::governor::{CampaignView, GovernorView, Plan};
 use crate::http::payloads::{
@@ -54,11 +55,13 @@ fn schemas() -> Map<String, Value> {
     answers.subschema_for::<MinuteList>();
     answers.subschema_for::<Plan>();
     answers.subschema_for::<GovernorView>();
+    answers.subschema_for::<Preview>();
     let mut out = answers.take_definitions(true);
 
     let mut requests = generator(SchemaSettings::draft2020_12().for_deserialize());
     requests.subschema_for::<CampaignRequest>();
     requests.subschema_for::<RetryRequest>();
+    requests.subschema_for::<PreviewRequest>();
     let mut read = requests.take_definitions(true);
     // A type both written and read whose two descriptions differ (a defaulted field) is named
     // twice: the way it is read gets `Input` after its name.

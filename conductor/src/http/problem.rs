@@ -222,6 +222,7 @@ impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(id) => Problem::not_found(format!("no campaign {id}")),
+            e @ StoreError::NoRecipient(..) => Problem::not_found(e.to_string()),
             StoreError::Conflict(why) => Problem::new(
                 StatusCode::CONFLICT,
                 ProblemType::Conflict,

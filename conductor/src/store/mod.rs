@@ -20,6 +20,8 @@ use crate::domain::validate::ValidCampaign;
 pub enum StoreError {
     #[error("no campaign {0}")]
     NotFound(String),
+    #[error("campaign {0} has no recipient {1} (or its data is no longer kept)")]
+    NoRecipient(String, i64),
     #[error("{0}")]
     Conflict(String),
     #[error("lease {0} is not held")]
@@ -414,6 +416,9 @@ pub trait Store: Send + Sync + 'static {
     async fn start(&self, id: &str, now: Millis) -> Result<Campaign, StoreError>;
     /// A campaign's template as stored.
     async fn template(&self, id: &str) -> Result<renderer::TemplateSource, StoreError>;
+    /// What rendering one recipient's message takes: the campaign's sender and template and that
+    /// recipient's data, read by primary key.
+    async fn message_input(&self, id: &str, recipient: i64) -> Result<RenderInput, StoreError>;
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError>;
     /// Applies a user's action; `true` when the status changed.

@@ -1261,6 +1261,43 @@ impl Store for SqlStore {
         json(&t)
     }
 
+    async fn message_input(&self, id: &str, recipient: i64) -> Result<RenderInput, StoreError> {
+        let c = sqlx::query(
+            "SELECT from_json, reply_to_json, template_json FROM campaigns \
+             WHERE id = $1 AND status <> 'discarded'",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let r = sqlx::query(
+            "SELECT r.id, r.email, r.name, d.data FROM recipients r \
+             JOIN recipient_data d ON d.campaign_id = r.campaign_id AND d.id = r.id \
+             WHERE r.campaign_id = $1 AND r.id = $2",
+        )
+        .bind(id)
+        .bind(recipient)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NoRecipient(id.to_string(), recipient))?;
+        Ok(RenderInput {
+            from: json(c.get("from_json"))?,
+            reply_to: c
+                .get::<Option<String>, _>("reply_to_json")
+                .map(|j| json(&j))
+                .transpose()?,
+            template: json(c.get("template_json"))?,
+            recipients: vec![RecipientData {
+                id: r.get("id"),
+                email: r.get("email"),
+                name: r.get("name"),
+                data: json(r.get("data"))?,
+                unsubscribe: None,
+            }],
+            limits: Default::default(),
+        })
+    }
+
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM campaigns WHERE status <> 'discarded' ORDER BY created_ms DESC, id DESC LIMIT 500")

@@ -1,4 +1,5 @@
-// The dashboard in headless Chromium: a running campaign's sent bar advances, and Pause pauses it.
+// The dashboard in headless Chromium: a running campaign's sent bar advances, Pause pauses it, and
+// its message is shown recipient by recipient in a sandboxed frame.
 // Usage: node dashboard.mjs BASE_URL CAMPAIGN_ID   (exit status 0 when every check held)
 import { chromium } from "playwright-core";
 
@@ -41,6 +42,19 @@ try {
   await page.waitForFunction(
     () => [...document.querySelectorAll("#chart rect")].some((r) => Number(r.getAttribute("height")) > 0),
     null, { timeout: 15000 });
+  // The message, recipient by recipient, in a frame that may run nothing.
+  const frame = async () => (await page.getAttribute("#message-frame", "srcdoc")) || "";
+  await page.waitForFunction(() => (document.querySelector("#message-frame")?.srcdoc || "").includes("Hi Zoë 0"),
+    null, { timeout: 15000 });
+  if ((await page.getAttribute("#message-frame", "sandbox")) !== "") fail("the message frame is not fully sandboxed");
+  const options = await page.$$eval("#message-to option", (os) => os.map((o) => o.value));
+  if (options.length < 2) fail(`only ${options.length} recipients to choose from`);
+  await page.selectOption("#message-to", options[1]);
+  await page.waitForFunction(() => (document.querySelector("#message-frame")?.srcdoc || "").includes("Hi Zoë 1"),
+    null, { timeout: 15000 });
+  const subject = await page.textContent("#message-subject");
+  if (subject !== "Subject: Hello Zoë 1") fail(`the subject shown is ${JSON.stringify(subject)}`);
+  if (!(await frame()).includes("from Köln")) fail("the frame does not hold the recipient's message");
   if (errors.length) fail("page errors: " + errors.join("; "));
   console.log(`dashboard: sent ${first} → ${later}, paused at ${c.counts.sent}/${c.counts.total}`);
 } finally {

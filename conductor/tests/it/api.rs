@@ -828,3 +828,108 @@ async fn pollers_share_one_view_and_see_their_own_actions_at_once() {
         expect_problem(r, 404, "/problems/not-found").await;
     }
 }
+
+/// `POST /v1/preview`: a named template and an inline one rendered for one recipient as they would
+/// be sent, with their headers and warnings; nothing is created, and a recipient the template
+/// cannot render is refused as creation would refuse it.
+#[tokio::test]
+async fn a_preview_renders_one_recipient_and_creates_nothing() {
+    let app = spawn_app().await;
+    let recipient = json!({"email": "zoe@example.org", "name": "Zoë", "data": {
+        "city": "Köln", "currency": "EUR",
+        "offer": {"code": "SPRING-ZM", "percent": 20, "until": "30 April"},
+        "picks": [{"title": "Garden chair", "price": 89.0, "url": "https://shop.example.com/p/chair"}]}});
+    let named = json!({"campaign": {"name": "P", "from": "News <news@example.com>", "template": "spring"},
+                       "recipient": recipient});
+    let r = app.post_json("/v1/preview", &named).await;
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["subject"], "Zoë, 20% off this spring, until 30 April");
+    assert_eq!(p["css_inlined"], true);
+    let html = p["html"].as_str().unwrap();
+    assert!(html.contains("Garden chair</a>, 89 EUR"), "{html}");
+    assert!(html.contains("<td class=\"pick\" style=\""), "{html}");
+    assert!(p["text"].as_str().unwrap().contains("SPRING-ZM"));
+    assert_eq!(
+        p["headers"][1],
+        json!({"name": "To", "value": "\"Zoë\" <zoe@example.org>"})
+    );
+    assert_eq!(p["warnings"], json!([]), "{p}");
+
+    let inline = json!({"campaign": {"name": "P", "from": "news@example.com", "subject": "Hi {{name}}",
+                        "html": "<p>Hi {{name}}, see <a href=\"http://example.com/x\">this</a></p>"},
+                        "recipient": {"email": "a@example.com", "name": "Ada"}});
+    let p: Value = app
+        .post_json("/v1/preview", &inline)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["subject"], "Hi Ada");
+    let kinds: Vec<&str> = p["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["no_text_part", "insecure_link"], "{p}");
+    assert!(p["text"].as_str().unwrap().contains("Hi Ada"), "{p}");
+
+    let mut broken = inline.clone();
+    broken["campaign"]["html"] = json!("<p>{{coupon}}</p>");
+    let r = app.post_json("/v1/preview", &broken).await;
+    let problem = expect_problem(r, 422, "/problems/validation").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `coupon`"),
+        "{problem}"
+    );
+    assert_eq!(app.campaign_count().await, 0, "a preview creates nothing");
+    app.stop().await;
+}
+
+/// `GET /v1/campaigns/{id}/recipients/{rid}/message`: a stored campaign's message for one of its
+/// recipients is the one its outbox received; an id it does not have is a 404.
+#[tokio::test]
+async fn a_stored_campaigns_message_is_shown_recipient_by_recipient() {
+    let app = spawn_app().await;
+    let id = app.create(&inline_campaign(recipients(3))).await;
+    app.wait_for(&id, std::time::Duration::from_secs(30), is_completed)
+        .await;
+    let page = app
+        .get_json(&format!("/v1/campaigns/{id}/recipients"))
+        .await;
+    let sent = crate::e2e::outbox(&app, &id);
+    for r in page["recipients"].as_array().unwrap() {
+        let m = app
+            .get_json(&format!(
+                "/v1/campaigns/{id}/recipients/{}/message",
+                r["id"]
+            ))
+            .await;
+        let to = m["headers"][1]["value"].as_str().unwrap();
+        assert!(to.contains(r["email"].as_str().unwrap()), "{m}");
+        let eml = &sent[r["email"].as_str().unwrap()];
+        // The outbox writes a non-ASCII subject RFC 2047-encoded.
+        use base64::Engine;
+        let subject =
+            base64::engine::general_purpose::STANDARD.encode(m["subject"].as_str().unwrap());
+        assert!(
+            eml.contains(&format!("Subject: =?utf-8?B?{subject}?=")),
+            "{m} / {eml}"
+        );
+        assert!(m["html"].as_str().unwrap().starts_with("<p>Hi Zoë"), "{m}");
+    }
+    for missing in ["999", "x"] {
+        let r = app
+            .client
+            .get(app.url(&format!("/v1/campaigns/{id}/recipients/{missing}/message")))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(r, 404, "/problems/not-found").await;
+    }
+    app.stop().await;
+}

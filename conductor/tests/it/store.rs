@@ -68,7 +68,28 @@ on_every_backend!(
     leases_follow_the_batch_cursor_and_deferrals_come_due_first,
     an_import_not_heard_from_is_discarded_and_its_rows_purged,
     finished_history_is_pruned_and_the_metrics_totals_kept,
+    one_recipients_message_input_is_read_by_its_id,
 );
+
+/// What a stored campaign's message for one recipient is rendered from: its sender, its template
+/// and that recipient's own data, by id; an id it does not have is named.
+async fn one_recipients_message_input_is_read_by_its_id(store: Arc<dyn Store>) {
+    let id = create(&store, 250, 100, M).await;
+    let input = store.message_input(&id, 137).await.unwrap();
+    assert_eq!(input.from.email, "a@example.com");
+    assert_eq!(input.template.html, "<p>{{email}}</p>");
+    assert_eq!(input.recipients.len(), 1);
+    assert_eq!(input.recipients[0].id, 137);
+    assert_eq!(input.recipients[0].email, "r137@example.com");
+    assert!(matches!(
+        store.message_input(&id, 250).await,
+        Err(StoreError::NoRecipient(c, 250)) if c == id
+    ));
+    assert!(matches!(
+        store.message_input("nope", 0).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
 
 fn campaign(n: usize) -> ValidCampaign {
     let emails: Vec<String> = (0..n).map(|i| format!("r{i}@example.com")).collect();
