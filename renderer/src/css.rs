@@ -5,7 +5,9 @@
 //! where it is even between table rows, where text would be moved out of the table); expressions inside
 //! quoted attribute values pass through untouched. Anything that cannot be protected that way (an
 //! expression inside `<style>`, `<title>` or between attributes, or a partial we cannot flatten) keeps the
-//! template as written: the message still renders, with its `<style>` block instead of inline styles.
+//! template as written: the message still renders, with its `<style>` block instead of inline styles,
+//! and [`NotInlined`] says why. A table's implied `<tbody>` is written out first ([`explicit_tbody`]),
+//! so the common table layout — blocks between rows — is not such a case.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +49,7 @@ pub(crate) fn inline_template(
         return Err(NotInlined::TooDeep);
     }
     let (protected, exprs) = protect(&flat).ok_or(NotInlined::Expression)?;
+    let protected = explicit_tbody(&protected);
     let inliner = css_inline::CSSInliner::options()
         .keep_at_rules(true)
         .build();
@@ -60,6 +63,103 @@ pub(crate) fn inline_template(
         return Err(NotInlined::Restructured);
     }
     restore(&inlined, &exprs).ok_or(NotInlined::Restructured)
+}
+
+/// Writes out the `<tbody>` an HTML parser would add to a table whose rows stand directly in it.
+/// The parser opens it at the first row, which in a template is often inside a loop or a
+/// condition (`<table>{{#each}}<tr>…`): the block would then wrap the section's start and not its
+/// end, so such a template could not be inlined. Opened right after the table's start tag (and any
+/// `<caption>`, `<colgroup>` or `<col>`) and closed before its end tag, the section wraps every block
+/// between the rows, and the template means what it did: every browser reads it with that `<tbody>`.
+fn explicit_tbody(html: &str) -> String {
+    struct Table {
+        /// Where the section may open: after the start tag and the caption and column groups.
+        open_at: usize,
+        has_section: bool,
+        has_row: bool,
+    }
+    let mut tables: Vec<Table> = Vec::new();
+    let mut inserts: Vec<(usize, &str)> = Vec::new();
+    let bytes = html.as_bytes();
+    let mut i = 0;
+    while let Some(off) = html[i..].find('<') {
+        let start = i + off;
+        let rest = &html[start + 1..];
+        if rest.starts_with("!--") {
+            i = rest.find("-->").map_or(html.len(), |c| start + 1 + c + 3);
+            continue;
+        }
+        let closing = rest.starts_with('/');
+        let name_at = start + 1 + usize::from(closing);
+        let name_len = html[name_at..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(html.len() - name_at);
+        let name = html[name_at..name_at + name_len].to_ascii_lowercase();
+        if name.is_empty() {
+            i = start + 1;
+            continue;
+        }
+        // The tag's end: the first `>` outside a quoted attribute value.
+        let mut end = name_at + name_len;
+        let mut quote = None;
+        while end < bytes.len() {
+            match (quote, bytes[end]) {
+                (None, b'>') => break,
+                (None, q @ (b'"' | b'\'')) => quote = Some(q),
+                (Some(q), b) if b == q => quote = None,
+                _ => {}
+            }
+            end += 1;
+        }
+        let after = (end + 1).min(html.len());
+        match (closing, name.as_str()) {
+            (false, "table") => tables.push(Table {
+                open_at: after,
+                has_section: false,
+                has_row: false,
+            }),
+            (false, "tbody" | "thead" | "tfoot") => {
+                if let Some(t) = tables.last_mut() {
+                    t.has_section = true;
+                }
+            }
+            (false, "tr") => {
+                if let Some(t) = tables.last_mut() {
+                    t.has_row = true;
+                }
+            }
+            (false, "col") | (true, "caption" | "colgroup") => {
+                if let Some(t) = tables.last_mut().filter(|t| !t.has_row) {
+                    t.open_at = after;
+                }
+            }
+            (true, "table") => {
+                if let Some(t) = tables.pop().filter(|t| t.has_row && !t.has_section) {
+                    inserts.push((t.open_at, "<tbody>"));
+                    inserts.push((start, "</tbody>"));
+                }
+            }
+            (false, "style" | "script" | "title" | "textarea") => {
+                // Raw text: nothing in it is a tag.
+                let close = format!("</{name}");
+                let lower = html[after..].to_ascii_lowercase();
+                i = lower.find(&close).map_or(html.len(), |c| after + c);
+                continue;
+            }
+            _ => {}
+        }
+        i = after;
+    }
+    inserts.sort_by_key(|(at, _)| *at);
+    let mut out = String::with_capacity(html.len() + inserts.len() * 8);
+    let mut copied = 0;
+    for (at, text) in inserts {
+        out.push_str(&html[copied..at]);
+        out.push_str(text);
+        copied = at;
+    }
+    out.push_str(&html[copied..]);
+    out
 }
 
 /// An upper bound on how deep elements nest: start tags less end tags, void and self-closed
@@ -305,11 +405,35 @@ mod tests {
 
     #[test]
     fn a_parser_repair_around_a_block_keeps_the_template_as_written() {
-        // Without an explicit <tbody> the parser would open one inside the loop and close it outside.
-        let html = "<style>td { color: red }</style><table>{{#each a}}<tr><td>{{x}}</td></tr>{{/each}}</table>";
+        // A <div> among a table's rows is moved before the table by any HTML parser: what the
+        // condition wraps would change, so the template stays as written, and says why.
+        let html = "<style>td { color: red }</style><table><tbody><tr><td>x</td></tr></tbody>{{#if y}}<div>{{y}}</div>{{/if}}</table>";
         assert_eq!(
             inline_template(html, &no_partials()),
             Err(NotInlined::Restructured)
+        );
+    }
+
+    #[test]
+    fn rows_straight_in_a_table_get_the_tbody_a_browser_reads_and_are_inlined() {
+        // The parser would open <tbody> at the first row, inside the loop: written out after the
+        // table's start tag (and its caption), every block between rows stays whole.
+        let html = "<style>td { color: red } .f { color: gray }</style>\
+            <table><caption>c</caption>{{#each rows}}<tr><td>{{this}}</td></tr>{{/each}}\
+            {{#if more}}<tr><td>more</td></tr>{{/if}}<tr><td class=\"f\">footer</td></tr></table>\
+            <table><tr><td><table>{{#each inner}}<tr><td>{{@index}}</td></tr>{{/each}}</table></td></tr></table>";
+        let out = inline_template(html, &no_partials()).unwrap();
+        assert!(
+            out.contains("<table><caption>c</caption><tbody>{{#each rows}}<tr><td style=\"color: red;\">{{this}}</td></tr>{{/each}}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("{{#if more}}<tr><td style=\"color: red;\">more</td></tr>{{/if}}<tr><td class=\"f\" style=\"color: gray;\">footer</td></tr></tbody></table>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("<table><tbody>{{#each inner}}<tr><td style=\"color: red;\">{{@index}}</td></tr>{{/each}}</tbody></table></td></tr></tbody></table>"),
+            "{out}"
         );
     }
 

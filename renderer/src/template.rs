@@ -593,6 +593,117 @@ mod tests {
 mod shipped {
     use super::*;
 
+    /// A message with its markup reduced to what a reader sees: tag names in order and text,
+    /// without attributes, the `<style>` block, and the elements a parser adds on its own.
+    fn structure(html: &str) -> String {
+        let mut out = String::new();
+        let mut rest = html;
+        while let Some(i) = rest.find('<') {
+            out.push_str(&rest[..i]);
+            let tag = &rest[i..];
+            let end = tag.find('>').map_or(tag.len(), |e| e + 1);
+            let name: String = tag[1..]
+                .trim_start_matches('/')
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            if name == "style" && !tag.starts_with("</") {
+                let close = tag.find("</style>").map_or(tag.len(), |c| c + 8);
+                rest = &tag[close..];
+                continue;
+            }
+            if !["html", "head", "body", "tbody"].contains(&name.as_str()) {
+                out.push_str(if tag.starts_with("</") { "</" } else { "<" });
+                out.push_str(&name);
+                out.push('>');
+            }
+            rest = &tag[end..];
+        }
+        out.push_str(rest);
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// A table layout of the common shape — rows straight in the table, loops and conditions
+    /// between them, `../` lookups and `@index`, a partial in a cell, a footer row after the loop —
+    /// is inlined, and renders what it renders as written: the same rows in the same order.
+    #[test]
+    fn a_table_layout_with_blocks_between_its_rows_is_inlined_with_its_structure() {
+        let html = r#"<!DOCTYPE html><html><head><style>
+  td { font-family: Arial; } .price { color: #c00; } .footer td { font-size: 11px; }
+  @media (max-width: 600px) { td { padding: 4px !important; } }
+</style></head><body>
+<table width="600">
+  <tr><td>{{shop}} for {{name}}</td></tr>
+  {{#each sections}}
+  <tr><td><h2>{{@index}}. {{title}}</h2></td></tr>
+  {{#each items}}
+  <tr><td>{{name}} in {{../title}} for {{../../name}}: {{> price}}</td></tr>
+  {{/each}}
+  {{#if note}}<tr><td><em>{{note}}</em></td></tr>{{else}}<tr><td>-</td></tr>{{/if}}
+  {{/each}}
+  <tr class="footer"><td>{{shop}} · <a href="{{unsubscribe_url}}">unsubscribe</a></td></tr>
+</table>
+</body></html>"#;
+        let src = TemplateSource {
+            subject: "s".into(),
+            html: html.into(),
+            text: Some("t".into()),
+            partials: BTreeMap::from([(
+                "price".to_string(),
+                r#"<span class="price">{{price}} EUR</span>"#.to_string(),
+            )]),
+        };
+        let t = CompiledTemplate::compile(&src).unwrap();
+        assert!(t.css_inlined, "{:?}", t.css_not_inlined);
+        let data = serde_json::json!({
+            "shop": "ACME", "name": "Zoë", "unsubscribe_url": "https://example.com/u/x",
+            "sections": [
+                {"title": "Garden", "note": "new!", "items": [{"name": "Chair", "price": 89}, {"name": "Can", "price": 19.9}]},
+                {"title": "Kitchen", "items": [{"name": "Pan", "price": 30}]}
+            ]
+        });
+        let out = t.render(data.clone()).unwrap();
+        let mut plain = Handlebars::new();
+        plain
+            .register_partial("price", &src.partials["price"])
+            .unwrap();
+        plain.register_template_string("html", html).unwrap();
+        let as_written = plain.render("html", &data).unwrap();
+        assert_eq!(structure(&out.html), structure(&as_written));
+        assert!(
+            out.html
+                .contains(r#"<span class="price" style="color: #c00;">89 EUR</span>"#),
+            "{}",
+            out.html
+        );
+        // The footer row is still the table's last, its cell styled by the rule for it.
+        let footer = out.html.rfind("<tr class=\"footer\"><td style=\"").unwrap();
+        assert!(
+            out.html[footer..].contains("font-size: 11px"),
+            "{}",
+            out.html
+        );
+        let after = &out.html[footer + 1..];
+        assert!(
+            !after.contains("<tr") && after.contains("</tbody></table>"),
+            "{}",
+            out.html
+        );
+        assert!(
+            out.html.contains("@media (max-width: 600px)"),
+            "{}",
+            out.html
+        );
+        let rows: Vec<&str> = out.html.matches("<tr").collect();
+        // The header, each section's title, items and note, the footer.
+        assert_eq!(
+            rows.len(),
+            1 + (1 + 2 + 1) + (1 + 1 + 1) + 1,
+            "{}",
+            out.html
+        );
+    }
+
     /// The CSV-fillable `spring` template: a table layout with a loop between its rows, inlined.
     #[test]
     fn the_spring_template_inlines_its_css_around_its_loop() {

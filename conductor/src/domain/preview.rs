@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn warnings_name_what_a_sender_should_know() {
         let html = format!(
-            "<style>td {{ color: red }}</style><table>{{{{#each list}}}}<tr><td>x</td></tr>{{{{/each}}}}</table>\
+            "<style>td {{ color: red }}</style><table><tbody><tr><td>x</td></tr></tbody>{{{{#each list}}}}<div>d</div>{{{{/each}}}}</table>\
              <a href=\"http://example.com/a\">a</a><img src='HTTP://cdn.example.com/i.png'><a href=\"https://ok.example\">ok</a>\
              <!-- {} -->",
             "x".repeat(GMAIL_CLIP_BYTES)
@@ -321,7 +321,9 @@ mod tests {
             ]
         );
         assert!(
-            p.warnings[1].message.contains("implied <tbody>"),
+            p.warnings[1]
+                .message
+                .contains("move an element across a Handlebars block"),
             "{:?}",
             p.warnings[1]
         );
