@@ -24,6 +24,9 @@ pub struct RecipientData {
     /// One-click unsubscribe for this recipient, when the conductor signs links (`[unsubscribe]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsubscribe: Option<UnsubscribeLink>,
+    /// `{{web_url}}`: where the recipient sees this message in a browser, when links are signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_url: Option<String>,
 }
 
 /// Where this recipient unsubscribes (RFC 8058): a signed HTTPS URL and, optionally, a mailbox.
@@ -78,7 +81,8 @@ pub trait RenderSource: Send + Sync + 'static {
 }
 
 /// The data a template sees for one recipient: its own fields (numbers as handlebars.js prints
-/// them, see [`js_number`](crate::js_number)), plus `email`, `name` and `unsubscribe_url`. The
+/// them, see [`js_number`](crate::js_number)), plus `email`, `name`, `unsubscribe_url` and, when
+/// links are signed, `web_url`. The
 /// trial render at creation and the real render use this one function, so what validated is what
 /// renders.
 pub fn context(r: &RecipientData) -> serde_json::Value {
@@ -100,6 +104,9 @@ pub fn context(r: &RecipientData) -> serde_json::Value {
             ctx.entry("unsubscribe_url")
                 .or_insert_with(|| "%unsubscribe_url%".into());
         }
+    }
+    if let Some(url) = &r.web_url {
+        ctx.insert("web_url".into(), url.clone().into());
     }
     serde_json::Value::Object(ctx)
 }

@@ -154,6 +154,7 @@ fn ours(c: &Case) -> String {
         name: None,
         data,
         unsubscribe: None,
+        web_url: None,
     };
     template
         .render(renderer::job::context(&recipient))

@@ -211,6 +211,7 @@ impl RenderSource for FakeSource {
                 name: Some("Ann".into()),
                 data: json!({}),
                 unsubscribe: None,
+                web_url: None,
             }],
         })
     }

@@ -66,22 +66,24 @@ pub enum WarningKind {
 /// How many insecure links one preview names.
 const MAX_LINKS_NAMED: usize = 5;
 
-/// Renders `req` for its recipient. `link` is what stands for the recipient's unsubscribe link
-/// when links are signed. A problem is what creating the campaign with this recipient would say.
+/// Renders `req` for its recipient. `links` stand for the recipient's unsubscribe link and web
+/// view when links are signed. A problem is what creating the campaign with this recipient would say.
 pub fn preview(
     req: &PreviewRequest,
     templates: &Path,
     render: RenderLimits,
-    link: Option<UnsubscribeLink>,
+    links: Option<(UnsubscribeLink, String)>,
 ) -> Result<Preview, Invalid> {
+    let signed = links.is_some();
     let open = no_sandbox();
     let prepared = validate::prepare(&req.campaign, templates, &open, render)?;
+    validate::check_web_url(&prepared.template, signed)?;
     let row = Row {
         at: "recipient".into(),
         recipient: req.recipient.clone(),
     };
     let (_, mut recipient) = check_row(row, &open).map_err(|e| Invalid::Fields(vec![e]))?;
-    recipient.unsubscribe = link;
+    (recipient.unsubscribe, recipient.web_url) = signed_links(links);
     message(
         prepared.rows.template(),
         prepared.template.text.is_some(),
@@ -96,7 +98,7 @@ pub fn preview(
 pub fn stored(
     input: &RenderInput,
     render: RenderLimits,
-    link: Option<UnsubscribeLink>,
+    link: Option<(UnsubscribeLink, String)>,
 ) -> Result<Preview, Invalid> {
     let open = no_sandbox();
     let rules = validate::RowRules::new(&input.template, &open, render)?;
@@ -105,7 +107,7 @@ pub fn stored(
         .first()
         .cloned()
         .ok_or_else(|| Invalid::Fields(vec![field("recipient", "no recipient to render")]))?;
-    recipient.unsubscribe = link;
+    (recipient.unsubscribe, recipient.web_url) = signed_links(link);
     message(
         rules.template(),
         input.template.text.is_some(),
@@ -197,6 +199,13 @@ fn message(
     })
 }
 
+/// A recipient's unsubscribe link and web-view URL, both or neither.
+fn signed_links(
+    links: Option<(UnsubscribeLink, String)>,
+) -> (Option<UnsubscribeLink>, Option<String>) {
+    links.map_or((None, None), |(u, w)| (Some(u), Some(w)))
+}
+
 /// Nobody is mailed: the sandbox is for sends, and a preview may show anyone's data.
 fn no_sandbox() -> sender::safety::Safety {
     sender::safety::Safety {
@@ -271,14 +280,20 @@ mod tests {
             mailto: None,
         };
         let p = preview(
-            &request("<p>{{price}} for {{name}}</p>", Some("{{price}}")),
+            &request(
+                "<p>{{price}} for {{name}} <a href=\"{{web_url}}\">web</a></p>",
+                Some("{{price}}"),
+            ),
             &no_templates(),
             RenderLimits::default(),
-            Some(link),
+            Some((link, "https://mail.example.com/v/preview".into())),
         )
         .unwrap();
         assert_eq!(p.subject, "Hi Zoë");
-        assert_eq!(p.html, "<p>3 for Zoë</p>");
+        assert_eq!(
+            p.html,
+            "<p>3 for Zoë <a href=\"https://mail.example.com/v/preview\">web</a></p>"
+        );
         assert_eq!(p.text, "3");
         let names: Vec<&str> = p.headers.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(
@@ -340,6 +355,11 @@ mod tests {
         let mut req = request("<p>{{missing}}</p>", None);
         let err = preview(&req, &no_templates(), RenderLimits::default(), None).unwrap_err();
         assert!(err.to_string().contains("missing field `missing`"), "{err}");
+        // `{{web_url}}` without signed links: every message would carry a link to nowhere.
+        req.campaign.html = Some("<a href=\"{{web_url}}\">web</a>".into());
+        let err = preview(&req, &no_templates(), RenderLimits::default(), None).unwrap_err();
+        assert!(err.to_string().contains("needs signed links"), "{err}");
+        req.campaign.html = Some("<p>{{missing}}</p>".into());
         req.recipient.email = "not an address".into();
         let err = preview(&req, &no_templates(), RenderLimits::default(), None).unwrap_err();
         assert!(err.to_string().starts_with("recipient.email"), "{err}");

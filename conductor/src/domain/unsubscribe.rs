@@ -119,11 +119,30 @@ pub struct Subscriber {
     pub recipient_id: i64,
 }
 
+/// What a signed link does. Each purpose signs under its own tag, so a web-view link cannot be
+/// turned into an unsubscribe link (or back) by changing its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `/u/{token}`: one-click unsubscribe.
+    Unsubscribe,
+    /// `/v/{token}`: the recipient's message in a browser (`{{web_url}}`).
+    WebView,
+}
+
+impl Purpose {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Purpose::Unsubscribe => b"unsubscribe/1\0",
+            Purpose::WebView => b"webview/1\0",
+        }
+    }
+}
+
 impl Links {
-    fn mac(&self, campaign_id: &str, recipient_id: i64) -> [u8; MAC_BYTES] {
+    fn mac(&self, purpose: Purpose, campaign_id: &str, recipient_id: i64) -> [u8; MAC_BYTES] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key");
         // Domain-separated and length-unambiguous: the id cannot contain NUL.
-        mac.update(b"unsubscribe/1\0");
+        mac.update(purpose.tag());
         mac.update(campaign_id.as_bytes());
         mac.update(b"\0");
         mac.update(recipient_id.to_string().as_bytes());
@@ -134,8 +153,21 @@ impl Links {
     }
 
     pub fn token(&self, campaign_id: &str, recipient_id: i64) -> String {
-        let mac = URL_SAFE_NO_PAD.encode(self.mac(campaign_id, recipient_id));
+        self.signed(Purpose::Unsubscribe, campaign_id, recipient_id)
+    }
+
+    fn signed(&self, purpose: Purpose, campaign_id: &str, recipient_id: i64) -> String {
+        let mac = URL_SAFE_NO_PAD.encode(self.mac(purpose, campaign_id, recipient_id));
         format!("{campaign_id}.{recipient_id}.{mac}")
+    }
+
+    /// `{{web_url}}`: where this recipient sees its message in a browser.
+    pub fn web_url(&self, campaign_id: &str, recipient_id: i64) -> String {
+        format!(
+            "{}/v/{}",
+            self.base_url,
+            self.signed(Purpose::WebView, campaign_id, recipient_id)
+        )
     }
 
     pub fn link(&self, campaign_id: &str, recipient_id: i64) -> UnsubscribeLink {
@@ -158,8 +190,18 @@ impl Links {
         }
     }
 
-    /// Who `token` names, if this secret signed it.
+    /// The web view's counterpart of [`Self::preview_link`].
+    pub fn preview_web_url(&self) -> String {
+        format!("{}/v/preview", self.base_url)
+    }
+
+    /// Who an unsubscribe `token` names, if this secret signed it.
     pub fn verify(&self, token: &str) -> Option<Subscriber> {
+        self.verify_for(Purpose::Unsubscribe, token)
+    }
+
+    /// Who `token` names, if this secret signed it for `purpose`.
+    pub fn verify_for(&self, purpose: Purpose, token: &str) -> Option<Subscriber> {
         let mut parts = token.rsplitn(3, '.');
         let (mac, recipient, campaign) = (parts.next()?, parts.next()?, parts.next()?);
         let recipient_id: i64 = recipient.parse().ok()?;
@@ -168,7 +210,7 @@ impl Links {
             return None;
         }
         let given = URL_SAFE_NO_PAD.decode(mac).ok()?;
-        let expected = self.mac(campaign, recipient_id);
+        let expected = self.mac(purpose, campaign, recipient_id);
         crate::domain::secret::same(&expected, &given).then(|| Subscriber {
             campaign_id: campaign.to_string(),
             recipient_id,
@@ -238,6 +280,25 @@ mod tests {
             assert!(links.verify(&forged).is_none(), "{forged}");
         }
         assert!(links.verify(&token).is_some());
+    }
+
+    #[test]
+    fn a_web_view_link_is_signed_for_its_own_purpose() {
+        let links = config("https://mail.example.com").links().unwrap();
+        let url = links.web_url("c1", 7);
+        let token = url.strip_prefix("https://mail.example.com/v/").unwrap();
+        assert_eq!(
+            links.verify_for(Purpose::WebView, token),
+            Some(Subscriber {
+                campaign_id: "c1".into(),
+                recipient_id: 7
+            })
+        );
+        // Neither link works as the other.
+        assert_eq!(links.verify(token), None);
+        let unsubscribe = links.token("c1", 7);
+        assert_eq!(links.verify_for(Purpose::WebView, &unsubscribe), None);
+        assert_ne!(token, unsubscribe);
     }
 
     #[test]

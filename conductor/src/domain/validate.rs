@@ -521,6 +521,9 @@ pub(crate) fn check_row(row: Row, safety: &Safety) -> Result<(String, RecipientD
                 .filter(|n| !n.is_empty()),
             data: serde_json::Value::Object(r.data.unwrap_or_default()),
             unsubscribe: None,
+            // Where links are signed the real one is set at render time; a trial render only
+            // needs the field to be there (creation refuses `{{web_url}}` where they are not).
+            web_url: Some(TRIAL_WEB_URL.into()),
         },
     ))
 }
@@ -556,6 +559,31 @@ pub fn validate(
         warnings,
     })
 }
+
+/// Refuses a template that uses `{{web_url}}` where links are not signed: every message would
+/// carry a link to nowhere. (A mention of `web_url` anywhere in it counts: the refusal says why.)
+pub fn check_web_url(template: &TemplateSource, links_signed: bool) -> Result<(), Invalid> {
+    let parts = [
+        Some(&template.subject),
+        Some(&template.html),
+        template.text.as_ref(),
+    ];
+    let uses = parts
+        .into_iter()
+        .flatten()
+        .chain(template.partials.values())
+        .any(|p| p.contains("web_url"));
+    if uses && !links_signed {
+        return Err(Invalid::Fields(vec![field(
+            "template",
+            "uses {{web_url}}, which needs signed links: set [unsubscribe] base_url and CONDUCTOR__UNSUBSCRIBE__SECRET",
+        )]));
+    }
+    Ok(())
+}
+
+/// What `{{web_url}}` is in a trial render: a URL that can never resolve (RFC 2606).
+pub const TRIAL_WEB_URL: &str = "https://web-view.invalid/";
 
 /// Gmail shows only the first ~102 KB of a message's HTML.
 pub const GMAIL_CLIP_BYTES: usize = 102 * 1024;

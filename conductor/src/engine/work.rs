@@ -282,6 +282,7 @@ impl RenderSource for Work {
                 if let Some(links) = self.config().unsubscribe.links() {
                     for r in &mut input.recipients {
                         r.unsubscribe = Some(links.link(&job.campaign_id, r.id));
+                        r.web_url = Some(links.web_url(&job.campaign_id, r.id));
                     }
                 }
                 Ok(input)

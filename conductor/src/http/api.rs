@@ -66,6 +66,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .merge(crate::http::workers::router())
         .merge(crate::http::feedback::router())
         .merge(crate::http::unsubscribe::router())
+        .merge(crate::http::webview::router())
         .fallback(|| async { Problem::not_found("no such resource") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

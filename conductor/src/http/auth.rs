@@ -30,6 +30,7 @@ pub fn digest(token: &str) -> String {
 pub fn guarded(method: &Method, path: &str) -> bool {
     let own_proof = path.starts_with("/v1/feedback/")
         || path.starts_with("/u/")
+        || path.starts_with("/v/")
         || path.starts_with("/internal/");
     if own_proof {
         return false;
@@ -113,6 +114,7 @@ mod tests {
         assert!(guarded(&Method::POST, "/healthz"));
         assert!(!guarded(&Method::POST, "/v1/feedback/mailgun"));
         assert!(!guarded(&Method::POST, "/u/abc"));
+        assert!(!guarded(&Method::GET, "/v/abc"));
         assert!(!guarded(&Method::POST, "/internal/v1/leases"));
     }
 }

@@ -15,4 +15,5 @@ mod site;
 pub mod stream;
 mod unsubscribe;
 mod view;
+mod webview;
 mod workers;

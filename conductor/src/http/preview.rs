@@ -33,7 +33,10 @@ async fn preview(State(svc): State<Arc<Service>>, req: Request) -> Result<Respon
         (
             config.campaigns.templates_dir.clone(),
             config.campaigns.render_limits(),
-            config.unsubscribe.links().map(|l| l.preview_link()),
+            config
+                .unsubscribe
+                .links()
+                .map(|l| (l.preview_link(), l.preview_web_url())),
         )
     };
     answer(move || preview::preview(&request, &templates, limits, link)).await
@@ -64,7 +67,10 @@ async fn stored(
         let config = svc.work.config.borrow();
         (
             config.campaigns.render_limits(),
-            config.unsubscribe.links().map(|l| l.link(&id, rid)),
+            config
+                .unsubscribe
+                .links()
+                .map(|l| (l.link(&id, rid), l.web_url(&id, rid))),
         )
     };
     answer(move || preview::stored(&input, limits, link)).await

@@ -55,7 +55,7 @@ impl Service {
         status: Status,
         key: Option<IdempotencyKey>,
     ) -> Result<Open, Problem> {
-        let (templates, safety, limits, batch_size) = {
+        let (templates, safety, limits, batch_size, signed) = {
             let config = self.work.config.borrow();
             let c = &config.campaigns;
             (
@@ -63,10 +63,13 @@ impl Service {
                 config.safety.clone(),
                 c.render_limits(),
                 c.batch_size,
+                config.unsubscribe.links().is_some(),
             )
         };
         let prepared = tokio::task::spawn_blocking(move || {
-            validate::prepare(&req, &templates, &safety, limits)
+            let prepared = validate::prepare(&req, &templates, &safety, limits)?;
+            validate::check_web_url(&prepared.template, signed)?;
+            Ok::<_, validate::Invalid>(prepared)
         })
         .await
         .map_err(|e| {

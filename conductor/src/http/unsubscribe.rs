@@ -19,7 +19,8 @@ pub fn router() -> Router<Arc<Service>> {
     Router::new().route("/u/{token}", get(confirm).post(unsubscribe))
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+/// A small page of this service's own, for recipients (unsubscribe, web view).
+pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\

@@ -1293,6 +1293,7 @@ impl Store for SqlStore {
                 name: r.get("name"),
                 data: json(r.get("data"))?,
                 unsubscribe: None,
+                web_url: None,
             }],
             limits: Default::default(),
         })
@@ -1507,6 +1508,7 @@ impl Store for SqlStore {
                     name: r.get("name"),
                     data: json(r.get("data"))?,
                     unsubscribe: None,
+                    web_url: None,
                 })
             })
             .collect::<Result<_, StoreError>>()?;

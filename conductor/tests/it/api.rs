@@ -933,3 +933,91 @@ async fn a_stored_campaigns_message_is_shown_recipient_by_recipient() {
     }
     app.stop().await;
 }
+
+/// `{{web_url}}`: each recipient's message links to its own page, which shows that recipient's
+/// message (sandboxed) and nobody else's; a tampered token shows nothing, and a template that uses
+/// it where links are not signed is refused at creation.
+#[tokio::test]
+async fn the_web_view_link_shows_its_recipients_message_and_nothing_for_a_tampered_token() {
+    let refused = spawn_app().await;
+    let mut campaign = inline_campaign(recipients(3));
+    campaign["html"] = json!("<p>Hi {{name}}</p><a href=\"{{web_url}}\">View in browser</a>");
+    let r = refused.post_json("/v1/campaigns", &campaign).await;
+    let p = expect_problem(r, 422, "/problems/validation").await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("needs signed links"),
+        "{p}"
+    );
+    refused.stop().await;
+
+    let (sink, base) = crate::sink::Sink::start().await;
+    let app = spawn_app_with(|c| {
+        crate::sink::send_to(c, &base);
+        c.unsubscribe.base_url = Some("https://mail.example.com".into());
+        c.unsubscribe.secret = Some("unsubscribe-secret-for-tests-0123456789".into());
+    })
+    .await;
+    let id = app.create(&campaign).await;
+    app.wait_for(&id, std::time::Duration::from_secs(60), is_completed)
+        .await;
+    let received = sink.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 3);
+    for m in &received {
+        let rid: i64 = m.recipient_id.parse().unwrap();
+        let at = m
+            .html
+            .find("https://mail.example.com/v/")
+            .expect("a web view link");
+        let url = &m.html[at..at + m.html[at..].find('"').unwrap()];
+        let token = url.rsplit('/').next().unwrap();
+        assert!(token.starts_with(&format!("{id}.{rid}.")), "{token}");
+        let r = app
+            .client
+            .get(app.url(&format!("/v/{token}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let policy = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(policy.starts_with("sandbox;"), "{policy}");
+        let page = r.text().await.unwrap();
+        let name = format!("Hi Zoë {rid}</p>");
+        assert!(page.contains(&name), "{page}");
+        assert!(
+            page.contains(url),
+            "the page links to itself as the message does: {page}"
+        );
+        // Another recipient's id under this signature, or a changed signature: nothing.
+        let mac = token.rsplit('.').next().unwrap();
+        for forged in [
+            format!("{id}.{}.{mac}", rid + 1),
+            format!(
+                "{}{}",
+                &token[..token.len() - 1],
+                if token.ends_with('A') { 'B' } else { 'A' }
+            ),
+        ] {
+            let r = app
+                .client
+                .get(app.url(&format!("/v/{forged}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{forged}");
+            assert!(!r.text().await.unwrap().contains("Hi Zoë"));
+        }
+        // An unsubscribe token is not a web view token.
+        let unsubscribe = crate::feedback::token_of(&m.list_unsubscribe);
+        let r = app
+            .client
+            .get(app.url(&format!("/v/{unsubscribe}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    app.stop().await;
+}

@@ -174,7 +174,7 @@ async fn without_a_signing_key_the_endpoint_is_closed() {
 }
 
 /// The token of a `List-Unsubscribe` value `<https://host/u/{token}>, <mailto:…>`.
-fn token_of(list_unsubscribe: &str) -> String {
+pub fn token_of(list_unsubscribe: &str) -> String {
     let url = list_unsubscribe
         .split(", ")
         .next()
