@@ -140,10 +140,16 @@ fn explicit_tbody(html: &str) -> String {
                 }
             }
             (false, "style" | "script" | "title" | "textarea") => {
-                // Raw text: nothing in it is a tag.
-                let close = format!("</{name}");
-                let lower = html[after..].to_ascii_lowercase();
-                i = lower.find(&close).map_or(html.len(), |c| after + c);
+                // Raw text: nothing in it is a tag, up to its end tag (in any case).
+                i = html[after..]
+                    .match_indices("</")
+                    .map(|(c, _)| after + c)
+                    .find(|&c| {
+                        html.as_bytes()[c + 2..]
+                            .get(..name.len())
+                            .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+                    })
+                    .unwrap_or(html.len());
                 continue;
             }
             _ => {}
@@ -482,6 +488,19 @@ mod tests {
         let html = "<style>p { color: red }</style><p>a</p>· Straße <· {{x}} </· ünïcödé<";
         let out = inline_template(html, &no_partials()).unwrap();
         assert!(out.contains("{{x}}"), "{out}");
+    }
+
+    #[test]
+    fn a_table_inside_raw_text_is_no_table() {
+        let html =
+            "<style>td { color: red } /* <table><tr> */</STYLE><table><tr><td>x</td></tr></table>";
+        assert_eq!(
+            explicit_tbody(html),
+            "<style>td { color: red } /* <table><tr> */</STYLE><table><tbody><tr><td>x</td></tr></tbody></table>"
+        );
+        // Each raw-text element is read once: many of them cost their length, no more.
+        let many = "<style></style>".repeat(20_000) + "<table><tr><td>x</td></tr></table>";
+        assert_eq!(explicit_tbody(&many).matches("<tbody>").count(), 1);
     }
 
     #[test]
