@@ -777,6 +777,19 @@ fn add_count(c: &mut Counts, state: RecipientState, n: i64) {
     }
 }
 
+/// A recipient as a render needs it, from a row of `id, email, name, data` (recipients joined
+/// with recipient_data); the links are the conductor's to add.
+fn recipient_data(r: &AnyRow) -> Result<RecipientData, StoreError> {
+    Ok(RecipientData {
+        id: r.get("id"),
+        email: r.get("email"),
+        name: r.get("name"),
+        data: json(r.get("data"))?,
+        unsubscribe: None,
+        web_url: None,
+    })
+}
+
 fn json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -1287,14 +1300,7 @@ impl Store for SqlStore {
                 .map(|j| json(&j))
                 .transpose()?,
             template: json(c.get("template_json"))?,
-            recipients: vec![RecipientData {
-                id: r.get("id"),
-                email: r.get("email"),
-                name: r.get("name"),
-                data: json(r.get("data"))?,
-                unsubscribe: None,
-                web_url: None,
-            }],
+            recipients: vec![recipient_data(&r)?],
             limits: Default::default(),
         })
     }
@@ -1500,17 +1506,8 @@ impl Store for SqlStore {
         .fetch_all(&self.read)
         .await?;
         let recipients = rows
-            .into_iter()
-            .map(|r| {
-                Ok(RecipientData {
-                    id: r.get("id"),
-                    email: r.get("email"),
-                    name: r.get("name"),
-                    data: json(r.get("data"))?,
-                    unsubscribe: None,
-                    web_url: None,
-                })
-            })
+            .iter()
+            .map(recipient_data)
             .collect::<Result<_, StoreError>>()?;
         let template: TemplateSource = json(c.get("template_json"))?;
         Ok(Some(RenderInput {
