@@ -1,5 +1,5 @@
 //! `GET /v/{token}`: a recipient's message in a browser (`{{web_url}}`), while the campaign's
-//! recipient data is kept; a page that says so after. The token is signed like an unsubscribe
+//! bodies are retained; a page that says so after. The token is signed like an unsubscribe
 //! link's, for this purpose only, so it names one recipient and cannot be made to name another.
 
 use std::sync::Arc;

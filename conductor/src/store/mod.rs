@@ -417,7 +417,8 @@ pub trait Store: Send + Sync + 'static {
     /// A campaign's template as stored.
     async fn template(&self, id: &str) -> Result<renderer::TemplateSource, StoreError>;
     /// What rendering one recipient's message takes: the campaign's sender and template and that
-    /// recipient's data, read by primary key.
+    /// recipient's data, read by primary key; `NoRecipient` once the campaign's retention passed
+    /// and its bodies were purged.
     async fn message_input(&self, id: &str, recipient: i64) -> Result<RenderInput, StoreError>;
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError>;

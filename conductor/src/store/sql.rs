@@ -1276,13 +1276,17 @@ impl Store for SqlStore {
 
     async fn message_input(&self, id: &str, recipient: i64) -> Result<RenderInput, StoreError> {
         let c = sqlx::query(
-            "SELECT from_json, reply_to_json, template_json FROM campaigns \
+            "SELECT from_json, reply_to_json, template_json, bodies_purged_ms FROM campaigns \
              WHERE id = $1 AND status <> 'discarded'",
         )
         .bind(id)
         .fetch_optional(&self.read)
         .await?
         .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        // Past its retention a campaign's messages are gone, whatever data is still kept.
+        if c.get::<Option<i64>, _>("bodies_purged_ms").is_some() {
+            return Err(StoreError::NoRecipient(id.to_string(), recipient));
+        }
         let r = sqlx::query(
             "SELECT r.id, r.email, r.name, d.data FROM recipients r \
              JOIN recipient_data d ON d.campaign_id = r.campaign_id AND d.id = r.id \

@@ -89,6 +89,12 @@ async fn one_recipients_message_input_is_read_by_its_id(store: Arc<dyn Store>) {
         store.message_input("nope", 0).await,
         Err(StoreError::NotFound(_))
     ));
+    // Past its retention, a message is no longer shown.
+    store.bodies_purged(&id, M + 1).await.unwrap();
+    assert!(matches!(
+        store.message_input(&id, 137).await,
+        Err(StoreError::NoRecipient(c, 137)) if c == id
+    ));
 }
 
 fn campaign(n: usize) -> ValidCampaign {
