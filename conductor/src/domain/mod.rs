@@ -13,6 +13,7 @@ pub mod retry;
 pub mod schedule;
 pub mod scope;
 pub mod secret;
+pub mod test_send;
 pub mod throttle;
 pub mod unsubscribe;
 pub mod validate;

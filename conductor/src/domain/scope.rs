@@ -11,13 +11,18 @@ pub enum Scope {
     Campaign(String),
     /// A recipient domain's cap (`[governor.domains]`), across all campaigns.
     Domain(String),
+    /// Test sends (`POST /v1/campaigns/{id}/test`): every one is also a `global` token, and this
+    /// row shows how many of a minute's went to tests.
+    Test,
 }
 
 impl Scope {
     /// The stored or requested form; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
-        if s == "global" {
-            return Some(Self::Global);
+        match s {
+            "global" => return Some(Self::Global),
+            "test" => return Some(Self::Test),
+            _ => {}
         }
         let (kind, name) = s.split_once(':')?;
         if name.is_empty() {
@@ -35,6 +40,7 @@ impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Global => f.write_str("global"),
+            Self::Test => f.write_str("test"),
             Self::Campaign(id) => write!(f, "campaign:{id}"),
             Self::Domain(d) => write!(f, "domain:{d}"),
         }
@@ -54,9 +60,9 @@ impl schemars::JsonSchema for Scope {
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "What a ledger row caps: `global`, `campaign:{id}` or `domain:{name}`.",
+            "description": "What a ledger row caps: `global`, `campaign:{id}` or `domain:{name}`; `test` counts test sends (each also a `global` token).",
             "type": "string",
-            "pattern": "^(global|campaign:.+|domain:.+)$",
+            "pattern": "^(global|test|campaign:.+|domain:.+)$",
         })
     }
 }
@@ -71,11 +77,21 @@ mod tests {
             Scope::Global,
             Scope::Campaign("c01".into()),
             Scope::Domain("gmail.com".into()),
+            Scope::Test,
         ] {
             assert_eq!(Scope::parse(&s.to_string()), Some(s));
         }
         assert_eq!(Scope::Domain("x.org".into()).to_string(), "domain:x.org");
-        for bad in ["", "globals", "campaign:", "domain", "user:x", "Global"] {
+        for bad in [
+            "",
+            "globals",
+            "tests",
+            "test:",
+            "campaign:",
+            "domain",
+            "user:x",
+            "Global",
+        ] {
             assert_eq!(Scope::parse(bad), None, "{bad}");
         }
     }

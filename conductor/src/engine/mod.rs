@@ -7,5 +7,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod progress;
 pub mod ses_intake;
+pub mod test_send;
 pub mod views;
 pub mod work;

@@ -44,8 +44,19 @@ pub struct Work {
 }
 
 impl Work {
-    fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.config.borrow().clone()
+    }
+
+    /// The global cap for a minute first touched at `now`: throttling lowers the configured cap,
+    /// the warm-up lowers it too, and quiet hours stop it.
+    pub(crate) fn cap_at(&self, cfg: &Config, now: sender::Millis) -> u32 {
+        let throttled = self
+            .throttle
+            .lock()
+            .expect("throttle poisoned")
+            .cap(cfg.governor.per_minute);
+        cfg.governor.cap_at(now).min(throttled)
     }
 
     /// This conductor changed the campaign's status: what pollers and the event stream keep of it
@@ -189,16 +200,10 @@ impl WorkSource for Work {
     async fn lease(&self, want: usize) -> Result<LeaseReply, WorkError> {
         let cfg = self.config();
         let now = self.clock.now_ms();
-        // Throttling lowers the configured cap; the warm-up lowers it too, and quiet hours stop it.
-        let throttled = self
-            .throttle
-            .lock()
-            .expect("throttle poisoned")
-            .cap(cfg.governor.per_minute);
         let rules = LeaseRules {
             want: want.min(u32::MAX as usize) as u32,
             now,
-            cap: cfg.governor.cap_at(now).min(throttled),
+            cap: self.cap_at(&cfg, now),
             domains: cfg
                 .governor
                 .domains

@@ -63,6 +63,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/campaigns/{id}/{action}", post(act))
         .route("/v1/minutes", get(minutes))
         .merge(crate::http::preview::router())
+        .merge(crate::http::test_send::router())
         .merge(crate::http::workers::router())
         .merge(crate::http::feedback::router())
         .merge(crate::http::unsubscribe::router())
@@ -617,7 +618,7 @@ async fn minutes(
     let scope = match q.scope.as_deref() {
         None => Scope::Global,
         Some(s) => Scope::parse(s).ok_or_else(|| {
-            Problem::bad_query("`scope` must be `global`, `domain:NAME` or `campaign:ID`")
+            Problem::bad_query("`scope` must be `global`, `test`, `domain:NAME` or `campaign:ID`")
         })?,
     };
     let minutes = svc.store.minutes(&scope, since).await?;

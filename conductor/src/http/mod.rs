@@ -13,6 +13,7 @@ mod problem;
 pub mod service;
 mod site;
 pub mod stream;
+mod test_send;
 mod unsubscribe;
 mod view;
 mod webview;

@@ -9,6 +9,7 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value};
 
 use crate::domain::preview::{Preview, PreviewRequest};
+use crate::domain::test_send::{TestSendReport, TestSendRequest};
 use crate::domain::validate::CampaignRequest;
 use crate::http::governor::{CampaignView, GovernorView, Plan};
 use crate::http::payloads::{
@@ -56,12 +57,14 @@ fn schemas() -> Map<String, Value> {
     answers.subschema_for::<Plan>();
     answers.subschema_for::<GovernorView>();
     answers.subschema_for::<Preview>();
+    answers.subschema_for::<TestSendReport>();
     let mut out = answers.take_definitions(true);
 
     let mut requests = generator(SchemaSettings::draft2020_12().for_deserialize());
     requests.subschema_for::<CampaignRequest>();
     requests.subschema_for::<RetryRequest>();
     requests.subschema_for::<PreviewRequest>();
+    requests.subschema_for::<TestSendRequest>();
     let mut read = requests.take_definitions(true);
     // A type both written and read whose two descriptions differ (a defaulted field) is named
     // twice: the way it is read gets `Input` after its name.

@@ -56,6 +56,7 @@ problem_types! {
     LeaseLost => "/problems/lease-lost",
     RenderGone => "/problems/render-gone",
     Unavailable => "/problems/unavailable",
+    RateLimited => "/problems/rate-limited",
     Internal => "/problems/internal",
 }
 

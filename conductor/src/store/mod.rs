@@ -420,6 +420,9 @@ pub trait Store: Send + Sync + 'static {
     /// recipient's data, read by primary key; `NoRecipient` once the campaign's retention passed
     /// and its bodies were purged.
     async fn message_input(&self, id: &str, recipient: i64) -> Result<RenderInput, StoreError>;
+    /// [`Self::message_input`] with no recipient: the campaign's sender and template, for a
+    /// message rendered with data from elsewhere (a test send's).
+    async fn message_head(&self, id: &str) -> Result<RenderInput, StoreError>;
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError>;
     async fn campaign(&self, id: &str) -> Result<Campaign, StoreError>;
     /// Applies a user's action; `true` when the status changed.
@@ -524,6 +527,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lowers this minute's global cap (throttling), never below what it has already granted.
     async fn lower_cap(&self, minute: Millis, cap: u32) -> Result<(), StoreError>;
+
+    /// Takes `n` of this minute's tokens at once for a test send, from the `global` row and the
+    /// `test` row (both created with `cap` if the minute has none yet): all `n`, or none when the
+    /// minute has fewer left before its deadline (`now` past `minute_end - margin_ms`). Returns the
+    /// minute they belong to.
+    async fn take_test_tokens(
+        &self,
+        n: u32,
+        cap: u32,
+        now: Millis,
+        margin_ms: i64,
+    ) -> Result<Option<Millis>, StoreError>;
+    /// What a test send's tokens came to: `attempted` requests, `sent` accepted, on both rows.
+    async fn settle_test_tokens(
+        &self,
+        minute: Millis,
+        attempted: u32,
+        sent: u32,
+    ) -> Result<(), StoreError>;
+    /// Which of `emails` (in [`sender::safety::canonical`] form) are suppressed, and why.
+    async fn suppressed(&self, emails: &[String]) -> Result<Vec<(String, String)>, StoreError>;
 
     /// The ledger of one scope (`global`, `domain:…`, `campaign:…`), minute by minute from `since`.
     async fn minutes(&self, scope: &Scope, since: Millis) -> Result<Vec<MinuteStats>, StoreError>;

@@ -607,6 +607,29 @@ impl SqlStore {
         Ok(rows)
     }
 
+    /// A campaign's sender and template, no recipient yet, and whether its bodies were purged.
+    async fn head(&self, id: &str) -> Result<(RenderInput, bool), StoreError> {
+        let c = sqlx::query(
+            "SELECT from_json, reply_to_json, template_json, bodies_purged_ms FROM campaigns \
+             WHERE id = $1 AND status <> 'discarded'",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let input = RenderInput {
+            from: json(c.get("from_json"))?,
+            reply_to: c
+                .get::<Option<String>, _>("reply_to_json")
+                .map(|j| json(&j))
+                .transpose()?,
+            template: json(c.get("template_json"))?,
+            recipients: Vec::new(),
+            limits: Default::default(),
+        };
+        Ok((input, c.get::<Option<i64>, _>("bodies_purged_ms").is_some()))
+    }
+
     /// Whether a campaign was cancelled: what was not sent then goes nowhere.
     async fn cancelled(
         tx: &mut Transaction<'_, Any>,
@@ -1274,17 +1297,14 @@ impl Store for SqlStore {
         json(&t)
     }
 
+    async fn message_head(&self, id: &str) -> Result<RenderInput, StoreError> {
+        Ok(self.head(id).await?.0)
+    }
+
     async fn message_input(&self, id: &str, recipient: i64) -> Result<RenderInput, StoreError> {
-        let c = sqlx::query(
-            "SELECT from_json, reply_to_json, template_json, bodies_purged_ms FROM campaigns \
-             WHERE id = $1 AND status <> 'discarded'",
-        )
-        .bind(id)
-        .fetch_optional(&self.read)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let (mut input, purged) = self.head(id).await?;
         // Past its retention a campaign's messages are gone, whatever data is still kept.
-        if c.get::<Option<i64>, _>("bodies_purged_ms").is_some() {
+        if purged {
             return Err(StoreError::NoRecipient(id.to_string(), recipient));
         }
         let r = sqlx::query(
@@ -1297,16 +1317,8 @@ impl Store for SqlStore {
         .fetch_optional(&self.read)
         .await?
         .ok_or_else(|| StoreError::NoRecipient(id.to_string(), recipient))?;
-        Ok(RenderInput {
-            from: json(c.get("from_json"))?,
-            reply_to: c
-                .get::<Option<String>, _>("reply_to_json")
-                .map(|j| json(&j))
-                .transpose()?,
-            template: json(c.get("template_json"))?,
-            recipients: vec![recipient_data(&r)?],
-            limits: Default::default(),
-        })
+        input.recipients.push(recipient_data(&r)?);
+        Ok(input)
     }
 
     async fn campaigns(&self) -> Result<Vec<Campaign>, StoreError> {
@@ -2409,6 +2421,88 @@ impl Store for SqlStore {
         .execute(&self.write)
         .await?;
         Ok(())
+    }
+
+    async fn take_test_tokens(
+        &self,
+        n: u32,
+        cap: u32,
+        now: Millis,
+        margin_ms: i64,
+    ) -> Result<Option<Millis>, StoreError> {
+        let minute = sender::clock::minute_start(now);
+        let mut tx = self.write.begin().await?;
+        let mut scopes = vec![(Scope::Global, cap), (Scope::Test, cap)];
+        let mut rows = self.ledger_rows(&mut tx, &mut scopes, minute).await?;
+        // One grant spans at most a few seconds of the slot line; a slow cap needs several.
+        let mut taken = 0;
+        while taken < n {
+            let input: Vec<_> = rows
+                .iter()
+                .zip(&scopes)
+                .map(|(r, (_, c))| (Some(*r), *c))
+                .collect();
+            let (grant, next) = ledger::claim_all(&input, n - taken, now, margin_ms);
+            if grant.tokens == 0 {
+                // Not enough for all of them: the transaction takes nothing.
+                return Ok(None);
+            }
+            taken += grant.tokens;
+            rows = next;
+        }
+        for ((scope, _), row) in scopes.iter().zip(&rows) {
+            sqlx::query("UPDATE minute_ledger SET granted = $1, next_slot_ms = $2 WHERE scope = $3 AND minute_ms = $4")
+                .bind(i64::from(row.granted))
+                .bind(row.next_slot)
+                .bind(scope.to_string())
+                .bind(minute)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(minute))
+    }
+
+    async fn settle_test_tokens(
+        &self,
+        minute: Millis,
+        attempted: u32,
+        sent: u32,
+    ) -> Result<(), StoreError> {
+        if attempted == 0 {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for scope in [Scope::Global, Scope::Test] {
+            sqlx::query("UPDATE minute_ledger SET used = used + $1, sent = sent + $2 WHERE scope = $3 AND minute_ms = $4")
+                .bind(i64::from(attempted))
+                .bind(i64::from(sent))
+                .bind(scope.to_string())
+                .bind(minute)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn suppressed(&self, emails: &[String]) -> Result<Vec<(String, String)>, StoreError> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT email, reason FROM suppressions WHERE email IN ({})",
+            placeholders(1, emails.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for e in emails {
+            q = q.bind(e);
+        }
+        Ok(q.fetch_all(&self.read)
+            .await?
+            .into_iter()
+            .map(|row| (row.get("email"), row.get("reason")))
+            .collect())
     }
 
     async fn minutes(&self, scope: &Scope, since: Millis) -> Result<Vec<MinuteStats>, StoreError> {

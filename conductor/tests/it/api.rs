@@ -473,13 +473,11 @@ async fn a_retry_on_request_queues_the_failed_again_and_they_are_sent() {
         .unwrap();
     let id = c["id"].as_str().unwrap().to_string();
     let r = app
-        .client
-        .put(app.url(&format!("/v1/campaigns/{id}/recipients")))
-        .header("content-type", "text/csv")
-        .body("email,city\nr0@example.com,Bonn\nr1@example.com,Köln\nr2@example.com,Ulm\n")
-        .send()
-        .await
-        .unwrap();
+        .put_csv(
+            &id,
+            "email,city\nr0@example.com,Bonn\nr1@example.com,Köln\nr2@example.com,Ulm\n",
+        )
+        .await;
     assert_eq!(r.status(), 200);
     // A sandbox turned on before the start fails every one of them at the lease, unsent.
     let mut strict = (**app.config.borrow()).clone();

@@ -19,4 +19,5 @@ mod sink;
 mod sns_signing;
 mod store;
 mod support;
+mod test_send;
 mod throttling;

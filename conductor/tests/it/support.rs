@@ -117,6 +117,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A draft's list replaced by a CSV body.
+    pub async fn put_csv(&self, id: &str, csv: &'static str) -> reqwest::Response {
+        self.client
+            .put(self.url(&format!("/v1/campaigns/{id}/recipients")))
+            .header("content-type", "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A campaign created from a multipart body (the `campaign` part, then the list).
     pub async fn post_multipart(&self, form: reqwest::multipart::Form) -> reqwest::Response {
         self.client
