@@ -27,6 +27,24 @@ pub struct RecipientData {
     /// `{{web_url}}`: where the recipient sees this message in a browser, when links are signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_url: Option<String>,
+    /// Opens and clicks tracked for this recipient, when its campaign tracks them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<crate::track::Tracking>,
+}
+
+impl RecipientData {
+    /// `html` as this recipient is sent it: its links tracked and the open pixel added, when it has
+    /// [`Tracking`](crate::track::Tracking) — never its own unsubscribe link or web view.
+    pub fn tracked(&self, html: String) -> String {
+        let Some(t) = &self.tracking else { return html };
+        let keep: Vec<&str> = self
+            .unsubscribe
+            .iter()
+            .map(|u| u.url.as_str())
+            .chain(self.web_url.as_deref())
+            .collect();
+        crate::track::apply(&html, t, &keep)
+    }
 }
 
 /// Where this recipient unsubscribes (RFC 8058): a signed HTTPS URL and, optionally, a mailbox.
@@ -55,6 +73,9 @@ pub struct RenderInput {
     /// What one recipient's render may cost: the conductor's `[campaigns]` settings.
     #[serde(default)]
     pub limits: crate::bounds::RenderLimits,
+    /// What the campaign tracks; each recipient's [`RecipientData::tracking`] says how.
+    #[serde(default)]
+    pub track: crate::track::Track,
 }
 
 #[derive(Debug, thiserror::Error)]

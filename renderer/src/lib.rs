@@ -13,6 +13,7 @@ mod js_number;
 pub mod service;
 pub mod sns;
 pub mod template;
+pub mod track;
 pub mod worker;
 
 pub use batch::{BatchCodecError, Mailbox, RenderedBatch, RenderedMessage};
@@ -23,4 +24,5 @@ pub use job::{
     context, RecipientData, RenderInput, RenderJob, RenderSource, SourceError, UnsubscribeLink,
 };
 pub use template::{CompiledTemplate, RenderError, RenderedParts, TemplateError, TemplateSource};
+pub use track::{Track, Tracking};
 pub use worker::{render_batch, Renderer, WorkerError};

@@ -36,15 +36,30 @@ pub fn render_batch(
     recipients.sort_by_key(|r| r.id);
     for r in recipients {
         match template.render(context(r)) {
-            Ok(parts) => messages.push(RenderedMessage {
-                recipient_id: r.id,
-                to: r.email.clone(),
-                to_name: r.name.clone(),
-                subject: parts.subject,
-                html: parts.html,
-                text: parts.text,
-                list_unsubscribe: r.unsubscribe.as_ref().map(|u| u.header()),
-            }),
+            Ok(parts) => {
+                // The text part was derived before: its links stay as written.
+                let html = r.tracked(parts.html);
+                let size = parts.subject.len() + html.len() + parts.text.len();
+                if size > input.limits.max_message_bytes {
+                    failed.push((
+                        r.id,
+                        format!(
+                            "the message is {size} bytes once its links are tracked, over the limit of {} ([campaigns] max_message_bytes)",
+                            input.limits.max_message_bytes
+                        ),
+                    ));
+                    continue;
+                }
+                messages.push(RenderedMessage {
+                    recipient_id: r.id,
+                    to: r.email.clone(),
+                    to_name: r.name.clone(),
+                    subject: parts.subject,
+                    html,
+                    text: parts.text,
+                    list_unsubscribe: r.unsubscribe.as_ref().map(|u| u.header()),
+                })
+            }
             Err(e) => failed.push((r.id, e.to_string())),
         }
     }

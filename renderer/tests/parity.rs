@@ -155,6 +155,7 @@ fn ours(c: &Case) -> String {
         data,
         unsubscribe: None,
         web_url: None,
+        tracking: None,
     };
     template
         .render(renderer::job::context(&recipient))

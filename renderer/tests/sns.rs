@@ -194,6 +194,7 @@ impl RenderSource for FakeSource {
         self.loads.lock().unwrap().push(job.clone());
         Ok(RenderInput {
             limits: Default::default(),
+            track: Default::default(),
             from: Mailbox {
                 email: "news@example.com".into(),
                 name: None,
@@ -212,6 +213,7 @@ impl RenderSource for FakeSource {
                 data: json!({}),
                 unsubscribe: None,
                 web_url: None,
+                tracking: None,
             }],
         })
     }

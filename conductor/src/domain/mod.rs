@@ -1,6 +1,7 @@
 //! Pure rules: no I/O, no async runtime, no database, and nothing of the crate outside `domain`.
 
 pub mod columns;
+pub mod engagement;
 pub mod fair;
 pub mod feedback;
 pub mod forecast;

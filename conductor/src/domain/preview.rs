@@ -6,7 +6,7 @@ use std::path::Path;
 
 use renderer::{
     context, CompiledTemplate, Mailbox, NotInlined, RecipientData, RenderInput, RenderLimits,
-    RenderedParts, UnsubscribeLink,
+    RenderedParts, Tracking, UnsubscribeLink,
 };
 use serde::{Deserialize, Serialize};
 
@@ -16,12 +16,58 @@ use crate::domain::validate::{
 };
 
 /// `POST /v1/preview`: a campaign as `POST /v1/campaigns` takes it (its list left out) and the one
-/// recipient to render it for.
+/// recipient to render it for: given here, or row `row` of the list sent with it (multipart, the
+/// list as a create takes it).
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PreviewRequest {
     pub campaign: CampaignRequest,
-    pub recipient: RecipientIn,
+    /// The recipient to render the message for.
+    #[serde(default)]
+    pub recipient: Option<RecipientIn>,
+    /// Which recipient of the `recipients` part, 1 the first (a CSV's header row not counted).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub row: Option<u64>,
+}
+
+impl PreviewRequest {
+    /// The row to render when no list came with the request: `recipient`, which is then required.
+    pub fn given(&self) -> Result<Row, Invalid> {
+        match (&self.recipient, self.row) {
+            (Some(r), None) => Ok(Row {
+                at: "recipient".into(),
+                recipient: r.clone(),
+            }),
+            (_, Some(_)) => Err(Invalid::Fields(vec![field(
+                "row",
+                "a row needs the list: send multipart/form-data with this JSON as the `preview` part, then a `recipients` part",
+            )])),
+            (None, None) => Err(Invalid::Fields(vec![field(
+                "recipient",
+                "give `recipient` ({email, name?, data?}), or `row` with the list",
+            )])),
+        }
+    }
+
+    /// Which row of the list sent with the request to render.
+    pub fn wanted(&self) -> Result<u64, Invalid> {
+        match (&self.recipient, self.row) {
+            (None, Some(n)) if n >= 1 => Ok(n),
+            (None, Some(_)) => Err(Invalid::Fields(vec![field(
+                "row",
+                "rows are counted from 1",
+            )])),
+            (Some(_), _) => Err(Invalid::Fields(vec![field(
+                "recipient",
+                "give either `recipient` or `row` of the list sent with it, not both",
+            )])),
+            (None, None) => Err(Invalid::Fields(vec![field(
+                "row",
+                "with a `recipients` part, say which of its rows to show (`row`, 1 the first)",
+            )])),
+        }
+    }
 }
 
 /// The message as it would be sent.
@@ -69,21 +115,20 @@ const MAX_LINKS_NAMED: usize = 5;
 /// Renders `req` for its recipient. `links` stand for the recipient's unsubscribe link and web
 /// view when links are signed. A problem is what creating the campaign with this recipient would say.
 pub fn preview(
-    req: &PreviewRequest,
+    campaign: &CampaignRequest,
+    row: Row,
     templates: &Path,
     render: RenderLimits,
     links: Option<(UnsubscribeLink, String)>,
+    tracking: Option<Tracking>,
 ) -> Result<Preview, Invalid> {
     let signed = links.is_some();
     let open = no_sandbox();
-    let prepared = validate::prepare(&req.campaign, templates, &open, render)?;
-    validate::check_web_url(&prepared.template, signed)?;
-    let row = Row {
-        at: "recipient".into(),
-        recipient: req.recipient.clone(),
-    };
+    let prepared = validate::prepare(campaign, templates, &open, render)?;
+    validate::check_links(&prepared, signed)?;
     let (_, mut recipient) = check_row(row, &open).map_err(|e| Invalid::Fields(vec![e]))?;
     (recipient.unsubscribe, recipient.web_url) = signed_links(links);
+    recipient.tracking = tracking;
     message(
         prepared.rows.template(),
         prepared.template.text.is_some(),
@@ -99,6 +144,7 @@ pub fn stored(
     input: &RenderInput,
     render: RenderLimits,
     link: Option<(UnsubscribeLink, String)>,
+    tracking: Option<Tracking>,
 ) -> Result<Preview, Invalid> {
     let open = no_sandbox();
     let rules = validate::RowRules::new(&input.template, &open, render)?;
@@ -108,6 +154,7 @@ pub fn stored(
         .cloned()
         .ok_or_else(|| Invalid::Fields(vec![field("recipient", "no recipient to render")]))?;
     (recipient.unsubscribe, recipient.web_url) = signed_links(link);
+    recipient.tracking = tracking;
     message(
         rules.template(),
         input.template.text.is_some(),
@@ -156,13 +203,16 @@ fn message(
     headers.push(header("MIME-Version", "1.0"));
     headers.push(header("Content-Type", "multipart/alternative"));
 
+    // Links as written: a tracked one still leads to its target.
+    let insecure = insecure_links(&parts.html);
+    let html = recipient.tracked(parts.html);
     let mut warnings = Vec::new();
-    if parts.html.len() > GMAIL_CLIP_BYTES {
+    if html.len() > GMAIL_CLIP_BYTES {
         warnings.push(Warning {
             kind: WarningKind::GmailClip,
             message: format!(
                 "the HTML is {} KB: Gmail clips messages over about 102 KB behind a \"View entire message\" link",
-                parts.html.len() / 1000
+                html.len() / 1000
             ),
         });
     }
@@ -182,7 +232,6 @@ fn message(
             message: "no text template: the text part is derived from the HTML".into(),
         });
     }
-    let insecure = insecure_links(&parts.html);
     if !insecure.is_empty() {
         warnings.push(Warning {
             kind: WarningKind::InsecureLink,
@@ -192,7 +241,7 @@ fn message(
     Ok(Preview {
         headers,
         subject: parts.subject,
-        html: parts.html,
+        html,
         text: parts.text,
         css_inlined: compiled.css_inlined,
         warnings,
@@ -269,6 +318,21 @@ mod tests {
         .unwrap()
     }
 
+    fn show(
+        req: &PreviewRequest,
+        links: Option<(UnsubscribeLink, String)>,
+    ) -> Result<Preview, Invalid> {
+        let row = req.given()?;
+        preview(
+            &req.campaign,
+            row,
+            &no_templates(),
+            RenderLimits::default(),
+            links,
+            None,
+        )
+    }
+
     fn no_templates() -> std::path::PathBuf {
         std::path::PathBuf::from("/nonexistent-templates-dir")
     }
@@ -279,13 +343,11 @@ mod tests {
             url: "https://mail.example.com/u/preview".into(),
             mailto: None,
         };
-        let p = preview(
+        let p = show(
             &request(
                 "<p>{{price}} for {{name}} <a href=\"{{web_url}}\">web</a></p>",
                 Some("{{price}}"),
             ),
-            &no_templates(),
-            RenderLimits::default(),
             Some((link, "https://mail.example.com/v/preview".into())),
         )
         .unwrap();
@@ -323,8 +385,9 @@ mod tests {
             "x".repeat(GMAIL_CLIP_BYTES)
         );
         let mut req = request(&html, None);
-        req.recipient.data = Some(serde_json::from_str(r#"{"list": [1]}"#).unwrap());
-        let p = preview(&req, &no_templates(), RenderLimits::default(), None).unwrap();
+        req.recipient.as_mut().unwrap().data =
+            Some(serde_json::from_str(r#"{"list": [1]}"#).unwrap());
+        let p = show(&req, None).unwrap();
         let kinds: Vec<WarningKind> = p.warnings.iter().map(|w| w.kind).collect();
         assert_eq!(
             kinds,
@@ -353,15 +416,15 @@ mod tests {
     #[test]
     fn a_recipient_the_template_cannot_render_is_named() {
         let mut req = request("<p>{{missing}}</p>", None);
-        let err = preview(&req, &no_templates(), RenderLimits::default(), None).unwrap_err();
+        let err = show(&req, None).unwrap_err();
         assert!(err.to_string().contains("missing field `missing`"), "{err}");
         // `{{web_url}}` without signed links: every message would carry a link to nowhere.
         req.campaign.html = Some("<a href=\"{{web_url}}\">web</a>".into());
-        let err = preview(&req, &no_templates(), RenderLimits::default(), None).unwrap_err();
+        let err = show(&req, None).unwrap_err();
         assert!(err.to_string().contains("needs signed links"), "{err}");
         req.campaign.html = Some("<p>{{missing}}</p>".into());
-        req.recipient.email = "not an address".into();
-        let err = preview(&req, &no_templates(), RenderLimits::default(), None).unwrap_err();
+        req.recipient.as_mut().unwrap().email = "not an address".into();
+        let err = show(&req, None).unwrap_err();
         assert!(err.to_string().starts_with("recipient.email"), "{err}");
     }
 }

@@ -127,6 +127,11 @@ pub enum Purpose {
     Unsubscribe,
     /// `/v/{token}`: the recipient's message in a browser (`{{web_url}}`).
     WebView,
+    /// `/o/{token}`: the open pixel.
+    Open,
+    /// The recipient's key for its tracked links (`/c/{campaign}.{recipient}.{mac}?u=…`), each
+    /// link's MAC made under it (see `renderer::track`).
+    Click,
 }
 
 impl Purpose {
@@ -134,22 +139,75 @@ impl Purpose {
         match self {
             Purpose::Unsubscribe => b"unsubscribe/1\0",
             Purpose::WebView => b"webview/1\0",
+            Purpose::Open => b"open/1\0",
+            Purpose::Click => b"click/1\0",
         }
     }
 }
 
 impl Links {
-    fn mac(&self, purpose: Purpose, campaign_id: &str, recipient_id: i64) -> [u8; MAC_BYTES] {
+    fn full_mac(&self, purpose: Purpose, campaign_id: &str, recipient_id: i64) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key");
         // Domain-separated and length-unambiguous: the id cannot contain NUL.
         mac.update(purpose.tag());
         mac.update(campaign_id.as_bytes());
         mac.update(b"\0");
         mac.update(recipient_id.to_string().as_bytes());
-        let full = mac.finalize().into_bytes();
+        mac.finalize().into_bytes().into()
+    }
+
+    fn mac(&self, purpose: Purpose, campaign_id: &str, recipient_id: i64) -> [u8; MAC_BYTES] {
+        let full = self.full_mac(purpose, campaign_id, recipient_id);
         let mut out = [0u8; MAC_BYTES];
         out.copy_from_slice(&full[..MAC_BYTES]);
         out
+    }
+
+    /// What a recipient's renderer needs to track its message as `track` says; `None` when the
+    /// campaign tracks nothing. The click key is this recipient's alone: it signs links to any
+    /// target for this recipient only, and it is never in the message.
+    pub fn tracking(
+        &self,
+        campaign_id: &str,
+        recipient_id: i64,
+        track: renderer::Track,
+    ) -> Option<renderer::Tracking> {
+        track.any().then(|| renderer::Tracking {
+            pixel: track.opens.then(|| {
+                format!(
+                    "{}/o/{}",
+                    self.base_url,
+                    self.signed(Purpose::Open, campaign_id, recipient_id)
+                )
+            }),
+            clicks: track.clicks.then(|| renderer::track::ClickSigner {
+                prefix: format!("{}/c/{campaign_id}.{recipient_id}", self.base_url),
+                key: URL_SAFE_NO_PAD.encode(self.full_mac(
+                    Purpose::Click,
+                    campaign_id,
+                    recipient_id,
+                )),
+            }),
+        })
+    }
+
+    /// [`Self::tracking`] as a preview shows it: this server's addresses, tokens that name no one.
+    pub fn preview_tracking(&self, track: renderer::Track) -> Option<renderer::Tracking> {
+        track.any().then(|| renderer::Tracking {
+            pixel: track.opens.then(|| format!("{}/o/preview", self.base_url)),
+            clicks: track.clicks.then(|| renderer::track::ClickSigner {
+                prefix: format!("{}/c/preview", self.base_url),
+                key: URL_SAFE_NO_PAD.encode(b"preview"),
+            }),
+        })
+    }
+
+    /// Who a click token names, if this secret's key for that recipient signed `target` with it.
+    pub fn verify_click(&self, token: &str, target: &str) -> Option<Subscriber> {
+        let (who, mac) = parse_token(token)?;
+        let key = self.full_mac(Purpose::Click, &who.campaign_id, who.recipient_id);
+        let expected = renderer::track::link_mac(&key, target);
+        crate::domain::secret::same(&expected, &mac).then_some(who)
     }
 
     pub fn token(&self, campaign_id: &str, recipient_id: i64) -> String {
@@ -202,20 +260,29 @@ impl Links {
 
     /// Who `token` names, if this secret signed it for `purpose`.
     pub fn verify_for(&self, purpose: Purpose, token: &str) -> Option<Subscriber> {
-        let mut parts = token.rsplitn(3, '.');
-        let (mac, recipient, campaign) = (parts.next()?, parts.next()?, parts.next()?);
-        let recipient_id: i64 = recipient.parse().ok()?;
-        // One spelling per recipient: `07` or `+7` is not a token this service wrote.
-        if campaign.is_empty() || recipient != recipient_id.to_string() {
-            return None;
-        }
-        let given = URL_SAFE_NO_PAD.decode(mac).ok()?;
-        let expected = self.mac(purpose, campaign, recipient_id);
-        crate::domain::secret::same(&expected, &given).then(|| Subscriber {
+        let (who, given) = parse_token(token)?;
+        let expected = self.mac(purpose, &who.campaign_id, who.recipient_id);
+        crate::domain::secret::same(&expected, &given).then_some(who)
+    }
+}
+
+/// `{campaign}.{recipient}.{mac}`: who it names and the MAC's bytes.
+fn parse_token(token: &str) -> Option<(Subscriber, Vec<u8>)> {
+    let mut parts = token.rsplitn(3, '.');
+    let (mac, recipient, campaign) = (parts.next()?, parts.next()?, parts.next()?);
+    let recipient_id: i64 = recipient.parse().ok()?;
+    // One spelling per recipient: `07` or `+7` is not a token this service wrote.
+    if campaign.is_empty() || recipient != recipient_id.to_string() {
+        return None;
+    }
+    let given = URL_SAFE_NO_PAD.decode(mac).ok()?;
+    Some((
+        Subscriber {
             campaign_id: campaign.to_string(),
             recipient_id,
-        })
-    }
+        },
+        given,
+    ))
 }
 
 #[cfg(test)]
@@ -299,6 +366,56 @@ mod tests {
         let unsubscribe = links.token("c1", 7);
         assert_eq!(links.verify_for(Purpose::WebView, &unsubscribe), None);
         assert_ne!(token, unsubscribe);
+    }
+
+    #[test]
+    fn a_tracked_link_verifies_for_its_own_target_and_recipient_only() {
+        let links = config("https://mail.example.com").links().unwrap();
+        let t = links
+            .tracking(
+                "c1",
+                7,
+                renderer::Track {
+                    opens: true,
+                    clicks: true,
+                },
+            )
+            .unwrap();
+        let link = t
+            .clicks
+            .as_ref()
+            .unwrap()
+            .link("https://shop.example/a?b=1")
+            .unwrap();
+        let (path, _) = link.split_once("?u=").unwrap();
+        let token = path.strip_prefix("https://mail.example.com/c/").unwrap();
+        let who = links
+            .verify_click(token, "https://shop.example/a?b=1")
+            .unwrap();
+        assert_eq!((who.campaign_id.as_str(), who.recipient_id), ("c1", 7));
+        // Another target, recipient or secret: refused.
+        assert!(links.verify_click(token, "https://evil.example/").is_none());
+        let mac = token.rsplit('.').next().unwrap();
+        assert!(links
+            .verify_click(&format!("c1.8.{mac}"), "https://shop.example/a?b=1")
+            .is_none());
+        let other = UnsubscribeConfig {
+            secret: Some("t".repeat(40).into()),
+            ..config("https://mail.example.com")
+        }
+        .links()
+        .unwrap();
+        assert!(other
+            .verify_click(token, "https://shop.example/a?b=1")
+            .is_none());
+        // The pixel is signed for opens only.
+        let pixel = t.pixel.unwrap();
+        let token = pixel.strip_prefix("https://mail.example.com/o/").unwrap();
+        assert!(links.verify_for(Purpose::Open, token).is_some());
+        assert!(links.verify(token).is_none());
+        assert!(links
+            .tracking("c1", 7, renderer::Track::default())
+            .is_none());
     }
 
     #[test]

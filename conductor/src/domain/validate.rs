@@ -57,6 +57,9 @@ pub struct CampaignRequest {
     /// Only within this daily window.
     #[serde(default)]
     pub window: Option<crate::domain::schedule::SendWindow>,
+    /// Opens and clicks to track (nothing by default); needs signed links (`[unsubscribe]`).
+    #[serde(default)]
+    pub track: crate::domain::engagement::TrackRequest,
 }
 
 /// How a campaign is paced and when it may send, as given at creation (and, for `per_minute` and
@@ -273,6 +276,7 @@ pub struct Prepared {
     pub template_name: Option<String>,
     pub css_inlined: bool,
     pub limits: Limits,
+    pub track: renderer::Track,
     pub rows: RowRules,
 }
 
@@ -389,6 +393,7 @@ pub fn prepare(
         template,
         template_name,
         limits,
+        track: req.track.into(),
         rows: RowRules {
             compiled,
             safety: safety.clone(),
@@ -524,6 +529,7 @@ pub(crate) fn check_row(row: Row, safety: &Safety) -> Result<(String, RecipientD
             // Where links are signed the real one is set at render time; a trial render only
             // needs the field to be there (creation refuses `{{web_url}}` where they are not).
             web_url: Some(TRIAL_WEB_URL.into()),
+            tracking: None,
         },
     ))
 }
@@ -558,6 +564,19 @@ pub fn validate(
         duplicates,
         warnings,
     })
+}
+
+/// Refuses what needs signed links where they are not: `{{web_url}}` (see [`check_web_url`])
+/// and tracking, whose pixel and redirects are signed like an unsubscribe link.
+pub fn check_links(prepared: &Prepared, links_signed: bool) -> Result<(), Invalid> {
+    check_web_url(&prepared.template, links_signed)?;
+    if prepared.track.any() && !links_signed {
+        return Err(Invalid::Fields(vec![field(
+            "track",
+            "tracking opens or clicks needs signed links: set [unsubscribe] base_url and CONDUCTOR__UNSUBSCRIBE__SECRET",
+        )]));
+    }
+    Ok(())
 }
 
 /// Refuses a template that uses `{{web_url}}` where links are not signed: every message would

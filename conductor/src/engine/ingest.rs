@@ -212,6 +212,45 @@ pub async fn import(
     })
 }
 
+/// Row `n` (1 the first) of a streamed list, for a preview: the list is read up to it, on a
+/// blocking thread, and no further (the rest of the body is drained by [`forward`]). A row before
+/// it that cannot be read is the answer instead, as creating the campaign would give it.
+pub async fn nth_row(
+    format: ListFormat,
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    n: u64,
+) -> Result<Row, ImportError> {
+    let find = move || -> Result<Row, Invalid> {
+        let reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+        };
+        let rows: Box<dyn Iterator<Item = Result<Row, Invalid>>> = match format {
+            ListFormat::Csv => Box::new(CsvRows::new(reader)?),
+            ListFormat::Ndjson => Box::new(NdjsonRows::new(reader)),
+        };
+        let mut seen = 0u64;
+        for row in rows {
+            let row = row?;
+            seen += 1;
+            if seen == n {
+                return Ok(row);
+            }
+        }
+        Err(Invalid::Fields(vec![crate::domain::validate::field(
+            "row",
+            format!("the list has {seen} recipients: there is no row {n}"),
+        )]))
+    };
+    tokio::task::spawn_blocking(find)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "list parser failed");
+            ImportError::Parser
+        })?
+        .map_err(ImportError::Invalid)
+}
+
 /// The parser's side: rows checked a chunk at a time, valid chunks sent on. Returns how many rows
 /// were given ids, and the warnings.
 fn parse(

@@ -240,6 +240,39 @@ impl Metrics {
                 label(status)
             );
         }
+        head(
+            &mut out,
+            "conductor_engagement_events_total",
+            "counter",
+            "Opens and clicks of tracked campaigns (running, paused, or ended within a week), by kind and agent: a machine is a privacy prefetch or a link scanner.",
+        );
+        for (id, e) in &store.engagement {
+            for (kind, f) in [("open", e.opens), ("click", e.clicks)] {
+                for (agent, n) in [("human", f.total), ("machine", f.machine)] {
+                    let _ = writeln!(
+                        out,
+                        "conductor_engagement_events_total{{campaign=\"{}\",kind=\"{kind}\",agent=\"{agent}\"}} {n}",
+                        label(id)
+                    );
+                }
+            }
+        }
+        head(
+            &mut out,
+            "conductor_engagement_recipients",
+            "gauge",
+            "Recipients of those campaigns who opened or clicked at least once (people only), by kind.",
+        );
+        for (id, e) in &store.engagement {
+            for (kind, f) in [("open", e.opens), ("click", e.clicks)] {
+                let _ = writeln!(
+                    out,
+                    "conductor_engagement_recipients{{campaign=\"{}\",kind=\"{kind}\"}} {}",
+                    label(id),
+                    f.unique
+                );
+            }
+        }
         out
     }
 }
@@ -266,7 +299,22 @@ mod tests {
             ledger: vec![("domain:gmail.com".into(), 10, 2)],
             queue: vec![("rendered".into(), 5)],
             campaigns: vec![("running".into(), 1)],
+            engagement: vec![(
+                "c1".into(),
+                crate::domain::engagement::Engagement {
+                    opens: crate::domain::engagement::Figures {
+                        unique: 3,
+                        total: 4,
+                        machine: 9,
+                    },
+                    clicks: Default::default(),
+                },
+            )],
         });
+        assert!(text.contains(
+            "conductor_engagement_events_total{campaign=\"c1\",kind=\"open\",agent=\"machine\"} 9"
+        ));
+        assert!(text.contains("conductor_engagement_recipients{campaign=\"c1\",kind=\"open\"} 3"));
         assert!(text.contains("conductor_sends_total{provider=\"mailgun\",outcome=\"sent\"} 1"));
         assert!(text.contains("provider=\"mail\\\"gun\""), "{text}");
         assert!(text.contains(

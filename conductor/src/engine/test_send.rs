@@ -51,7 +51,7 @@ pub async fn send(
         .links()
         .map(|l| (l.preview_link(), l.preview_web_url()));
     let (from, reply_to) = (input.from.clone(), input.reply_to.clone());
-    let shown = tokio::task::spawn_blocking(move || preview::stored(&input, limits, links))
+    let shown = tokio::task::spawn_blocking(move || preview::stored(&input, limits, links, None))
         .await
         .map_err(|e| TestSendError::Join(e.to_string()))??;
     let test_id = &uuid::Uuid::new_v4().simple().to_string()[..12];

@@ -288,6 +288,7 @@ impl RenderSource for Work {
                     for r in &mut input.recipients {
                         r.unsubscribe = Some(links.link(&job.campaign_id, r.id));
                         r.web_url = Some(links.web_url(&job.campaign_id, r.id));
+                        r.tracking = links.tracking(&job.campaign_id, r.id, input.track);
                     }
                 }
                 Ok(input)

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +16,7 @@ use crate::domain::recipient::RecipientState;
 use crate::domain::scope::Scope;
 use crate::domain::validate::{self, CampaignRequest};
 use crate::engine::ingest::{self, ListFormat, Source};
+use crate::http::body;
 use crate::http::extract::{ApiJson, ApiQuery};
 use crate::http::payloads::{
     CampaignList, Created, MinuteList, RecipientPage, Requeued, RetryRequest,
@@ -62,12 +63,13 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/campaigns/{id}/retry", post(retry))
         .route("/v1/campaigns/{id}/{action}", post(act))
         .route("/v1/minutes", get(minutes))
-        .merge(crate::http::preview::router())
+        .merge(crate::http::preview::router(upload))
         .merge(crate::http::test_send::router())
         .merge(crate::http::workers::router())
         .merge(crate::http::feedback::router())
         .merge(crate::http::unsubscribe::router())
         .merge(crate::http::webview::router())
+        .merge(crate::http::engagement::router())
         .fallback(|| async { Problem::not_found("no such resource") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -77,7 +79,7 @@ pub fn router(service: Arc<Service>) -> Router {
                 "this resource does not accept that method",
             )
         })
-        .layer(DefaultBodyLimit::max(crate::http::body::API))
+        .layer(DefaultBodyLimit::max(body::API))
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
             crate::http::auth::require_token,
@@ -99,12 +101,7 @@ async fn create_campaign(
     req: Request,
 ) -> Result<Response, Problem> {
     let key = idempotency_key(req.headers())?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let content_type = body::content_type(&req);
     let (campaign, warnings, replayed) = if content_type.starts_with("application/json") {
         let limit = svc.max_body_bytes;
         let bytes = axum::body::to_bytes(req.into_body(), limit)
@@ -199,28 +196,6 @@ fn keyed(key: String, campaign_json: &[u8]) -> IdempotencyKey {
     }
 }
 
-/// Why a multipart body stopped: its limit, or a broken stream.
-fn cut_of(e: axum::extract::multipart::MultipartError, limit: u64) -> ingest::Cut {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ingest::Cut::TooLarge(limit)
-    } else {
-        ingest::Cut::Broken(e.body_text())
-    }
-}
-
-fn multipart_problem(e: axum::extract::multipart::MultipartError, limit: u64) -> Problem {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ingest::Cut::TooLarge(limit).into()
-    } else {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            ProblemType::InvalidMultipart,
-            "The multipart body is not valid",
-            e.body_text(),
-        )
-    }
-}
-
 async fn create_multipart(
     svc: &Arc<Service>,
     req: Request<Body>,
@@ -245,25 +220,20 @@ async fn read_multipart(
     opened_id: &mut Option<String>,
 ) -> Result<(Campaign, Vec<String>, bool), Problem> {
     let limit = svc.max_upload_bytes;
-    let mut multipart = Multipart::from_request(req, &()).await.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            ProblemType::InvalidMultipart,
-            "The multipart body is not valid",
-            e.body_text(),
-        )
-    })?;
+    let mut multipart = body::multipart(req).await?;
     let mut opened: Option<Open> = None;
     let mut done = None;
     while let Some(field) = multipart
         .next_field()
         .await
-        .map_err(|e| multipart_problem(e, limit))?
+        .map_err(|e| body::multipart_problem(e, limit))?
     {
         let name = field.name().unwrap_or_default().to_string();
         match name.as_str() {
             "campaign" if opened.is_none() => {
-                let bytes = read_part(field, crate::http::body::CAMPAIGN_PART, limit).await?;
+                let bytes =
+                    body::read_part(field, "the `campaign` part", body::CAMPAIGN_PART, limit)
+                        .await?;
                 let c: CampaignRequest = serde_path_to_error::deserialize(
                     &mut serde_json::Deserializer::from_slice(&bytes),
                 )
@@ -298,7 +268,7 @@ async fn read_multipart(
                     }
                     Some(Open::Replay(c)) => {
                         // The list was stored by the first request: this copy is read and dropped.
-                        let field = field.map(|c| c.map_err(|e| cut_of(e, limit)));
+                        let field = field.map(|c| c.map_err(|e| body::cut_of(e, limit)));
                         ingest::forward(field, mpsc::channel(1).0, limit).await?;
                         done = Some((c, Vec::new(), true));
                     }
@@ -306,7 +276,7 @@ async fn read_multipart(
                         let (tx, rx) = mpsc::channel(16);
                         let (forwarded, imported) = tokio::join!(
                             ingest::forward(
-                                field.map(|c| c.map_err(|e| cut_of(e, limit))),
+                                field.map(|c| c.map_err(|e| body::cut_of(e, limit))),
                                 tx,
                                 limit
                             ),
@@ -327,7 +297,7 @@ async fn read_multipart(
                                     &format!("unexpected part `{name}` after `recipients`"),
                                 ));
                             }
-                            Err(e) => return Err(multipart_problem(e, limit)),
+                            Err(e) => return Err(body::multipart_problem(e, limit)),
                         }
                         let (c, warnings) = svc.finish(&campaign.id, imported, true).await?;
                         return Ok((c, warnings, false));
@@ -350,26 +320,6 @@ async fn read_multipart(
         (None, Some(Open::Replay(c))) => Ok((c, Vec::new(), true)),
         (None, None) => Err(missing("campaign", "the `campaign` JSON part is required")),
     }
-}
-
-/// A small part, whole, or 413 past `limit`.
-async fn read_part(
-    mut field: axum::extract::multipart::Field<'_>,
-    limit: usize,
-    upload_limit: u64,
-) -> Result<Vec<u8>, Problem> {
-    let mut out = Vec::new();
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|e| multipart_problem(e, upload_limit))?
-    {
-        if out.len() + chunk.len() > limit {
-            return Err(Problem::too_large_for("the `campaign` part", limit));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// `PUT /v1/campaigns/{id}/recipients`: a draft's list, replaced by the body (CSV, or NDJSON by

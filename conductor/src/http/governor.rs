@@ -130,6 +130,9 @@ pub struct CampaignView {
     pub campaign: Campaign,
     #[serde(flatten)]
     pub forecast: Option<Forecast>,
+    /// Its most clicked links (at most 50, people's clicks first), when it tracks clicks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<Vec<crate::domain::engagement::LinkClicks>>,
 }
 
 /// The campaign with its forecast, when it is running.
@@ -144,9 +147,19 @@ pub async fn with_eta(svc: &Service, c: Campaign) -> Result<CampaignView, Proble
     } else {
         None
     };
+    let links = if c.track.clicks {
+        Some(
+            svc.store
+                .links(&c.id, crate::domain::engagement::LINKS_SHOWN)
+                .await?,
+        )
+    } else {
+        None
+    };
     Ok(CampaignView {
         campaign: c,
         forecast,
+        links,
     })
 }
 

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 mod body;
+mod engagement;
 mod extract;
 mod feedback;
 mod governor;

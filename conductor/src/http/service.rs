@@ -68,7 +68,7 @@ impl Service {
         };
         let prepared = tokio::task::spawn_blocking(move || {
             let prepared = validate::prepare(&req, &templates, &safety, limits)?;
-            validate::check_web_url(&prepared.template, signed)?;
+            validate::check_links(&prepared, signed)?;
             Ok::<_, validate::Invalid>(prepared)
         })
         .await

@@ -35,6 +35,9 @@ pub struct Snapshot {
     pub rate_per_minute: i64,
     #[serde(default)]
     pub eta: Option<String>,
+    /// Opens and clicks so far, when the campaign tracks them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engagement: Option<crate::domain::engagement::Engagement>,
     #[serde(default)]
     pub at: String,
 }
@@ -63,6 +66,7 @@ async fn snapshot(svc: &Arc<Service>, c: &Campaign, rate: i64) -> Snapshot {
         minute,
         rate_per_minute: rate,
         eta,
+        engagement: c.engagement,
         at: crate::store::rfc3339(now),
     }
 }
@@ -92,7 +96,13 @@ async fn watch(
         next_id += 1;
         next_id
     };
-    let mut last: Option<(Status, crate::store::Counts, u32)> = None;
+    type Seen = (
+        Status,
+        crate::store::Counts,
+        u32,
+        Option<crate::domain::engagement::Engagement>,
+    );
+    let mut last: Option<Seen> = None;
     // (when, sent) samples for the rate over the last minute.
     let mut samples: VecDeque<(i64, i64)> = VecDeque::new();
     let mut idle_since = None;
@@ -103,8 +113,9 @@ async fn watch(
             Ok(c) => {
                 let now = svc.work.clock.now_ms();
                 let rate = sent_last_minute(&mut samples, now, c.counts.sent);
-                let seen = (c.status, c.counts.clone(), c.batches_rendered);
-                let status_changed = last.as_ref().is_some_and(|(s, _, _)| *s != c.status);
+                // Opens and clicks go on after the send: they are progress too.
+                let seen = (c.status, c.counts.clone(), c.batches_rendered, c.engagement);
+                let status_changed = last.as_ref().is_some_and(|(s, ..)| *s != c.status);
                 if last.as_ref() != Some(&seen) || stale {
                     let data =
                         serde_json::to_value(snapshot(&svc, &c, rate).await).unwrap_or(Value::Null);

@@ -53,8 +53,10 @@ async fn web_view(State(svc): State<Arc<Service>>, Path(token): Path<String>) ->
         }
     };
     let signed = (links.link(&id, rid), links.web_url(&id, rid));
+    // Shown, not sent: opening it again in a browser is not an open, and its links go straight on.
     let shown =
-        tokio::task::spawn_blocking(move || preview::stored(&input, limits, Some(signed))).await;
+        tokio::task::spawn_blocking(move || preview::stored(&input, limits, Some(signed), None))
+            .await;
     match shown {
         Ok(Ok(message)) => (
             StatusCode::OK,

@@ -90,6 +90,7 @@ pub struct CampaignHead<'a> {
     pub template: &'a renderer::TemplateSource,
     pub template_name: Option<&'a str>,
     pub limits: &'a crate::domain::validate::Limits,
+    pub track: renderer::Track,
 }
 
 impl<'a> From<&'a crate::domain::validate::Prepared> for CampaignHead<'a> {
@@ -101,6 +102,7 @@ impl<'a> From<&'a crate::domain::validate::Prepared> for CampaignHead<'a> {
             template: &p.template,
             template_name: p.template_name.as_deref(),
             limits: &p.limits,
+            track: p.track,
         }
     }
 }
@@ -182,6 +184,12 @@ pub struct Campaign {
     /// Only sent within this daily window.
     pub window: Option<crate::domain::schedule::SendWindow>,
     pub counts: Counts,
+    /// What it tracks.
+    #[serde(default)]
+    pub track: crate::domain::engagement::TrackRequest,
+    /// Its opens and clicks so far, when it tracks either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engagement: Option<crate::domain::engagement::Engagement>,
 }
 
 /// One recipient as the API lists it.
@@ -546,6 +554,19 @@ pub trait Store: Send + Sync + 'static {
         attempted: u32,
         sent: u32,
     ) -> Result<(), StoreError>;
+    /// Records one open or click of a recipient's message (and, for a click, of its link): the
+    /// recipient's first and last, its people's and machines' counts, and the campaign's and the
+    /// link's figures, in one transaction. `false` when the recipient is not (or no longer) stored.
+    async fn record_engagement(
+        &self,
+        event: &crate::domain::engagement::Event,
+    ) -> Result<bool, StoreError>;
+    /// A campaign's most clicked links, at most `limit`.
+    async fn links(
+        &self,
+        id: &str,
+        limit: u32,
+    ) -> Result<Vec<crate::domain::engagement::LinkClicks>, StoreError>;
     /// Which of `emails` (in [`sender::safety::canonical`] form) are suppressed, and why.
     async fn suppressed(&self, emails: &[String]) -> Result<Vec<(String, String)>, StoreError>;
 
@@ -583,6 +604,9 @@ pub struct StoreView {
     /// Recipients of running campaigns by state.
     pub queue: Vec<(String, u64)>,
     pub campaigns: Vec<(String, u64)>,
+    /// The figures of campaigns that track, while they are running or paused and for a week
+    /// after they ended.
+    pub engagement: Vec<(String, crate::domain::engagement::Engagement)>,
 }
 
 pub fn rfc3339(ms: Millis) -> String {

@@ -24,6 +24,7 @@ use super::{
     rfc3339, Action, AuditEntry, Campaign, CampaignHead, Counts, IdempotencyKey, LeaseRules,
     MinuteStats, Opened, RecipientRow, ReportRules, Running, Status, Store, StoreError,
 };
+use crate::domain::engagement::{self, Engagement, Figures};
 use crate::domain::fair::Fair;
 use crate::domain::feedback;
 use crate::domain::ledger::{self, MinuteRow};
@@ -283,6 +284,7 @@ impl SqlStore {
             .get::<Option<String>, _>("reply_to_json")
             .map(|j| json(&j))
             .transpose()?;
+        let track = track_of(&row);
         Ok(Campaign {
             id,
             name: row.get("name"),
@@ -307,6 +309,8 @@ impl SqlStore {
                 .map(|w| json(&w))
                 .transpose()?,
             counts,
+            track: track.into(),
+            engagement: track.any().then(|| engagement_of(&row)),
         })
     }
 
@@ -607,11 +611,11 @@ impl SqlStore {
         Ok(rows)
     }
 
-    /// A campaign's sender and template, no recipient yet, and whether its bodies were purged.
-    async fn head(&self, id: &str) -> Result<(RenderInput, bool), StoreError> {
+    /// A campaign's sender, template and tracking, no recipient yet.
+    async fn head(&self, id: &str) -> Result<Head, StoreError> {
         let c = sqlx::query(
-            "SELECT from_json, reply_to_json, template_json, bodies_purged_ms FROM campaigns \
-             WHERE id = $1 AND status <> 'discarded'",
+            "SELECT from_json, reply_to_json, template_json, bodies_purged_ms, batch_size, \
+             track_opens, track_clicks FROM campaigns WHERE id = $1 AND status <> 'discarded'",
         )
         .bind(id)
         .fetch_optional(&self.read)
@@ -626,8 +630,13 @@ impl SqlStore {
             template: json(c.get("template_json"))?,
             recipients: Vec::new(),
             limits: Default::default(),
+            track: track_of(&c),
         };
-        Ok((input, c.get::<Option<i64>, _>("bodies_purged_ms").is_some()))
+        Ok(Head {
+            input,
+            purged: c.get::<Option<i64>, _>("bodies_purged_ms").is_some(),
+            batch_size: c.get::<i64, _>("batch_size") as u32,
+        })
     }
 
     /// Whether a campaign was cancelled: what was not sent then goes nowhere.
@@ -800,6 +809,33 @@ fn add_count(c: &mut Counts, state: RecipientState, n: i64) {
     }
 }
 
+/// A campaign as a render needs it, before its recipients.
+struct Head {
+    input: RenderInput,
+    /// Its bodies were purged: its retention has passed.
+    purged: bool,
+    batch_size: u32,
+}
+
+fn track_of(c: &AnyRow) -> renderer::Track {
+    renderer::Track {
+        opens: c.get::<i64, _>("track_opens") != 0,
+        clicks: c.get::<i64, _>("track_clicks") != 0,
+    }
+}
+
+fn engagement_of(c: &AnyRow) -> Engagement {
+    let figures = |kind: &str| Figures {
+        unique: c.get(format!("{kind}_unique").as_str()),
+        total: c.get(format!("{kind}_human").as_str()),
+        machine: c.get(format!("{kind}_machine").as_str()),
+    };
+    Engagement {
+        opens: figures("opens"),
+        clicks: figures("clicks"),
+    }
+}
+
 /// A recipient as a render needs it, from a row of `id, email, name, data` (recipients joined
 /// with recipient_data); the links are the conductor's to add.
 fn recipient_data(r: &AnyRow) -> Result<RecipientData, StoreError> {
@@ -810,6 +846,7 @@ fn recipient_data(r: &AnyRow) -> Result<RecipientData, StoreError> {
         data: json(r.get("data"))?,
         unsubscribe: None,
         web_url: None,
+        tracking: None,
     })
 }
 
@@ -871,8 +908,9 @@ impl Store for SqlStore {
         let importing = status == Status::Importing;
         sqlx::query(
             "INSERT INTO campaigns (id, name, from_json, reply_to_json, template_name, template_json, status, \
-             batch_size, total, duplicates, created_ms, per_minute, priority, send_at_ms, window_json, import_heard_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, $10, $11, $12, $13, $14)",
+             batch_size, total, duplicates, created_ms, per_minute, priority, send_at_ms, window_json, import_heard_ms, \
+             track_opens, track_clicks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&id)
         .bind(c.name)
@@ -888,6 +926,8 @@ impl Store for SqlStore {
         .bind(c.limits.send_at_ms)
         .bind(c.limits.window.as_ref().map(to_json))
         .bind(importing.then_some(now))
+        .bind(i64::from(c.track.opens))
+        .bind(i64::from(c.track.clicks))
         .execute(&mut *tx)
         .await?;
         if let Some(k) = key {
@@ -1298,11 +1338,13 @@ impl Store for SqlStore {
     }
 
     async fn message_head(&self, id: &str) -> Result<RenderInput, StoreError> {
-        Ok(self.head(id).await?.0)
+        Ok(self.head(id).await?.input)
     }
 
     async fn message_input(&self, id: &str, recipient: i64) -> Result<RenderInput, StoreError> {
-        let (mut input, purged) = self.head(id).await?;
+        let Head {
+            mut input, purged, ..
+        } = self.head(id).await?;
         // Past its retention a campaign's messages are gone, whatever data is still kept.
         if purged {
             return Err(StoreError::NoRecipient(id.to_string(), recipient));
@@ -1502,14 +1544,13 @@ impl Store for SqlStore {
         if claimed == 0 {
             return Ok(None);
         }
-        let c = sqlx::query(
-            "SELECT from_json, reply_to_json, template_json, batch_size FROM campaigns WHERE id = $1",
-        )
-        .bind(&job.campaign_id)
-        .fetch_one(&self.read)
-        .await?;
+        let Head {
+            mut input,
+            batch_size,
+            ..
+        } = self.head(&job.campaign_id).await?;
         // A batch is a range of ids: read by the primary key, whatever the campaign's size.
-        let ids = planner::ids_of(job.batch, c.get::<i64, _>("batch_size") as u32);
+        let ids = planner::ids_of(job.batch, batch_size);
         let rows = sqlx::query(
             "SELECT r.id, r.email, r.name, d.data FROM recipients r \
              JOIN recipient_data d ON d.campaign_id = r.campaign_id AND d.id = r.id \
@@ -1521,21 +1562,11 @@ impl Store for SqlStore {
         .bind(i64::from(job.batch))
         .fetch_all(&self.read)
         .await?;
-        let recipients = rows
+        input.recipients = rows
             .iter()
             .map(recipient_data)
             .collect::<Result<_, StoreError>>()?;
-        let template: TemplateSource = json(c.get("template_json"))?;
-        Ok(Some(RenderInput {
-            from: json(c.get("from_json"))?,
-            reply_to: c
-                .get::<Option<String>, _>("reply_to_json")
-                .map(|j| json(&j))
-                .transpose()?,
-            template,
-            recipients,
-            limits: Default::default(),
-        }))
+        Ok(Some(input))
     }
 
     async fn batch_rendered(
@@ -2486,6 +2517,121 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn record_engagement(&self, e: &engagement::Event) -> Result<bool, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM recipients WHERE campaign_id = $1 AND id = $2")
+                .bind(&e.campaign_id)
+                .bind(e.recipient_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        let (human, machine) = if e.machine { (0i64, 1i64) } else { (1, 0) };
+        let humans: i64 = sqlx::query_scalar(
+            "INSERT INTO engagement (campaign_id, recipient_id, kind, first_ms, last_ms, human, machine) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6) ON CONFLICT (campaign_id, recipient_id, kind) DO UPDATE SET \
+             last_ms = excluded.last_ms, human = engagement.human + excluded.human, \
+             machine = engagement.machine + excluded.machine RETURNING human",
+        )
+        .bind(&e.campaign_id)
+        .bind(e.recipient_id)
+        .bind(e.kind.as_str())
+        .bind(e.at_ms)
+        .bind(human)
+        .bind(machine)
+        .fetch_one(&mut *tx)
+        .await?;
+        let first = i64::from(human == 1 && humans == 1);
+        let k = match e.kind {
+            engagement::Kind::Open => "opens",
+            engagement::Kind::Click => "clicks",
+        };
+        sqlx::query(&format!(
+            "UPDATE campaigns SET {k}_unique = {k}_unique + $1, {k}_human = {k}_human + $2, \
+             {k}_machine = {k}_machine + $3 WHERE id = $4"
+        ))
+        .bind(first)
+        .bind(human)
+        .bind(machine)
+        .bind(&e.campaign_id)
+        .execute(&mut *tx)
+        .await?;
+        if let (engagement::Kind::Click, Some(url)) = (e.kind, &e.url) {
+            let seen: Option<i64> =
+                sqlx::query_scalar("SELECT clicks FROM links WHERE campaign_id = $1 AND url = $2")
+                    .bind(&e.campaign_id)
+                    .bind(url)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            // At most MAX_LINKS rows per campaign, so this count is bounded too.
+            let room = seen.is_some() || {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM links WHERE campaign_id = $1")
+                        .bind(&e.campaign_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                n < engagement::MAX_LINKS
+            };
+            if room {
+                sqlx::query(
+                    "INSERT INTO links (campaign_id, url, clicks, unique_clicks, machine) \
+                     VALUES ($1, $2, 0, 0, 0) ON CONFLICT (campaign_id, url) DO NOTHING",
+                )
+                .bind(&e.campaign_id)
+                .bind(url)
+                .execute(&mut *tx)
+                .await?;
+                let new_clicker = human == 1
+                    && sqlx::query(
+                        "INSERT INTO link_clickers (campaign_id, url, recipient_id) VALUES ($1, $2, $3) \
+                         ON CONFLICT (campaign_id, url, recipient_id) DO NOTHING",
+                    )
+                    .bind(&e.campaign_id)
+                    .bind(url)
+                    .bind(e.recipient_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                sqlx::query(
+                    "UPDATE links SET clicks = clicks + $1, machine = machine + $2, \
+                     unique_clicks = unique_clicks + $3 WHERE campaign_id = $4 AND url = $5",
+                )
+                .bind(human)
+                .bind(machine)
+                .bind(i64::from(new_clicker))
+                .bind(&e.campaign_id)
+                .bind(url)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn links(&self, id: &str, limit: u32) -> Result<Vec<engagement::LinkClicks>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT url, clicks, unique_clicks, machine FROM links WHERE campaign_id = $1 \
+             ORDER BY clicks DESC, unique_clicks DESC, url LIMIT $2",
+        )
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| engagement::LinkClicks {
+                url: r.get("url"),
+                clicks: r.get("clicks"),
+                unique: r.get("unique_clicks"),
+                machine: r.get("machine"),
+            })
+            .collect())
+    }
+
     async fn suppressed(&self, emails: &[String]) -> Result<Vec<(String, String)>, StoreError> {
         if emails.is_empty() {
             return Ok(Vec::new());
@@ -2623,10 +2769,22 @@ impl Store for SqlStore {
         .iter()
         .map(|r| (r.get("status"), count(r, "n")))
         .collect();
+        let week_ago = current_minute - 7 * 24 * 3_600_000;
+        let engagement = sqlx::query(
+            "SELECT * FROM campaigns WHERE (track_opens <> 0 OR track_clicks <> 0) \
+             AND (status IN ('running', 'paused') OR completed_ms >= $1) ORDER BY id LIMIT 1000",
+        )
+        .bind(week_ago)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| (r.get("id"), engagement_of(r)))
+        .collect();
         Ok(super::StoreView {
             ledger,
             queue,
             campaigns,
+            engagement,
         })
     }
 

@@ -888,6 +888,111 @@ async fn a_preview_renders_one_recipient_and_creates_nothing() {
     app.stop().await;
 }
 
+/// `POST /v1/preview` as multipart: the request as a `preview` part and the list a create would
+/// take; the message is rendered for the row asked for, with that row's data. A row the list does
+/// not have, or a row with no list, is refused naming `row`; nothing is created.
+#[tokio::test]
+async fn a_preview_renders_the_row_asked_for_of_the_list_sent_with_it() {
+    let app = spawn_app().await;
+    let form = |preview: Value, list: &str, media: &str| {
+        reqwest::multipart::Form::new()
+            .part(
+                "preview",
+                reqwest::multipart::Part::text(preview.to_string())
+                    .mime_str("application/json")
+                    .unwrap(),
+            )
+            .part(
+                "recipients",
+                reqwest::multipart::Part::text(list.to_string())
+                    .file_name("list")
+                    .mime_str(media)
+                    .unwrap(),
+            )
+    };
+    let send = |form: reqwest::multipart::Form| {
+        app.client
+            .post(app.url("/v1/preview"))
+            .multipart(form)
+            .send()
+    };
+    let campaign = csv_campaign();
+    let csv =
+        "email,name,city\na@example.com,Ada,Köln\nb@example.com,Bo,Lyon\nc@example.com,Cy,Porto\n";
+    let r = send(form(
+        json!({"campaign": campaign, "row": 2}),
+        csv,
+        "text/csv",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["subject"], "Hi Bo");
+    assert!(p["html"].as_str().unwrap().contains("<p>Lyon</p>"), "{p}");
+    assert_eq!(
+        p["headers"][1],
+        json!({"name": "To", "value": "\"Bo\" <b@example.com>"})
+    );
+
+    let ndjson = "{\"email\":\"a@example.com\",\"data\":{\"city\":\"Oslo\"}}\n";
+    let r = send(form(
+        json!({"campaign": campaign, "row": 1}),
+        ndjson,
+        "application/x-ndjson",
+    ))
+    .await
+    .unwrap();
+    let p: Value = r.json().await.unwrap();
+    assert!(p["html"].as_str().unwrap().contains("<p>Oslo</p>"), "{p}");
+
+    let r = send(form(
+        json!({"campaign": campaign, "row": 4}),
+        csv,
+        "text/csv",
+    ))
+    .await
+    .unwrap();
+    let problem = expect_problem(r, 422, "/problems/validation").await;
+    assert_eq!(problem["errors"][0]["field"], "row", "{problem}");
+    assert!(
+        problem["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the list has 3 recipients"),
+        "{problem}"
+    );
+
+    // A row before the one asked for that cannot be read is the answer, naming its line.
+    let bad = "email,name,city\na@example.com,Ada,Köln,Extra\nb@example.com,Bo,Lyon\n";
+    let r = send(form(
+        json!({"campaign": campaign, "row": 2}),
+        bad,
+        "text/csv",
+    ))
+    .await
+    .unwrap();
+    let problem = expect_problem(r, 422, "/problems/invalid-csv").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("line 2"),
+        "{problem}"
+    );
+
+    let both = json!({"campaign": campaign, "row": 1,
+                      "recipient": {"email": "a@example.com", "data": {"city": "X"}}});
+    let r = send(form(both, csv, "text/csv")).await.unwrap();
+    let problem = expect_problem(r, 422, "/problems/validation").await;
+    assert_eq!(problem["errors"][0]["field"], "recipient", "{problem}");
+
+    let r = app
+        .post_json("/v1/preview", &json!({"campaign": campaign, "row": 1}))
+        .await;
+    let problem = expect_problem(r, 422, "/problems/validation").await;
+    assert_eq!(problem["errors"][0]["field"], "row", "{problem}");
+    assert_eq!(app.campaign_count().await, 0, "a preview creates nothing");
+    app.stop().await;
+}
+
 /// `GET /v1/campaigns/{id}/recipients/{rid}/message`: a stored campaign's message for one of its
 /// recipients is the one its outbox received; an id it does not have is a 404.
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The dashboard in Debian's headless Chromium, driven by playwright-core (`tests/browser/`): a
-//! running campaign's progress advances on the page and its Pause button pauses it. `infra/test.sh`
+//! running campaign's progress advances on the page, its Pause button pauses it, its message is
+//! shown recipient by recipient, and opens and clicks appear as recipients make them. `infra/test.sh`
 //! installs Chromium; the test installs playwright-core itself the first time, like moto.
 
 use std::path::PathBuf;
@@ -46,8 +47,19 @@ async fn the_dashboard_shows_a_send_advancing_and_its_pause_button_pauses_it() {
     };
     playwright();
     // 120 a minute at most: the send outlasts the test.
-    let app = spawn_app_with(|c| c.governor.per_minute = 120).await;
-    let id = app.create(&inline_campaign(recipients(2_000))).await;
+    let app = spawn_app_with(|c| {
+        c.governor.per_minute = 120;
+        c.unsubscribe.base_url = Some("https://mail.example.com".into());
+        c.unsubscribe.secret = Some("unsubscribe-secret-for-tests-0123456789".into());
+    })
+    .await;
+    // Tracked, with a link to follow: the page shows opens and clicks as they come.
+    let mut campaign = inline_campaign(recipients(2_000));
+    campaign["html"] =
+        r#"<p>Hi {{name}} from {{city}} <a href="https://shop.example.com/sale">Sale</a></p>"#
+            .into();
+    campaign["track"] = serde_json::json!({"opens": true, "clicks": true});
+    let id = app.create(&campaign).await;
     let script = browser_dir().join("dashboard.mjs");
     let run = tokio::process::Command::new("node")
         .arg(&script)

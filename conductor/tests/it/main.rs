@@ -6,6 +6,7 @@ mod cli;
 mod dashboard;
 mod distributed;
 mod e2e;
+mod engagement;
 mod events;
 mod feedback;
 mod governor;

@@ -69,7 +69,90 @@ on_every_backend!(
     an_import_not_heard_from_is_discarded_and_its_rows_purged,
     finished_history_is_pruned_and_the_metrics_totals_kept,
     one_recipients_message_input_is_read_by_its_id,
+    engagement_is_counted_once_per_recipient_and_link_machines_apart,
 );
+
+/// Opens and clicks: a recipient's second click on a link is a click but not a second unique one,
+/// machines' events are kept apart,
+/// and a recipient the campaign does not have records nothing.
+async fn engagement_is_counted_once_per_recipient_and_link_machines_apart(store: Arc<dyn Store>) {
+    use conductor::domain::engagement::{Event, Figures, Kind, LinkClicks};
+    let mut req = request();
+    req.track.opens = true;
+    req.track.clicks = true;
+    let emails: Vec<String> = (0..3).map(|i| format!("r{i}@example.com")).collect();
+    let id = create_valid(&store, &campaign_of(req, &emails), 100, M).await;
+    let input = store.message_input(&id, 0).await.unwrap();
+    assert!(input.track.opens && input.track.clicks);
+    let event = |rid: i64, kind: Kind, url: Option<&str>, machine: bool| Event {
+        campaign_id: id.clone(),
+        recipient_id: rid,
+        kind,
+        url: url.map(Into::into),
+        machine,
+        at_ms: M + rid,
+    };
+    let (sale, about) = ("https://shop.example/sale", "https://shop.example/about");
+    for e in [
+        event(0, Kind::Click, Some(sale), false),
+        event(0, Kind::Click, Some(sale), false),
+        event(0, Kind::Click, Some(about), false),
+        event(1, Kind::Click, Some(sale), false),
+        event(2, Kind::Click, Some(sale), true),
+        event(0, Kind::Open, None, false),
+        event(0, Kind::Open, None, false),
+        event(1, Kind::Open, None, true),
+    ] {
+        assert!(store.record_engagement(&e).await.unwrap());
+    }
+    assert!(!store
+        .record_engagement(&event(99, Kind::Open, None, false))
+        .await
+        .unwrap());
+    let c = store.campaign(&id).await.unwrap();
+    let e = c.engagement.expect("a tracking campaign shows its figures");
+    assert_eq!(
+        e.clicks,
+        Figures {
+            unique: 2,
+            total: 4,
+            machine: 1
+        }
+    );
+    assert_eq!(
+        e.opens,
+        Figures {
+            unique: 1,
+            total: 2,
+            machine: 1
+        }
+    );
+    assert_eq!(
+        store.links(&id, 10).await.unwrap(),
+        vec![
+            LinkClicks {
+                url: sale.into(),
+                clicks: 3,
+                unique: 2,
+                machine: 1
+            },
+            LinkClicks {
+                url: about.into(),
+                clicks: 1,
+                unique: 1,
+                machine: 0
+            },
+        ]
+    );
+    assert_eq!(store.links(&id, 1).await.unwrap().len(), 1);
+    // A campaign that tracks nothing shows no figures.
+    let plain = create(&store, 2, 100, M).await;
+    assert!(store.campaign(&plain).await.unwrap().engagement.is_none());
+    // The metrics see the tracking campaign, and only it.
+    let view = store.metrics_view(M).await.unwrap();
+    assert_eq!(view.engagement.len(), 1);
+    assert_eq!(view.engagement[0].0, id);
+}
 
 /// What a stored campaign's message for one recipient is rendered from: its sender, its template
 /// and that recipient's own data, by id; an id it does not have is named.
