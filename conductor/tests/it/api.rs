@@ -895,20 +895,7 @@ async fn a_preview_renders_one_recipient_and_creates_nothing() {
 async fn a_preview_renders_the_row_asked_for_of_the_list_sent_with_it() {
     let app = spawn_app().await;
     let form = |preview: Value, list: &str, media: &str| {
-        reqwest::multipart::Form::new()
-            .part(
-                "preview",
-                reqwest::multipart::Part::text(preview.to_string())
-                    .mime_str("application/json")
-                    .unwrap(),
-            )
-            .part(
-                "recipients",
-                reqwest::multipart::Part::text(list.to_string())
-                    .file_name("list")
-                    .mime_str(media)
-                    .unwrap(),
-            )
+        json_and_list("preview", &preview, list.to_string(), media)
     };
     let send = |form: reqwest::multipart::Form| {
         app.client

@@ -286,10 +286,20 @@ pub fn is_completed(c: &Value) -> bool {
 /// A multipart campaign creation: the `campaign` JSON part, then the list as the `recipients` part
 /// of media type `media`.
 pub fn list_form(campaign: &Value, list: String, media: &str) -> reqwest::multipart::Form {
+    json_and_list("campaign", campaign, list, media)
+}
+
+/// A JSON part named `first`, then the list as the `recipients` part of media type `media`.
+pub fn json_and_list(
+    first: &str,
+    json: &Value,
+    list: String,
+    media: &str,
+) -> reqwest::multipart::Form {
     reqwest::multipart::Form::new()
         .part(
-            "campaign",
-            reqwest::multipart::Part::text(campaign.to_string())
+            first.to_string(),
+            reqwest::multipart::Part::text(json.to_string())
                 .mime_str("application/json")
                 .unwrap(),
         )
