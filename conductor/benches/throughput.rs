@@ -135,6 +135,18 @@ async fn main() {
         (ended_ms - started_ms) / 1000.0
     );
 
+    // Rendering runs beside the first part of the send phase (uncapped, the render window is the
+    // whole campaign): the rate in each half says how much of the gap is the send path's own.
+    let mut at: Vec<f64> = accepted.iter().map(|a| a.at_ms).collect();
+    at.sort_by(f64::total_cmp);
+    let half = at.len() / 2;
+    let rate = |xs: &[f64]| xs.len() as f64 / ((xs[xs.len() - 1] - xs[0]) / 1000.0).max(0.001);
+    println!(
+        "send phase by halves: first {:.0} msgs/s, second {:.0} msgs/s",
+        rate(&at[..half]),
+        rate(&at[half..])
+    );
+
     let wrk = wrk(dir.path(), &base, mean_request);
     println!(
         "wrk: {wrk:.0} req/s ({WRK_CONNECTIONS} connections, 2 threads, {WRK_SECONDS} s, bodies of the campaign's mean request size)"

@@ -146,8 +146,11 @@ impl Backend {
     /// Settles a lease's recipients in one statement: `$2` is a JSON array of `{id, to, reason,
     /// provider_id, retry_at, attempted}`; only rows the lease `$4` still holds move. On SQLite the
     /// outcomes are materialised first: left to itself its planner walks every leased row of the
-    /// campaign and parses the JSON again for each (quadratic in what is in flight). Its
-    /// `RETURNING` takes the target's columns unqualified.
+    /// campaign and parses the JSON again for each (quadratic in what is in flight). The lease and
+    /// state tests are kept off the indexes (`+`): given `recipients_by_lease`, the planner walked
+    /// the lease's rows and scanned the outcomes for each (quadratic in the lease's size; a final
+    /// report of 200 took 4.7 ms of the writer, 3.4 ms by primary key). Its `RETURNING` takes the
+    /// target's columns unqualified.
     fn settle_leased(self) -> &'static str {
         match self {
             Backend::Sqlite => {
@@ -159,7 +162,7 @@ impl Backend {
                  UPDATE recipients AS r SET state = v.state, reason = v.reason, \
                  provider_id = coalesce(v.provider_id, r.provider_id), retry_at_ms = v.retry_at, \
                  attempts = r.attempts + v.attempted, lease_id = NULL, updated_ms = $1 \
-                 FROM v WHERE r.campaign_id = $3 AND r.id = v.id AND r.lease_id = $4 AND r.state = 'leased' \
+                 FROM v WHERE r.campaign_id = $3 AND r.id = v.id AND +r.lease_id = $4 AND +r.state = 'leased' \
                  RETURNING id, batch, email_key"
             }
             Backend::Postgres => {
