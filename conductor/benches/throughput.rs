@@ -140,7 +140,10 @@ async fn main() {
     let mut at: Vec<f64> = accepted.iter().map(|a| a.at_ms).collect();
     at.sort_by(f64::total_cmp);
     let half = at.len() / 2;
-    let rate = |xs: &[f64]| xs.len() as f64 / ((xs[xs.len() - 1] - xs[0]) / 1000.0).max(0.001);
+    let rate = |xs: &[f64]| match (xs.first(), xs.last()) {
+        (Some(a), Some(b)) => xs.len() as f64 / ((b - a) / 1000.0).max(0.001),
+        _ => 0.0,
+    };
     println!(
         "send phase by halves: first {:.0} msgs/s, second {:.0} msgs/s",
         rate(&at[..half]),
