@@ -58,6 +58,8 @@ const CHUNK_OF_STATE: &str = "campaign_id = $2 AND id IN \
 
 /// Times a batch is rendered again because its senders could not read it.
 const MAX_RERENDERS: i64 = 3;
+/// An import at least this large has the planner's statistics refreshed (PostgreSQL).
+const ANALYZE_AFTER_IMPORT: i64 = 10_000;
 
 const RUNNING: &str =
     "SELECT id, priority, per_minute, send_at_ms, window_json, batch_size FROM campaigns \
@@ -176,6 +178,18 @@ impl Backend {
                  RETURNING r.id, r.batch, r.email_key"
             }
         }
+    }
+
+    /// `id` between two parameters, to bound a lookup by a list of ids to their range. PostgreSQL's
+    /// planner, misled by statistics older than the campaign, may otherwise scan the whole campaign
+    /// and filter by the list; SQLite seeks each id in the primary key, which beats a range scan
+    /// there, so its terms are kept off the index.
+    fn id_within(self, lo: usize) -> String {
+        let id = match self {
+            Backend::Sqlite => "+id",
+            Backend::Postgres => "id",
+        };
+        format!("{id} >= ${lo} AND {id} <= ${}", lo + 1)
     }
 
     /// Lock the rows taken from `table`, skipping rows another conductor holds.
@@ -1124,11 +1138,15 @@ impl Store for SqlStore {
         start: bool,
     ) -> Result<Campaign, StoreError> {
         let mut tx = self.write.begin().await?;
-        let batches: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM batches WHERE campaign_id = $1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let sizes = sqlx::query(
+            "SELECT count(*) AS batches, CAST(coalesce(sum(size), 0) AS BIGINT) AS recipients \
+             FROM batches WHERE campaign_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let batches: i64 = sizes.get("batches");
+        let recipients: i64 = sizes.get("recipients");
         let done = sqlx::query(
             "UPDATE campaigns SET status = $1, import_heard_ms = NULL, batches_total = $2 \
              WHERE id = $3 AND import_heard_ms IS NOT NULL AND status IN ('importing', 'draft')",
@@ -1145,6 +1163,20 @@ impl Store for SqlStore {
             )));
         }
         tx.commit().await?;
+        if self.backend == Backend::Postgres && recipients >= ANALYZE_AFTER_IMPORT {
+            // PostgreSQL's planner still believes the statistics from before the import (autovacuum
+            // samples again a minute later at best): a campaign it thinks has a few hundred rows gets
+            // plans that scan the whole campaign on every lease and report. A sample of the tables
+            // costs the same whatever their size.
+            for table in ["recipients", "recipient_data", "batches"] {
+                if let Err(e) = sqlx::query(&format!("ANALYZE {table}"))
+                    .execute(&self.write)
+                    .await
+                {
+                    tracing::warn!(table, error = %e, "could not refresh the planner's statistics");
+                }
+            }
+        }
         self.campaign(id).await
     }
 
@@ -1720,10 +1752,20 @@ impl Store for SqlStore {
             let lease_id = uuid::Uuid::new_v4().simple().to_string();
             let sql = format!(
                 "UPDATE recipients SET state = 'leased', lease_id = $1, updated_ms = $2 \
-                 WHERE campaign_id = $3 AND id IN ({})",
-                placeholders(4, ids.len())
+                 WHERE campaign_id = $3 AND {} AND id IN ({})",
+                self.backend.id_within(4),
+                placeholders(6, ids.len())
             );
-            let mut q = sqlx::query(&sql).bind(&lease_id).bind(r.now).bind(cid);
+            let (lo, hi) = (
+                ids.iter().copied().min().unwrap_or(0),
+                ids.iter().copied().max().unwrap_or(0),
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(&lease_id)
+                .bind(r.now)
+                .bind(cid)
+                .bind(lo)
+                .bind(hi);
             for id in &ids {
                 q = q.bind(*id);
             }
@@ -1830,10 +1872,15 @@ impl Store for SqlStore {
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "SELECT id, attempts, state, lease_id FROM recipients WHERE campaign_id = $1 \
-                 AND id IN ({})",
-                placeholders(2, chunk.len())
+                 AND {} AND id IN ({})",
+                self.backend.id_within(2),
+                placeholders(4, chunk.len())
             );
-            let mut q = sqlx::query(&sql).bind(&cid);
+            // Sorted, so its ends are its range.
+            let mut q = sqlx::query(&sql)
+                .bind(&cid)
+                .bind(chunk[0])
+                .bind(chunk[chunk.len() - 1]);
             for id in chunk {
                 q = q.bind(*id);
             }

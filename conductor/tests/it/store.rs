@@ -72,6 +72,32 @@ on_every_backend!(
     engagement_is_counted_once_per_recipient_and_link_machines_apart,
 );
 
+/// PostgreSQL plans from statistics gathered before a campaign's rows existed unless they are
+/// refreshed: a large import refreshes them, so the planner knows the table holds its rows (and
+/// plans the first leases by id, not as scans of the whole campaign).
+#[tokio::test]
+async fn a_large_import_refreshes_postgres_statistics() {
+    use sqlx::Connection;
+    let schema = crate::support::PgSchema::create().await;
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open(&schema.url).await.unwrap());
+    let mut conn = sqlx::AnyConnection::connect(&schema.url).await.unwrap();
+    let rows = "SELECT CAST(reltuples AS BIGINT) FROM pg_class WHERE oid = 'recipients'::regclass";
+    let before: i64 = sqlx::query_scalar(rows).fetch_one(&mut conn).await.unwrap();
+    assert!(before < 1, "a new table has no statistics yet ({before})");
+    let c = store
+        .create_campaign(&campaign(12_000), 1000, M)
+        .await
+        .unwrap();
+    assert_eq!(c.counts.total, 12_000);
+    let after: i64 = sqlx::query_scalar(rows).fetch_one(&mut conn).await.unwrap();
+    assert!(
+        (11_000..=13_000).contains(&after),
+        "the planner believes recipients holds {after} rows"
+    );
+    drop(conn);
+    schema.drop().await;
+}
+
 /// Opens and clicks: a recipient's second click on a link is a click but not a second unique one,
 /// machines' events are kept apart,
 /// and a recipient the campaign does not have records nothing.
