@@ -248,19 +248,21 @@ impl WorkSource for Work {
             _ => None,
         });
         match self.store.report(lease_id, &outcomes, last, rules).await {
-            Ok(stopped) => {
+            Ok(done) => {
                 let provider = cfg.provider.kind.as_str();
                 for o in outcomes.iter().filter(|o| o.outcome.attempted()) {
                     self.metrics.sent(provider, o.outcome.kind(), o.latency_ms);
                 }
-                if let (Some(campaign), Some(reason)) = (stopped, stop_reason) {
+                if let (Some(campaign), Some(reason)) = (done.paused, stop_reason) {
                     self.changed(&campaign);
                     self.events
                         .emit(Kind::Failed, &campaign, Some(reason))
                         .await;
                 }
-                if last {
-                    // The campaign may have just finished: let reconcile close it now, not next tick.
+                if done.drained {
+                    // The campaign has just finished: let reconcile close it now, not next tick.
+                    // Only then: woken by every last report, uncapped, reconcile ran back to back
+                    // and its writes queued before the leases' for the one SQLite writer.
                     self.wake.notify_one();
                 }
                 Ok(())

@@ -345,6 +345,16 @@ pub struct ReportRules {
     pub resend_ambiguous: bool,
 }
 
+/// What a report did beyond settling its recipients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// The campaign, if this report paused it (an account-level refusal).
+    pub paused: Option<String>,
+    /// A last report that left the campaign nothing open (waiting, in flight or due again): the
+    /// campaign may be completed now rather than at the next reconcile tick.
+    pub drained: bool,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a campaign validated whole in memory (a small list, a test's) and starts it: the
@@ -472,14 +482,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims tokens from this minute's ledger and leases that many recipients, atomically.
     async fn lease(&self, rules: LeaseRules) -> Result<LeaseReply, StoreError>;
-    /// Records outcomes; returns the campaign if this report paused it (an account-level refusal).
+    /// Records outcomes.
     async fn report(
         &self,
         lease_id: &str,
         outcomes: &[RecipientOutcome],
         last: bool,
         rules: ReportRules,
-    ) -> Result<Option<String>, StoreError>;
+    ) -> Result<Reported, StoreError>;
     /// Closes leases past their expiry; returns how many recipients were in doubt (`unknown`, or
     /// queued again when `resend_ambiguous`).
     async fn expire_leases(&self, now: Millis, resend_ambiguous: bool) -> Result<u64, StoreError>;

@@ -22,7 +22,7 @@ use super::placeholders::{placeholders, values};
 use super::tally::{domain_of, Tally};
 use super::{
     rfc3339, Action, AuditEntry, Campaign, CampaignHead, Counts, IdempotencyKey, LeaseRules,
-    MinuteStats, Opened, RecipientRow, ReportRules, Running, Status, Store, StoreError,
+    MinuteStats, Opened, RecipientRow, ReportRules, Reported, Running, Status, Store, StoreError,
 };
 use crate::domain::engagement::{self, Engagement, Figures};
 use crate::domain::fair::Fair;
@@ -1836,7 +1836,7 @@ impl Store for SqlStore {
         outcomes: &[RecipientOutcome],
         last: bool,
         r: ReportRules,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Reported, StoreError> {
         let mut tx = self.write.begin().await?;
         // Hearing from the sender and finding its lease is one statement (and, on PostgreSQL,
         // the lease row's lock for the rest of the report).
@@ -2009,8 +2009,21 @@ impl Store for SqlStore {
                 stopped = Some(cid.clone());
             }
         }
+        // One counter row per open state: what this costs does not grow with the campaign.
+        let drained = last
+            && sqlx::query_scalar::<_, i64>(&format!(
+                "SELECT count(*) FROM recipient_counts WHERE campaign_id = $1 \
+                 AND state IN {OPEN_STATES} AND n > 0"
+            ))
+            .bind(&cid)
+            .fetch_one(&mut *tx)
+            .await?
+                == 0;
         tx.commit().await?;
-        Ok(stopped)
+        Ok(Reported {
+            paused: stopped,
+            drained,
+        })
     }
 
     async fn expire_leases(&self, now: Millis, resend_ambiguous: bool) -> Result<u64, StoreError> {

@@ -44,6 +44,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     leases_never_grant_more_than_the_cap_in_a_minute,
     reports_settle_recipients_and_late_reports_are_fenced,
+    only_the_report_that_leaves_nothing_open_says_the_campaign_drained,
     a_report_settles_only_what_its_own_lease_holds,
     deferred_recipients_wait_and_every_retry_costs_a_token,
     an_expired_lease_makes_its_recipients_unknown_never_resent,
@@ -359,6 +360,31 @@ async fn leases_never_grant_more_than_the_cap_in_a_minute(store: Arc<dyn Store>)
         ),
         (100, 100, 100, 100)
     );
+}
+
+async fn only_the_report_that_leaves_nothing_open_says_the_campaign_drained(store: Arc<dyn Store>) {
+    create(&store, 10, 100, M).await;
+    let a = lease(store.lease(rules(6, M, 6_000)).await.unwrap());
+    let b = lease(store.lease(rules(6, M, 6_000)).await.unwrap());
+    assert_eq!((a.tokens(), b.tokens()), (6, 4));
+    let report = |l: &SendLease, ids: Vec<i64>, last: bool| {
+        let (store, id) = (store.clone(), l.lease_id.clone());
+        async move {
+            store
+                .report(&id, &outcomes(&ids, sent(), M), last, report_rules(M))
+                .await
+                .unwrap()
+                .drained
+        }
+    };
+    assert!(!report(&a, vec![0, 1], false).await, "an interim report");
+    // Closing `a` hands 2..6 back: they wait to be leased again.
+    assert!(!report(&a, vec![], true).await, "2..6 wait again");
+    assert!(!report(&b, vec![6, 7, 8, 9], true).await, "2..6 still wait");
+    let c = lease(store.lease(rules(10, M, 6_000)).await.unwrap());
+    assert_eq!(c.recipients, vec![2, 3, 4, 5]);
+    assert!(!report(&c, vec![2, 3, 4, 5], false).await, "not the last");
+    assert!(report(&c, vec![], true).await, "every recipient settled");
 }
 
 async fn reports_settle_recipients_and_late_reports_are_fenced(store: Arc<dyn Store>) {
