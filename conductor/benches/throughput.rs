@@ -14,7 +14,8 @@
 //! cargo bench -p conductor --bench throughput -- 20000 --senders 2
 //! cargo bench -p conductor --bench throughput -- 20000 --lanes 4 --concurrency 64 --lease-size 500
 //! ```
-//! The `[sender]` settings (`--lanes`, `--concurrency`, `--lease-size`) apply to the embedded sender.
+//! The `[sender]` settings (`--lanes`, `--concurrency`, `--lease-size`, `--max-lease-size`) apply to
+//! the embedded sender.
 //! With `--senders N` the conductor runs on PostgreSQL (`TEST_POSTGRES_URL`, default the local `test`
 //! database, in a fresh schema) with N `sender` processes from `target/release/sender` (build it
 //! first: `cargo build --release --workspace`). Needs `nginx` and `wrk` on the PATH (Debian's
@@ -83,6 +84,9 @@ async fn main() {
     if let Some(n) = setting("--lease-size") {
         config.sender.lease_size = n;
     }
+    if let Some(n) = setting("--max-lease-size") {
+        config.sender.max_lease_size = n;
+    }
     config.provider.kind = conductor::config::ProviderKind::Mailgun;
     config.provider.mailgun.base_url = base.clone();
     config.provider.mailgun.domain = "mg.example.com".into();
@@ -92,8 +96,8 @@ async fn main() {
     if senders == 0 {
         let s = &config.sender;
         println!(
-            "embedded sender, SQLite: {recipients} recipients, uncapped; {} lanes of {} requests in flight, {} per lease",
-            s.lanes, s.concurrency, s.lease_size
+            "embedded sender, SQLite: {recipients} recipients, uncapped; {} lanes of {} requests in flight, {} to {} per lease",
+            s.lanes, s.concurrency, s.lease_size, s.max_lease_size
         );
         let summary =
             conductor::cli::demo::run(config.clone(), None, recipients, Arc::new(SystemClock))

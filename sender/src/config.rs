@@ -396,8 +396,10 @@ impl ProviderConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SenderSettings {
-    /// Recipients asked for per lease.
+    /// Recipients a lane asks for per lease to begin with, and never fewer.
     pub lease_size: u32,
+    /// The most a lane asks for when leases are spent fast (uncapped, or a high cap).
+    pub max_lease_size: u32,
     /// Requests in flight at once, per lane.
     pub concurrency: u32,
     /// Leases worked at once.
@@ -408,6 +410,7 @@ impl Default for SenderSettings {
     fn default() -> Self {
         Self {
             lease_size: 200,
+            max_lease_size: 1_000,
             concurrency: 32,
             lanes: 2,
         }
@@ -428,6 +431,7 @@ impl SenderSettings {
     pub fn sender_config(&self, provider: &ProviderConfig) -> SenderConfig {
         SenderConfig {
             lease_size: self.lease_size as usize,
+            max_lease_size: self.max_lease_size as usize,
             concurrency: self.concurrency as usize,
             lanes: self.lanes as usize,
             per_second: provider.per_second.and_then(std::num::NonZeroU32::new),

@@ -17,8 +17,10 @@ use crate::provider::{OutgoingMessage, Provider};
 
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
-    /// Recipients asked for per lease.
+    /// Recipients a lane asks for in its first lease, and never fewer.
     pub lease_size: usize,
+    /// The most a lane asks for once its leases are spent fast (see [`Ask`]).
+    pub max_lease_size: usize,
     /// Requests in flight at once, per lane.
     pub concurrency: usize,
     /// Leases worked at once; a second lane keeps the slot line busy while the first waits for its
@@ -40,6 +42,7 @@ impl Default for SenderConfig {
     fn default() -> Self {
         Self {
             lease_size: 200,
+            max_lease_size: 1_000,
             concurrency: 32,
             lanes: 2,
             per_second: None,
@@ -103,6 +106,52 @@ impl Run {
             .iter()
             .any(|o| matches!(o.outcome, Outcome::AccountStop { .. }));
         self.done.extend(outcomes);
+    }
+}
+
+/// A lease spent whole faster than this is worth growing: the lane waits tens of milliseconds for
+/// each lease to be granted and closed, and sends nothing meanwhile.
+const FAST_LEASE_MS: Millis = 250;
+/// A lease that took this long is larger than it needs to be: the ask comes back down.
+const SLOW_LEASE_MS: Millis = 2_000;
+
+/// How many recipients a lane asks for next. Uncapped, a lease of 200 was sent in about 14 ms
+/// against about 19 ms waiting to have it granted and closed (p50s), and asks growing to 1,000 sent
+/// 8 % more per second with the embedded sender and 35–85 % more with two sender processes
+/// (throughput bench, runs side by side); under a cap the slots' spacing makes every lease slow,
+/// and the ask stays at `lease_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ask {
+    want: usize,
+    min: usize,
+    max: usize,
+}
+
+impl Ask {
+    fn new(cfg: &SenderConfig) -> Self {
+        let min = cfg.lease_size.max(1);
+        Self {
+            want: min,
+            min,
+            max: cfg.max_lease_size.max(min),
+        }
+    }
+
+    /// The next ask after a step that took `took_ms`: twice as many after a lease spent whole and
+    /// fast, half as many after a slow one; as it was otherwise.
+    fn after(self, step: Step, took_ms: Millis) -> Self {
+        let want = match step {
+            Step::Worked {
+                attempted,
+                released: 0,
+            } if attempted > 0 && took_ms < FAST_LEASE_MS => self.want.saturating_mul(2),
+            Step::Worked { .. } if took_ms > SLOW_LEASE_MS => self.want / 2,
+            _ => self.want,
+        };
+        Self {
+            want: want.clamp(self.min, self.max),
+            ..self
+        }
     }
 }
 
@@ -178,9 +227,13 @@ impl Sender {
         Ok(batch)
     }
 
-    /// Leases once and works that lease to the end.
+    /// Leases once (`lease_size` recipients) and works that lease to the end.
     pub async fn try_one_lease(&self) -> Result<Step, SenderError> {
-        let lease = match self.source.lease(self.cfg.lease_size).await? {
+        self.try_lease(self.cfg.lease_size).await
+    }
+
+    async fn try_lease(&self, want: usize) -> Result<Step, SenderError> {
+        let lease = match self.source.lease(want).await? {
             LeaseReply::Idle => return Ok(Step::Idle),
             LeaseReply::NoTokens { until } => return Ok(Step::WaitUntil(until)),
             LeaseReply::Lease(l) => l,
@@ -439,8 +492,14 @@ impl Sender {
     }
 
     async fn lane(self: Arc<Self>) {
+        let mut ask = Ask::new(&self.cfg);
         while !self.stop.is_cancelled() {
-            let until = match self.try_one_lease().await {
+            let started = self.clock.now_ms();
+            let step = self.try_lease(ask.want).await;
+            if let Ok(step) = step {
+                ask = ask.after(step, self.clock.now_ms() - started);
+            }
+            let until = match step {
                 Ok(Step::Worked { .. }) => continue,
                 Ok(Step::Idle) => self.clock.now_ms() + self.cfg.idle_poll_ms,
                 Ok(Step::WaitUntil(t)) => t,
@@ -454,5 +513,57 @@ impl Sender {
                 _ = self.stop.cancelled() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Ask, SenderConfig, Step};
+
+    fn worked(attempted: usize, released: usize) -> Step {
+        Step::Worked {
+            attempted,
+            released,
+        }
+    }
+
+    #[test]
+    fn the_ask_grows_while_leases_are_spent_fast_and_shrinks_back_when_slow() {
+        let cfg = SenderConfig {
+            lease_size: 200,
+            max_lease_size: 1_000,
+            ..SenderConfig::default()
+        };
+        let mut ask = Ask::new(&cfg);
+        let mut seen = vec![ask.want];
+        for _ in 0..4 {
+            ask = ask.after(worked(ask.want, 0), 20);
+            seen.push(ask.want);
+        }
+        assert_eq!(seen, vec![200, 400, 800, 1_000, 1_000]);
+        // Neither fast nor slow, or not spent whole, or nothing to send: as it was.
+        assert_eq!(ask.after(worked(1_000, 0), 1_000).want, 1_000);
+        assert_eq!(ask.after(worked(600, 400), 20).want, 1_000);
+        assert_eq!(ask.after(Step::Idle, 0).want, 1_000);
+        assert_eq!(ask.after(Step::WaitUntil(5), 0).want, 1_000);
+        // A cap's spacing makes leases slow: back down, never under `lease_size`.
+        let mut slow = Vec::new();
+        for _ in 0..4 {
+            ask = ask.after(worked(ask.want, 0), 10_000);
+            slow.push(ask.want);
+        }
+        assert_eq!(slow, vec![500, 250, 200, 200]);
+    }
+
+    #[test]
+    fn a_ceiling_under_the_first_ask_is_the_first_ask() {
+        let cfg = SenderConfig {
+            lease_size: 2_000,
+            max_lease_size: 1_000,
+            ..SenderConfig::default()
+        };
+        let ask = Ask::new(&cfg);
+        assert_eq!(ask.want, 2_000);
+        assert_eq!(ask.after(worked(2_000, 0), 1).want, 2_000);
     }
 }
