@@ -261,8 +261,8 @@ impl WorkSource for Work {
                 }
                 if done.drained {
                     // The campaign has just finished: let reconcile close it now, not next tick.
-                    // Only then: woken by every last report, uncapped, reconcile ran back to back
-                    // and its writes queued before the leases' for the one SQLite writer.
+                    // Only then: uncapped, last reports come dozens a second, and each would ask
+                    // for another whole reconcile pass.
                     self.wake.notify_one();
                 }
                 Ok(())
