@@ -82,12 +82,25 @@ enum Halt {
     AccountStop,
     /// The conductor could not be told what was done: no send starts unheard.
     Unheard,
+    /// The conductor no longer holds the lease (it expired): it has settled the recipients already,
+    /// and may have queued them again.
+    Lost,
+}
+
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    Yes,
+    No,
+    LeaseLost,
 }
 
 /// A lease being worked: the outcomes not yet reported, and what they have told us.
 struct Run {
     done: Vec<RecipientOutcome>,
     account_stopped: bool,
+    /// A report found the lease gone.
+    lost: bool,
     /// When the conductor last heard from us.
     heard: Millis,
 }
@@ -97,6 +110,7 @@ impl Run {
         Self {
             done: Vec::new(),
             account_stopped: false,
+            lost: false,
             heard,
         }
     }
@@ -325,6 +339,8 @@ impl Sender {
     fn halt(&self, run: &Run) -> Option<Halt> {
         if run.account_stopped {
             Some(Halt::AccountStop)
+        } else if run.lost {
+            Some(Halt::Lost)
         } else if self.stop.is_cancelled() {
             Some(Halt::Stopping)
         } else {
@@ -383,11 +399,19 @@ impl Sender {
         if run.account_stopped {
             return Err(Halt::AccountStop);
         }
+        if run.lost {
+            return Err(Halt::Lost);
+        }
         if now - run.heard < HEARTBEAT_MS {
             return Ok(now);
         }
-        if !self.flush(lease, &mut run.done, false).await {
-            return Err(Halt::Unheard);
+        match self.flush(lease, &mut run.done, false).await {
+            Heard::Yes => {}
+            Heard::No => return Err(Halt::Unheard),
+            Heard::LeaseLost => {
+                run.lost = true;
+                return Err(Halt::Lost);
+            }
         }
         let now = self.clock.now_ms();
         run.heard = now;
@@ -441,18 +465,28 @@ impl Sender {
 
     /// An interim report once enough outcomes wait and the last contact is long enough ago.
     async fn report_if_due(&self, lease: &SendLease, run: &mut Run) {
-        if run.done.len() >= self.cfg.report_every
-            && self.clock.now_ms() - run.heard >= self.cfg.report_interval_ms
-            && self.flush(lease, &mut run.done, false).await
+        if run.done.len() < self.cfg.report_every
+            || self.clock.now_ms() - run.heard < self.cfg.report_interval_ms
         {
-            run.heard = self.clock.now_ms();
+            return;
+        }
+        match self.flush(lease, &mut run.done, false).await {
+            Heard::Yes => run.heard = self.clock.now_ms(),
+            Heard::No => {}
+            // Sending on would mail recipients the conductor has settled, or queued again.
+            Heard::LeaseLost => run.lost = true,
         }
     }
 
     /// Reports what is done; whether the conductor got it. A failed interim report keeps its outcomes
     /// for the next one; the last report is retried a few times, after which the lease expires and
     /// the conductor settles its unreported recipients from their slots and our last report.
-    async fn flush(&self, lease: &SendLease, done: &mut Vec<RecipientOutcome>, last: bool) -> bool {
+    async fn flush(
+        &self,
+        lease: &SendLease,
+        done: &mut Vec<RecipientOutcome>,
+        last: bool,
+    ) -> Heard {
         let attempts = if last { 5 } else { 1 };
         for attempt in 0..attempts {
             match self
@@ -462,12 +496,12 @@ impl Sender {
             {
                 Ok(()) => {
                     done.clear();
-                    return true;
+                    return Heard::Yes;
                 }
                 Err(WorkError::LeaseLost(id)) => {
                     tracing::warn!(lease = %id, "lease lost before its outcomes were reported");
                     done.clear();
-                    return false;
+                    return Heard::LeaseLost;
                 }
                 Err(e) => {
                     tracing::warn!(lease = %lease.lease_id, error = %e, attempt, "report failed");
@@ -478,7 +512,7 @@ impl Sender {
                 }
             }
         }
-        false
+        Heard::No
     }
 
     /// Works leases on `lanes` lanes until stopped.

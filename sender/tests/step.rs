@@ -19,6 +19,8 @@ struct FakeSource {
     reports: Mutex<Vec<(Vec<RecipientOutcome>, bool)>>,
     /// Interim reports fail (the conductor is unreachable); the closing one still arrives.
     refuse_interim: std::sync::atomic::AtomicBool,
+    /// Interim reports find the lease gone (it expired at the conductor).
+    lose_interim: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -33,7 +35,7 @@ impl WorkSource for FakeSource {
     }
     async fn report(
         &self,
-        _l: &str,
+        lease_id: &str,
         o: Vec<RecipientOutcome>,
         last: bool,
     ) -> Result<(), WorkError> {
@@ -43,6 +45,9 @@ impl WorkSource for FakeSource {
                 .load(std::sync::atomic::Ordering::SeqCst)
         {
             return Err(WorkError::Unavailable("unreachable".into()));
+        }
+        if !last && self.lose_interim.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(WorkError::LeaseLost(lease_id.to_string()));
         }
         self.reports.lock().unwrap().push((o, last));
         Ok(())
@@ -516,6 +521,41 @@ async fn a_sender_that_cannot_be_heard_stops_sending() {
     let reports = source.reports.lock().unwrap().clone();
     assert_eq!(reports.len(), 1);
     assert!(reports[0].1, "only the closing report arrived");
+}
+
+#[tokio::test]
+async fn a_lease_found_lost_sends_nothing_more() {
+    let cfg = SenderConfig {
+        report_every: 1,
+        report_interval_ms: 0,
+        ..SenderConfig::default()
+    };
+    let (clock, source, provider, sender, _dir) =
+        setup_with(5, |_| Outcome::Sent { provider_id: None }, cfg).await;
+    source
+        .lose_interim
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Slots 200 ms apart: all five fall within the heartbeat, so only the lost lease can stop them.
+    source.replies.lock().unwrap().push(LeaseReply::Lease(lease(
+        (0..5).collect(),
+        T0,
+        200_000,
+        T0 + 58_000,
+    )));
+    let s = sender.clone();
+    let step = tokio::spawn(async move { s.try_one_lease().await.unwrap() });
+    eventually(|| provider.calls.lock().unwrap().len() == 1).await;
+    clock.advance(200);
+    // The report of the first outcome, made once the second request has started, finds the lease
+    // gone: nothing after it starts.
+    assert_eq!(
+        finish(step).await,
+        Step::Worked {
+            attempted: 2,
+            released: 3
+        }
+    );
+    assert_eq!(provider.calls.lock().unwrap().len(), 2);
 }
 
 #[test]
