@@ -1863,7 +1863,7 @@ impl Store for SqlStore {
         };
         let cancelled = Self::cancelled(&mut tx, &cid).await?;
         // The reported recipients this lease still holds, with the requests each has made so far:
-        // looked up by id alone (the planner has nothing else to choose), so a report costs what
+        // looked up by their ids, bounded by the ids' range (`id_within`), so a report costs what
         // it carries, not what the lease or the campaign has in flight.
         let mut ids: Vec<i64> = outcomes.iter().map(|o| o.recipient_id).collect();
         ids.sort_unstable();
