@@ -398,7 +398,8 @@ impl ProviderConfig {
 pub struct SenderSettings {
     /// Recipients a lane asks for per lease to begin with, and never fewer.
     pub lease_size: u32,
-    /// The most a lane asks for when leases are spent fast (uncapped, or a high cap).
+    /// The most a lane asks for when leases are spent fast (uncapped, or a high cap); below
+    /// `lease_size`, the ask never grows.
     pub max_lease_size: u32,
     /// Requests in flight at once, per lane.
     pub concurrency: u32,

@@ -19,7 +19,8 @@ use crate::provider::{OutgoingMessage, Provider};
 pub struct SenderConfig {
     /// Recipients a lane asks for in its first lease, and never fewer.
     pub lease_size: usize,
-    /// The most a lane asks for once its leases are spent fast (see [`Ask`]).
+    /// The most a lane asks for once its leases are spent fast (a lease sent whole in under 250 ms
+    /// doubles the next ask); below `lease_size`, the ask never grows.
     pub max_lease_size: usize,
     /// Requests in flight at once, per lane.
     pub concurrency: usize,
